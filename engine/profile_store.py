@@ -1,0 +1,190 @@
+"""Reading and writing profiles in Redis: the only module that issues profile commands.
+
+Writes go through ``lua/apply_ops.lua`` (atomic and idempotent per owner); reads are one pipeline
+(one network round trip) per customer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from engine.config import EngineConfig
+from engine.features import FeatureExtractor, RawProfile
+from engine.layout import (
+    OwnerKeys,
+    aliases_key,
+    customer_keys,
+    identity_key,
+    offset_field,
+    popularity_keys,
+    worker_stats_key,
+)
+
+APPLY_OPS_LUA = resources.files("engine").joinpath("lua/apply_ops.lua").read_text()
+
+
+@dataclass(slots=True)
+class OwnerBatch:
+    """Events of one owner from one partition, in offset order, compiled to operations."""
+
+    owner_keys: OwnerKeys
+    topic: str
+    partition: int
+    dedup: bool
+    # [offset, event_id, ts, ops, is_consent]
+    events: list[list[Any]]
+
+
+class ProfileStore:
+    """Applies compiled operations and reads raw profiles."""
+
+    def __init__(self, redis: aioredis.Redis, config: EngineConfig) -> None:
+        self.redis = redis
+        self.config = config
+        self.extractor = FeatureExtractor(config)
+        self._sha: str | None = None
+        self._ttl = int(config.profile.ttl_days * 86400)
+
+    # -- writes -------------------------------------------------------------------------------
+    async def _load_script(self) -> str:
+        self._sha = await self.redis.script_load(APPLY_OPS_LUA)
+        return self._sha
+
+    async def apply(self, batches: Sequence[OwnerBatch]) -> list[int]:
+        """Apply owner batches in one pipelined round trip; returns events applied per batch
+        (fewer than sent when some were replays or duplicates)."""
+        if not batches:
+            return []
+        sha = self._sha or await self._load_script()
+        for attempt in (0, 1):
+            pipe = self.redis.pipeline(transaction=False)
+            for b in batches:
+                keys = b.owner_keys.keys
+                ttl = self._ttl if b.dedup else 0
+                pipe.evalsha(
+                    sha, len(keys), *keys,
+                    offset_field(b.topic, b.partition), ttl,
+                    b.owner_keys.dedup if b.dedup else 0, self.config.profile.dedup_window,
+                    orjson.dumps(b.events),
+                )
+            try:
+                results = await pipe.execute()
+                return [int(r) for r in results]
+            except NoScriptError:
+                if attempt:
+                    raise
+                sha = await self._load_script()  # Redis restarted or flushed its script cache
+        raise AssertionError("unreachable")
+
+    def customer_batch(self, customer_id: str, topic: str, partition: int) -> OwnerBatch:
+        return OwnerBatch(customer_keys(customer_id, self.config), topic, partition, True, [])
+
+    def popularity_batch(self, topic: str, partition: int) -> OwnerBatch:
+        return OwnerBatch(popularity_keys(self.config), topic, partition, False, [])
+
+    # -- identity -----------------------------------------------------------------------------
+    async def resolve(self, anonymous_ids: Iterable[str]) -> dict[str, str]:
+        """Map anonymous ids to customer ids (one round trip); unknown ids are left out."""
+        ids = list(dict.fromkeys(anonymous_ids))
+        if not ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for a in ids:
+            pipe.get(identity_key(a))
+        values = await pipe.execute()
+        return {a: v for a, v in zip(ids, values, strict=True) if v is not None}
+
+    async def merge_identity(
+        self, anonymous_id: str, customer_id: str, topic: str, partition: int, offset: int,
+        event_id: str, ts: float,
+    ) -> None:
+        """Fold the anonymous profile into the customer's, then point the anonymous id at it.
+
+        Idempotent: the merge is guarded by the identify event's offset on the customer's hash, and
+        a replay after the anonymous keys were deleted finds nothing left to merge.
+        """
+        if anonymous_id != customer_id:
+            raw = await self.read_raw(anonymous_id)
+            merge = self.extractor.merge_ops(raw, ts) if raw.exists else []
+        else:
+            merge = []
+        batch = self.customer_batch(customer_id, topic, partition)
+        batch.events.append([offset, event_id, ts, merge + self.extractor.ops_for("identify", ts, {}, {}), 0])
+        await self.apply([batch])
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(identity_key(anonymous_id), customer_id, ex=self._ttl)
+        pipe.sadd(aliases_key(customer_id), anonymous_id)
+        pipe.expire(aliases_key(customer_id), self._ttl)
+        if anonymous_id != customer_id:
+            pipe.delete(*customer_keys(anonymous_id, self.config).keys)
+        await pipe.execute()
+
+    async def erase(self, customer_id: str) -> int:
+        """Right to be forgotten: delete the profile, its aliases and their identity entries."""
+        aliases = await self.redis.smembers(aliases_key(customer_id))
+        keys = list(customer_keys(customer_id, self.config).keys) + [aliases_key(customer_id)]
+        for a in aliases:
+            keys.append(identity_key(a))
+            keys.extend(customer_keys(a, self.config).keys)
+        return int(await self.redis.delete(*keys))
+
+    async def incr_worker_counters(self, counters: dict[str, int]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for name, n in counters.items():
+            if n:
+                pipe.hincrby(worker_stats_key(), name, n)
+        await pipe.execute()
+
+    async def read_worker_counters(self) -> dict[str, str]:
+        return await self.redis.hgetall(worker_stats_key())
+
+    # -- reads --------------------------------------------------------------------------------
+    def queue_read(self, pipe: Any, customer_id: str) -> None:
+        """Queue the commands that read one raw profile on a pipeline (see ``parse_read``)."""
+        k = customer_keys(customer_id, self.config)
+        pipe.hgetall(k.keys[0])
+        pipe.hgetall(k.key(k.cart))
+        pipe.hgetall(k.key(k.win))
+        for f in self.config.affinities:
+            pipe.zrevrange(k.key(k.aff[f.name]), 0, f.top_k - 1, withscores=True)
+        for r in self.config.recents:
+            pipe.lrange(k.key(k.recent[r.name]), 0, r.size - 1)
+
+    @property
+    def read_width(self) -> int:
+        """How many pipeline results ``queue_read`` produces."""
+        return 3 + len(self.config.affinities) + len(self.config.recents)
+
+    def parse_read(self, results: Sequence[Any]) -> RawProfile:
+        cfg = self.config
+        raw = RawProfile(hash=results[0], cart=results[1], windows=results[2])
+        i = 3
+        for f in cfg.affinities:
+            raw.affinities[f.name] = results[i]
+            i += 1
+        for r in cfg.recents:
+            raw.recent[r.name] = results[i]
+            i += 1
+        return raw
+
+    async def read_raw(self, customer_id: str) -> RawProfile:
+        pipe = self.redis.pipeline(transaction=False)
+        self.queue_read(pipe, customer_id)
+        return self.parse_read(await pipe.execute())
+
+    async def read_popularity(self) -> tuple[dict[str, str], dict[str, list[tuple[str, float]]]]:
+        """The popularity owner's landmarks and top values per affinity feature."""
+        k = popularity_keys(self.config)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(k.keys[0])
+        for f in self.config.affinities:
+            pipe.zrevrange(k.key(k.aff[f.name]), 0, 999, withscores=True)
+        res = await pipe.execute()
+        return res[0], {f.name: res[i + 1] for i, f in enumerate(self.config.affinities)}

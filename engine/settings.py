@@ -1,0 +1,48 @@
+"""Runtime settings, read once from environment variables.
+
+Every setting has a documented default that works with the local services started by ``infra/``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    #: Kafka bootstrap servers, comma separated.
+    kafka_bootstrap: str = field(default_factory=lambda: _env("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    #: Redis URL holding profiles, identity map and model snapshots.
+    redis_url: str = field(default_factory=lambda: _env("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    #: Topic names.
+    events_topic: str = field(default_factory=lambda: _env("EVENTS_TOPIC", "events"))
+    dlq_topic: str = field(default_factory=lambda: _env("DLQ_TOPIC", "events.dlq"))
+    decisions_topic: str = field(default_factory=lambda: _env("DECISIONS_TOPIC", "decisions"))
+    #: Partition count used when the project creates the events/decisions topics.
+    events_partitions: int = field(default_factory=lambda: int(_env("EVENTS_PARTITIONS", "8")))
+    #: Declared configuration: features, catalogue, placements (TOML).
+    engine_config: Path = field(
+        default_factory=lambda: Path(_env("ENGINE_CONFIG", str(REPO_ROOT / "config" / "engine.toml")))
+    )
+    #: Faust application id (consumer group) and its local state directory.
+    worker_app_id: str = field(default_factory=lambda: _env("WORKER_APP_ID", "pulse-worker"))
+    worker_data_dir: str = field(default_factory=lambda: _env("WORKER_DATA_DIR", str(REPO_ROOT / ".cache" / "faust")))
+    #: Events taken from the stream per batch, and the longest wait to fill a batch (seconds).
+    worker_batch_size: int = field(default_factory=lambda: int(_env("WORKER_BATCH_SIZE", "500")))
+    worker_batch_timeout: float = field(default_factory=lambda: float(_env("WORKER_BATCH_TIMEOUT", "0.02")))
+    #: Hard time budget of one /v1/decide call; past it the answer is non-personalised and degraded.
+    decide_budget_ms: float = field(default_factory=lambda: float(_env("DECIDE_BUDGET_MS", "25")))
+    #: Secret used to sign model snapshots (HMAC-SHA256). Change it in production.
+    model_signing_key: str = field(default_factory=lambda: _env("MODEL_SIGNING_KEY", "dev-only-signing-key"))
+
+
+def load_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# Local single-node Apache Kafka broker (KRaft, broker+controller) on loopback, without Docker.
+#
+#   infra/kafka.sh install   fetch the pinned broker jars from Maven Central (idempotent)
+#   infra/kafka.sh start     render server.properties, format storage once, start, wait until ready
+#   infra/kafka.sh stop      graceful stop (SIGTERM), SIGKILL after KAFKA_STOP_TIMEOUT seconds
+#   infra/kafka.sh status    exit 0 when running and answering, 1 when running but not answering,
+#                            3 when not running
+#   infra/kafka.sh reset     stop and delete the instance's data directory
+#
+# Several instances can run side by side: give each its own KAFKA_PORT, KAFKA_CONTROLLER_PORT and
+# KAFKA_DATA_DIR. All variables are documented in infra/README.md.
+set -euo pipefail
+
+INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT_DIR="$(dirname "$INFRA_DIR")"
+CACHE_DIR="${PULSE_CACHE_DIR:-$INFRA_DIR/.cache}"
+
+# Keep in sync with <kafka.version> in infra/pom.xml and the apache/kafka tag in docker-compose.yml.
+KAFKA_VERSION="${KAFKA_VERSION:-4.0.2}"
+KAFKA_HOME="${KAFKA_HOME:-$CACHE_DIR/kafka-$KAFKA_VERSION}"
+KAFKA_LIBS="$KAFKA_HOME/libs"
+
+KAFKA_HOST="${KAFKA_HOST:-127.0.0.1}"
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+if [[ -n "${KAFKA_DATA_DIR:-}" ]]; then
+  KAFKA_LOG_FILE="${KAFKA_LOG_FILE:-$KAFKA_DATA_DIR/kafka.log}"
+else
+  KAFKA_DATA_DIR="$CACHE_DIR/kafka-data"
+  KAFKA_LOG_FILE="${KAFKA_LOG_FILE:-$CACHE_DIR/kafka.log}"
+fi
+KAFKA_NUM_PARTITIONS="${KAFKA_NUM_PARTITIONS:-${EVENTS_PARTITIONS:-8}}"
+KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
+KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true}"
+KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
+KAFKA_STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
+JAVA="${JAVA:-java}"
+MVN="${MVN:-mvn}"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$ROOT_DIR/.venv/bin/python" ]]; then PYTHON="$ROOT_DIR/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+PROPS_FILE="$KAFKA_DATA_DIR/server.properties"
+PID_FILE="$KAFKA_DATA_DIR/kafka.pid"
+META_DIR="$KAFKA_DATA_DIR/logs"
+LOG4J_CONF="$INFRA_DIR/kafka/log4j2.properties"
+
+log() { printf '[kafka.sh] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+now() { printf '%s' "$EPOCHREALTIME"; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+
+installed() { [[ -f "$KAFKA_LIBS/.complete" ]]; }
+
+cmd_install() {
+  if installed; then
+    log "kafka $KAFKA_VERSION already installed in $KAFKA_LIBS"
+    return 0
+  fi
+  command -v "$MVN" >/dev/null || die "maven ($MVN) not found; install it (apt-get install -y maven)"
+  local t0 tmp
+  t0="$(now)"
+  mkdir -p "$KAFKA_HOME"
+  tmp="$(mktemp -d "$KAFKA_HOME/libs.tmp.XXXXXX")"
+  log "fetching org.apache.kafka:kafka_2.13:$KAFKA_VERSION and its runtime dependencies from Maven Central"
+  if ! "$MVN" -q -B -f "$INFRA_DIR/pom.xml" dependency:copy-dependencies \
+      -Dkafka.version="$KAFKA_VERSION" -DincludeScope=runtime -DoutputDirectory="$tmp" >&2; then
+    rm -rf "$tmp"
+    die "maven could not fetch the broker jars"
+  fi
+  ls "$tmp" >"$tmp/.complete"
+  if installed; then
+    rm -rf "$tmp"  # a concurrent install won the race
+  else
+    rm -rf "$KAFKA_LIBS"
+    mv "$tmp" "$KAFKA_LIBS"
+  fi
+  log "installed $(grep -c '\.jar$' "$KAFKA_LIBS/.complete") jars into $KAFKA_LIBS in $(elapsed "$t0") s"
+}
+
+# Prints the broker's pid when this instance's broker is alive.
+running_pid() {
+  [[ -f "$PID_FILE" ]] || return 1
+  local pid
+  pid="$(<"$PID_FILE")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  # Guard against a recycled pid: it must be a kafka.Kafka JVM on this instance's config.
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "kafka.Kafka $PROPS_FILE" || return 1
+  printf '%s\n' "$pid"
+}
+
+ready() { "$PYTHON" "$INFRA_DIR/probe.py" kafka "$KAFKA_HOST:$KAFKA_PORT"; }
+
+port_busy() { (exec 3<>"/dev/tcp/$KAFKA_HOST/$1") 2>/dev/null; }
+
+render_properties() {
+  mkdir -p "$KAFKA_DATA_DIR" "$META_DIR"
+  sed -e "s|@KAFKA_HOST@|$KAFKA_HOST|g" \
+      -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" \
+      -e "s|@KAFKA_CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" \
+      -e "s|@KAFKA_LOG_DIRS@|$META_DIR|g" \
+      -e "s|@KAFKA_NUM_PARTITIONS@|$KAFKA_NUM_PARTITIONS|g" \
+      "$INFRA_DIR/kafka/server.properties" >"$PROPS_FILE.tmp"
+  mv "$PROPS_FILE.tmp" "$PROPS_FILE"
+}
+
+java_cmd() {
+  local -a heap jvm
+  read -r -a heap <<<"$KAFKA_HEAP_OPTS"
+  read -r -a jvm <<<"$KAFKA_JVM_OPTS"
+  printf '%s\0' "$JAVA" "${heap[@]}" "${jvm[@]}" "-Dlog4j2.configurationFile=$LOG4J_CONF" \
+    -cp "$KAFKA_LIBS/*" "$@"
+}
+
+format_storage() {
+  [[ -f "$META_DIR/meta.properties" ]] && return 0
+  local cluster_id
+  cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+  while [[ "$cluster_id" == -* ]]; do
+    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+  done
+  local -a cmd
+  mapfile -d '' -t cmd < <(java_cmd kafka.tools.StorageTool format --ignore-formatted \
+    --cluster-id "$cluster_id" --config "$PROPS_FILE")
+  if ! "${cmd[@]}" >>"$KAFKA_LOG_FILE" 2>&1; then
+    tail -n 30 "$KAFKA_LOG_FILE" >&2 || true
+    die "formatting storage in $META_DIR failed (log: $KAFKA_LOG_FILE)"
+  fi
+  printf '%s\n' "$cluster_id" >"$KAFKA_DATA_DIR/cluster.id"
+}
+
+cmd_start() {
+  local t0 pid
+  t0="$(now)"
+  if pid="$(running_pid)"; then
+    if "$PYTHON" "$INFRA_DIR/probe.py" kafka "$KAFKA_HOST:$KAFKA_PORT" --timeout "$KAFKA_START_TIMEOUT"; then
+      log "already running (pid $pid) on $KAFKA_HOST:$KAFKA_PORT"
+      return 0
+    fi
+    die "running (pid $pid) but not answering on $KAFKA_HOST:$KAFKA_PORT; see $KAFKA_LOG_FILE"
+  fi
+  installed || cmd_install
+  command -v "$JAVA" >/dev/null || die "java ($JAVA) not found; Kafka $KAFKA_VERSION needs Java 17+"
+  local p
+  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    port_busy "$p" && die "port $KAFKA_HOST:$p is already in use by another process"
+  done
+  mkdir -p "$(dirname "$KAFKA_LOG_FILE")"
+  : >"$KAFKA_LOG_FILE"
+  render_properties
+  format_storage
+
+  local -a cmd
+  mapfile -d '' -t cmd < <(java_cmd kafka.Kafka "$PROPS_FILE")
+  rm -f "$PID_FILE"
+  # New session: the broker outlives this script and the caller's process group.
+  # shellcheck disable=SC2016  # $$ and $@ expand in the child shell, on purpose
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" "${cmd[@]}" \
+    >>"$KAFKA_LOG_FILE" 2>&1 </dev/null &
+  local launcher=$!
+  local waited=0
+  while [[ ! -s "$PID_FILE" ]] && ((waited < 50)); do sleep 0.02; waited=$((waited + 1)); done
+  [[ -s "$PID_FILE" ]] || die "broker process did not start"
+  pid="$(<"$PID_FILE")"
+  disown "$launcher" 2>/dev/null || true
+
+  local deadline
+  deadline=$(awk -v a="$t0" -v t="$KAFKA_START_TIMEOUT" 'BEGIN { printf "%d", a + t }')
+  until ready; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 40 "$KAFKA_LOG_FILE" >&2 || true
+      rm -f "$PID_FILE"
+      die "broker exited during startup (log: $KAFKA_LOG_FILE)"
+    fi
+    if (($(date +%s) >= deadline)); then
+      tail -n 40 "$KAFKA_LOG_FILE" >&2 || true
+      kill -KILL "$pid" 2>/dev/null || true
+      rm -f "$PID_FILE"
+      die "broker not ready on $KAFKA_HOST:$KAFKA_PORT after ${KAFKA_START_TIMEOUT}s (log: $KAFKA_LOG_FILE)"
+    fi
+    sleep 0.1
+  done
+  log "kafka $KAFKA_VERSION ready on $KAFKA_HOST:$KAFKA_PORT (pid $pid) in $(elapsed "$t0") s; log: $KAFKA_LOG_FILE"
+}
+
+cmd_stop() {
+  local pid t0
+  if ! pid="$(running_pid)"; then
+    rm -f "$PID_FILE"
+    log "not running ($KAFKA_DATA_DIR)"
+    return 0
+  fi
+  t0="$(now)"
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$(($(date +%s) + KAFKA_STOP_TIMEOUT))
+  while kill -0 "$pid" 2>/dev/null; do
+    if (($(date +%s) >= deadline)); then
+      log "no graceful stop after ${KAFKA_STOP_TIMEOUT}s, sending SIGKILL to $pid"
+      kill -KILL "$pid" 2>/dev/null || true
+      break
+    fi
+    sleep 0.1
+  done
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  rm -f "$PID_FILE"
+  log "stopped (pid $pid) in $(elapsed "$t0") s"
+}
+
+cmd_status() {
+  local pid
+  if ! pid="$(running_pid)"; then
+    echo "kafka: not running ($KAFKA_DATA_DIR)"
+    return 3
+  fi
+  if ready; then
+    echo "kafka: running (pid $pid), ready on $KAFKA_HOST:$KAFKA_PORT"
+    return 0
+  fi
+  echo "kafka: running (pid $pid), NOT answering on $KAFKA_HOST:$KAFKA_PORT"
+  return 1
+}
+
+cmd_reset() {
+  cmd_stop
+  rm -rf "$KAFKA_DATA_DIR"
+  log "removed $KAFKA_DATA_DIR"
+}
+
+case "${1:-}" in
+  install) cmd_install ;;
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  reset) cmd_reset ;;
+  *)
+    echo "usage: $0 {install|start|stop|status|reset}" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,184 @@
+"""``POST /v1/decide``: the hot path, from request bytes to a ranked answer.
+
+1. parse and check the request (orjson, no per-request Pydantic);
+2. read the visitor's profile: one Redis pipeline, under a hard time budget;
+3. filter the placement's eligible actions, score, rank, cut to ``n``;
+4. answer. If Redis is slow or down the answer is the non-personalised ranking with
+   ``"degraded": true`` - never a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from engine.config import Action, EngineConfig
+from engine.features import Profile, decode
+from engine.layout import identity_key
+from serving.services import Services
+
+router = APIRouter()
+MAX_N = 100
+
+
+class DecideRequestError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class DecideRequest:
+    customer_id: str | None
+    anonymous_id: str | None
+    placement: str
+    n: int
+    candidates: list[str] | None
+    context: dict[str, Any]
+
+
+def parse_decide_request(body: bytes, config: EngineConfig) -> DecideRequest:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise DecideRequestError(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DecideRequestError("body must be a JSON object")
+    cid, anon = data.get("customer_id"), data.get("anonymous_id")
+    for name, v in (("customer_id", cid), ("anonymous_id", anon)):
+        if v is not None and (not isinstance(v, str) or not v or len(v) > 128):
+            raise DecideRequestError(f"{name}: must be a non-empty string of at most 128 characters")
+    placement = data.get("placement")
+    if not isinstance(placement, str) or placement not in config.placements:
+        raise DecideRequestError(
+            f"placement: unknown placement {placement!r}; known: {', '.join(sorted(config.placements))}"
+        )
+    n = data.get("n", config.placements[placement].max_items)
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_N:
+        raise DecideRequestError(f"n: must be an integer from 1 to {MAX_N}")
+    candidates = data.get("candidates")
+    if candidates is not None:
+        if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
+            raise DecideRequestError("candidates: must be a list of action ids")
+        unknown = [c for c in candidates if c not in config.actions]
+        if unknown:
+            raise DecideRequestError(f"candidates: unknown action ids {unknown[:5]}")
+    context = data.get("context") or {}
+    if not isinstance(context, dict):
+        raise DecideRequestError("context: must be an object")
+    return DecideRequest(cid, anon, placement, n, candidates, context)
+
+
+def eligible_actions(req: DecideRequest, config: EngineConfig, now: float) -> list[Action]:
+    pool = [config.actions[c] for c in req.candidates] if req.candidates is not None \
+        else config.actions_for(req.placement)
+    return [a for a in pool if req.placement in a.placements and a.is_valid_at(now)]
+
+
+async def read_profile(svc: Services, req: DecideRequest, now: float) -> Profile | None:
+    """One pipeline for the visitor; a second one only for an anonymous id that was identified."""
+    store = svc.store
+    subject = req.customer_id or req.anonymous_id
+    if subject is None:
+        return None
+    pipe = svc.redis.pipeline(transaction=False)
+    store.queue_read(pipe, subject)
+    lookup_alias = req.customer_id is None
+    if lookup_alias:
+        pipe.get(identity_key(subject))
+    results = await pipe.execute()
+    if lookup_alias and results[-1]:
+        subject = results[-1]
+        raw = await store.read_raw(subject)
+    else:
+        raw = store.parse_read(results[: store.read_width])
+    return decode(subject, raw, svc.config, now)
+
+
+def _answer(status: int, payload: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+DECIDE_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {
+            "type": "object",
+            "required": ["placement"],
+            "properties": {
+                "customer_id": {"type": "string", "maxLength": 128},
+                "anonymous_id": {"type": "string", "maxLength": 128},
+                "placement": {"type": "string", "description": "a placement id from the configuration"},
+                "n": {"type": "integer", "minimum": 1, "maximum": MAX_N},
+                "candidates": {"type": "array", "items": {"type": "string"},
+                               "description": "restrict to these action ids"},
+                "context": {"type": "object", "description": "page context: url, channel, locale..."},
+            },
+        }}},
+    },
+    "responses": {
+        "200": {"description": "ranked actions", "content": {"application/json": {"schema": {
+            "type": "object",
+            "properties": {
+                "decision_id": {"type": "string"},
+                "placement": {"type": "string"},
+                "actions": {"type": "array", "items": {"type": "object", "properties": {
+                    "action_id": {"type": "string"}, "score": {"type": "number"},
+                    "title": {"type": "string"}, "category": {"type": "string"},
+                    "payload": {"type": "object"}}}},
+                "policy": {"type": "string"},
+                "model_version": {"type": "string"},
+                "personalised": {"type": "boolean"},
+                "degraded": {"type": "boolean", "description": "true when profile data was unavailable "
+                             "within the time budget and the ranking is non-personalised"},
+            },
+        }}}},
+        "400": {"description": "invalid request, with the reason"},
+    },
+}
+
+
+@router.post("/v1/decide", openapi_extra=DECIDE_OPENAPI, summary="Rank actions for a visitor")
+async def decide(request: Request) -> Response:
+    svc: Services = request.app.state.services
+    started = time.perf_counter()
+    now = time.time()
+    try:
+        req = parse_decide_request(await request.body(), svc.config)
+    except DecideRequestError as exc:
+        svc.metrics.decisions.inc("rejected")
+        return _answer(400, {"error": str(exc)})
+
+    degraded = False
+    profile: Profile | None = None
+    remaining = svc.settings.decide_budget_ms / 1000.0 - (time.perf_counter() - started)
+    try:
+        profile = await asyncio.wait_for(read_profile(svc, req, now), timeout=max(remaining, 0.001))
+    except Exception as exc:  # timeout, connection refused, anything: fall back, never 5xx
+        degraded = True
+        svc.metrics.errors.inc(f"profile_read:{type(exc).__name__}")
+
+    personalised = profile is not None and profile.exists and profile.personalisation_allowed
+    affinities = profile.affinities if personalised and profile is not None else None
+    ranked = svc.scorer.rank(eligible_actions(req, svc.config, now), affinities, svc.popularity)[: req.n]
+    payload = {
+        "decision_id": uuid.uuid4().hex,
+        "placement": req.placement,
+        "actions": [
+            {"action_id": a.id, "score": round(s, 6), "title": a.title, "category": a.category,
+             "payload": a.payload}
+            for a, s in ranked
+        ],
+        "policy": svc.scorer.name,
+        "model_version": svc.scorer.version,
+        "personalised": personalised,
+        "degraded": degraded,
+    }
+    svc.metrics.decisions.inc("degraded" if degraded else "ok")
+    svc.metrics.decide_latency.observe(time.perf_counter() - started)
+    return _answer(200, payload)

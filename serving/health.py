@@ -1,0 +1,56 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse, Response
+
+from serving.services import Services
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+@router.get("/readyz", summary="Kafka and Redis are reachable")
+async def readyz(request: Request) -> Response:
+    svc: Services = request.app.state.services
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(svc.redis.ping(), timeout=1.0)
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"unreachable: {exc!r}"
+    try:
+        await asyncio.wait_for(svc.producer.client.fetch_all_metadata(), timeout=2.0)
+        checks["kafka"] = "ok"
+    except Exception as exc:
+        checks["kafka"] = f"unreachable: {exc!r}"
+    ready = all(v == "ok" for v in checks.values())
+    return Response(orjson.dumps({"ready": ready, "checks": checks}), status_code=200 if ready else 503,
+                    media_type="application/json")
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> PlainTextResponse:
+    svc: Services = request.app.state.services
+    text = svc.metrics.render()
+    try:  # the workers' counters live in Redis so one scrape sees the whole pipeline
+        text += render_worker_counters(await asyncio.wait_for(svc.store.read_worker_counters(), 0.5))
+    except Exception:
+        svc.metrics.errors.inc("metrics_worker_counters")
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+def render_worker_counters(counters: dict[str, str]) -> str:
+    lines = []
+    for name in sorted(counters):
+        metric = f"pulse_worker_{name}_total"
+        lines += [f"# TYPE {metric} counter", f"{metric} {counters[name]}"]
+    return "\n".join(lines) + ("\n" if lines else "")
