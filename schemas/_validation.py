@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import fastjsonschema
 import orjson
@@ -43,6 +44,18 @@ class InvalidEvent(ValueError):
         self.reason = reason
         self.event_id = event_id
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _make_invalid_event, (self.reason, self.event_id)
+
+
+def _make_invalid_event(reason: str, event_id: str | None) -> InvalidEvent:
+    return InvalidEvent(reason, event_id=event_id)
+
+
+# Public home of the class (re-exported by the package): reprs, tracebacks and pickles say
+# ``schemas.InvalidEvent``.
+InvalidEvent.__module__ = "schemas"
+
 
 @functools.cache
 def load_schema(name: str) -> dict[str, Any]:
@@ -64,14 +77,51 @@ def _resolve_ref(uri: str) -> dict[str, Any]:
     return load_schema(uri[len(BASE_URI) :])
 
 
+def inline_refs(name: str) -> dict[str, Any]:
+    """``schemas/json/<name>`` with every ``$ref`` replaced by the schema it points to.
+
+    Our schemas are not recursive, so this terminates. Inlining lets fastjsonschema generate one
+    flat function instead of one call per reference, which is measurably faster per event.
+    Annotations next to a ``$ref`` (``description``) are dropped, as draft-07 ignores them.
+    """
+    return _inline(load_schema(name), BASE_URI + name, 0)
+
+
+def _inline(node: Any, base: str, depth: int) -> Any:
+    if depth > 32:
+        raise ValueError(f"$ref nesting too deep (recursive schema?) under {base}")
+    if isinstance(node, list):
+        return [_inline(item, base, depth) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        document_uri, _, fragment = urljoin(base, ref).partition("#")
+        target: Any = _resolve_ref(document_uri)
+        for part in filter(None, fragment.split("/")):
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        return _inline(target, document_uri, depth + 1)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("$id", "$schema", "definitions"):
+            continue
+        if key in ("properties", "patternProperties") and isinstance(value, dict):
+            out[key] = {prop: _inline(sub, base, depth) for prop, sub in value.items()}
+        elif key in ("enum", "const", "default", "examples", "required"):
+            out[key] = value
+        else:
+            out[key] = _inline(value, base, depth)
+    return out
+
+
 def compile_schema(name: str, *, use_default: bool = True) -> Validator:
-    """Compile ``schemas/json/<name>`` with fastjsonschema (``$ref`` resolved locally).
+    """Compile ``schemas/json/<name>`` with fastjsonschema, ``$ref`` inlined from the local files.
 
     ``use_default=True`` makes the validator fill in ``default`` values in place. ``format`` is
     documentation only here: formats that matter (the timestamp) are also enforced by ``pattern``.
     """
     return fastjsonschema.compile(
-        load_schema(name),
+        inline_refs(name),
         handlers={"https": _resolve_ref, "http": _resolve_ref},
         use_default=use_default,
         use_formats=False,
@@ -97,10 +147,9 @@ _INDEX_RE = re.compile(r"\[\d+\]")
 # (field name, failed keyword) -> message, for the mistakes producers actually make.
 _SPECIAL: dict[tuple[str, str], str] = {
     ("timestamp", "pattern"): (
-        "not RFC3339 (expected a date-time with a timezone, e.g. '2024-05-01T12:00:00Z') "
-        "nor epoch milliseconds"
+        "not RFC3339 (expected a date-time with a timezone, e.g. '2024-05-01T12:00:00Z') nor epoch milliseconds"
     ),
-    ("timestamp", "maximum"): "epoch milliseconds after year 9999",
+    ("timestamp", "maximum"): "must be epoch milliseconds before year 10000",
     ("currency", "pattern"): "must be a 3-letter upper-case ISO 4217 code such as 'EUR'",
     ("locale", "pattern"): "must be a BCP 47 language tag such as 'en-GB'",
     ("ip", "pattern"): "must be an IPv4 or IPv6 address",
@@ -167,8 +216,10 @@ def reason_from(
     if rule == "const":
         return f"{label}: must be {ruledef!r}, got {_short(value)}"
     if rule == "minimum":
-        if field == "timestamp" and isinstance(value, int | float) and value >= 1e8:
-            return f"timestamp: must be epoch milliseconds, {value!r} looks like epoch seconds (x1000)"
+        if field == "timestamp":
+            if value >= 1e8:
+                return f"timestamp: must be epoch milliseconds, {value!r} looks like epoch seconds (x1000)"
+            return f"timestamp: must be epoch milliseconds >= {ruledef} (1973-03-03), got {_short(value)}"
         return f"{label}: must be >= {ruledef}, got {_short(value)}"
     if rule == "exclusiveMinimum":
         return f"{label}: must be > {ruledef}, got {_short(value)}"

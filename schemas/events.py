@@ -16,7 +16,7 @@ b'{"event_id":"e-1","type":"add_to_cart","schema_version":1,"timestamp":'
 ...              "customer_id": "c-9", "properties": {}})
 Traceback (most recent call last):
     ...
-schemas._validation.InvalidEvent: properties.item_id: is required for add_to_cart
+schemas.InvalidEvent: properties.item_id: is required for add_to_cart
 """
 
 from __future__ import annotations
@@ -112,10 +112,10 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Event:
     ...             ' "customer_id": "c-1", "properties": {"query": "red shoes"}}').timestamp
     1714564800.25
     >>> parse_event({"event_id": "e-1", "type": "search", "timestamp": "yesterday",
-    ...              "customer_id": "c-1", "properties": {"query": "red shoes"}})
+    ...              "customer_id": "c-1", "properties": {"query": "red shoes"}})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
         ...
-    schemas._validation.InvalidEvent: timestamp: not RFC3339 (expected a date-time with a timezone, e.g. '2024-05-01T12:00:00Z') nor epoch milliseconds, got 'yesterday'
+    schemas.InvalidEvent: timestamp: not RFC3339 (...) nor epoch milliseconds, got 'yesterday'
     """
     if isinstance(raw, dict):
         if is_segment_payload(raw):
@@ -156,7 +156,12 @@ def _build(data: dict[str, Any]) -> Event:
             event_id=_event_id(data),
         ) from None
     ts = data["timestamp"]
-    timestamp = _parse_rfc3339(ts, data) if type(ts) is str else ts / 1000.0
+    if type(ts) is str:
+        timestamp = _parse_rfc3339(ts, data)
+    elif ts == ts:
+        timestamp = ts / 1000.0
+    else:  # NaN (only possible for dict input; JSON has no NaN)
+        raise InvalidEvent("timestamp: must be a number, got NaN", event_id=_event_id(data))
     return Event(
         data["event_id"],
         etype,

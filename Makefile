@@ -1,0 +1,45 @@
+# Everything runs on local real services (no Docker needed): Kafka jars from Maven Central,
+# Debian's redis-server. `make test` and `make demo` install what is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install deps test unit demo bench bench-quality lint compose-config clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+deps:
+	bash infra/install-deps.sh
+
+test: install deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+unit: install
+	$(VENV)/bin/pytest -m "not integration"
+
+demo: install deps
+	$(PY) -m infra.demo $(DEMO_ARGS)
+
+bench: install deps
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-quality: install
+	$(PY) -m bench.quality $(BENCH_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+compose-config:
+	docker compose -f infra/docker-compose.yml config --quiet
+
+clean:
+	bash infra/kafka.sh stop || true
+	bash infra/redis.sh stop || true

@@ -1,0 +1,105 @@
+"""A click-through-rate ranker: one River classifier over crossed features, with epsilon-greedy.
+
+Each (context, candidate) pair becomes a sparse hashed feature dict (``FeatureHasher.cross_sparse``):
+context features, action features, the action id, ``context x action`` crosses (including
+``context x action id``, i.e. per-action weights) and match features. One
+``river.linear_model.LogisticRegression`` (or any River binary classifier passed as ``model``, e.g.
+``river.facto.FMClassifier``) predicts the click probability.
+
+Exploration is epsilon-greedy over the *top* slot: with probability ``epsilon`` the top action is drawn
+uniformly among the ``k`` candidates, otherwise it is the greedy one. Logged propensities are exact:
+``(1 - epsilon) / t + epsilon / k`` for one of the ``t`` tied greedy actions, ``epsilon / k`` for any
+other. The greedy score adds ``optimism / sqrt(1 + n_a)`` (``n_a`` = rewards learned for the action)
+so a new action is tried early instead of waiting for an epsilon draw.
+
+>>> import random
+>>> from engine.policies import Candidate
+>>> ranker = CTRRanker(epsilon=0.1, optimism=0.0)
+>>> shoes, books = Candidate("shoes", {"cat:shoes": 1}), Candidate("books", {"cat:books": 1})
+>>> rng = random.Random(0)
+>>> for _ in range(300):
+...     ranker.learn_one({"aff_cat:shoes": 1.0}, shoes, 1.0)
+...     ranker.learn_one({"aff_cat:shoes": 1.0}, books, 0.0)
+>>> r = ranker.rank({"aff_cat:shoes": 1.0}, [shoes, books], n=2, rng=random.Random(1))
+>>> r.action_ids, round(r.propensity, 2), r.explored
+(['shoes', 'books'], 0.95, False)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from river import linear_model, optim
+
+from engine.policies.base import Candidate, Features, Ranked, empty_ranked, order_rest
+
+__all__ = ["CTRRanker"]
+
+from engine.policies.features import FeatureHasher
+
+
+class CTRRanker:
+    """Logistic-regression CTR model + epsilon-greedy exploration with exact propensities."""
+
+    name = "ctr_ranker"
+
+    def __init__(
+        self,
+        epsilon: float = 0.05,
+        optimism: float = 0.05,
+        model: Any = None,
+        learning_rate: float = 0.05,
+        l2: float = 0.0,
+        hash_dims: int = 1 << 20,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError("epsilon must be in [0, 1]")
+        self.epsilon = epsilon
+        self.optimism = optimism
+        self.model = (
+            model if model is not None
+            else linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=l2)
+        )
+        self.n_updates = 0
+        self._hasher = FeatureHasher(hash_dims, seed=seed)
+        self._counts: dict[str, int] = {}
+
+    def _features(self, context: Features, candidates: Sequence[Candidate]) -> list[dict[int, float]]:
+        return self._hasher.cross_sparse(
+            context, [c.features for c in candidates], ids=[c.action_id for c in candidates], with_context=True
+        )
+
+    def predict(self, context: Features, candidates: Sequence[Candidate]) -> list[float]:
+        """Predicted click probability per candidate (no exploration bonus)."""
+        predict = self.model.predict_proba_one
+        return [predict(x).get(True, 0.0) for x in self._features(context, candidates)]
+
+    def learn_one(self, context: Features, candidate: Candidate, reward: float) -> None:
+        x = self._features(context, [candidate])[0]
+        self.model.learn_one(x, reward > 0)
+        self._counts[candidate.action_id] = self._counts.get(candidate.action_id, 0) + 1
+        self.n_updates += 1
+
+    def rank(self, context: Features, candidates: Sequence[Candidate], n: int, rng: random.Random) -> Ranked:
+        if not candidates or n <= 0:
+            return empty_ranked()
+        k = len(candidates)
+        probs = self.predict(context, candidates)
+        scores = [
+            p + self.optimism / math.sqrt(1.0 + self._counts.get(c.action_id, 0))
+            for p, c in zip(probs, candidates, strict=True)
+        ]
+        best = max(scores)
+        tied = [i for i, s in enumerate(scores) if s >= best - 1e-12]
+        if self.epsilon > 0.0 and rng.random() < self.epsilon:
+            top = rng.randrange(k)
+        else:
+            top = tied[rng.randrange(len(tied))] if len(tied) > 1 else tied[0]
+        greedy = top in tied
+        propensity = self.epsilon / k + ((1.0 - self.epsilon) / len(tied) if greedy else 0.0)
+        order = order_rest(scores, top, min(n, k))
+        return Ranked([candidates[i].action_id for i in order], [scores[i] for i in order], propensity, not greedy)

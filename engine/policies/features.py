@@ -1,0 +1,235 @@
+"""Turning open-ended feature dicts into fixed-size numeric vectors, identically in every process.
+
+Context and action features are free-form dicts whose keys are not known in advance (new categories,
+new tags, new actions appear all the time). The linear policies therefore *hash* feature names into a
+fixed number of dimensions (signed hashing: a second hash bit picks +1/-1 so collisions cancel on
+average instead of piling up). The hash is BLAKE2b, not Python's ``hash()``, so a model learned by a
+stream worker scores identically in a serving process with a different ``PYTHONHASHSEED``.
+
+Three kinds of features are produced for a (context, candidate) pair:
+
+* **context** features, as given (``aff_cat:shoes``, ``recency_h`` ...);
+* **action** features, as given (``cat:shoes``, ``tag:sale``), optionally plus the action id;
+* **crosses** ``context x action`` (``aff_cat:shoes`` x ``cat:shoes``), which let one shared model
+  learn "visitors who like shoes click shoe offers" and so score a brand-new shoe offer sensibly;
+* **match** features: a context key ``aff_<field>:<value>`` and an action key ``<field>:<value>``
+  yield ``match:<field>`` = their product, i.e. "this visitor's affinity to *this* action's
+  category", one weight shared by every category.
+
+Values are squashed so counts do not dominate: ``v`` if ``|v| <= 1`` else ``sign(v) * (1 + ln|v|)``.
+
+>>> h = FeatureHasher(dims=16)
+>>> x = h.vector({"aff_cat:shoes": 0.7, "cnt:page_view": 12})
+>>> x.shape, float(x[0])  # slot 0 is the bias
+((16,), 1.0)
+>>> Z = h.cross_matrix({"aff_cat:shoes": 0.7}, [{"cat:shoes": 1.0}, {"cat:books": 1.0}])
+>>> Z.shape
+(2, 16)
+>>> match_features({"aff_cat:shoes": 0.7}, {"cat:shoes": 1.0})
+{'match:cat': 0.7}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["FeatureHasher", "squash", "match_features", "stable_hash"]
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_ID_PREFIX = "__id__:"
+
+
+def stable_hash(name: str, seed: int = 0) -> int:
+    """A 64-bit hash of ``name`` that is the same in every process and Python version.
+
+    >>> stable_hash("cat:shoes") == stable_hash("cat:shoes")
+    True
+    """
+    digest = hashlib.blake2b(name.encode(), digest_size=8, salt=seed.to_bytes(16, "little")).digest()
+    return int.from_bytes(digest, "little")
+
+
+def squash(v: float) -> float:
+    """Compress large magnitudes logarithmically, keep ``[-1, 1]`` as is (continuous, monotone).
+
+    >>> squash(0.5), squash(1.0), round(squash(12.0), 3), round(squash(-12.0), 3)
+    (0.5, 1.0, 3.485, -3.485)
+    """
+    if -1.0 <= v <= 1.0:
+        return float(v)
+    return math.copysign(1.0 + math.log(abs(v)), v)
+
+
+def match_features(context: Mapping[str, float], action: Mapping[str, float]) -> dict[str, float]:
+    """``match:<field>`` for every action key ``<field>:<value>`` whose ``aff_<field>:<value>`` is in
+    the context (the visitor's affinity to this action's value of that field).
+
+    >>> match_features({"aff_tag:sale": 0.5, "aff_cat:toys": 1.0}, {"tag:sale": 1.0, "cat:shoes": 1.0})
+    {'match:tag': 0.5}
+    """
+    out: dict[str, float] = {}
+    for key, av in action.items():
+        cv = context.get("aff_" + key)
+        if cv:
+            fld = key.partition(":")[0]
+            out["match:" + fld] = out.get("match:" + fld, 0.0) + float(cv) * float(av)
+    return out
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser, vectorised (uint64 arithmetic wraps around on purpose)."""
+    h = (h ^ (h >> np.uint64(30))) * _M1
+    h = (h ^ (h >> np.uint64(27))) * _M2
+    return h ^ (h >> np.uint64(31))
+
+
+class FeatureHasher:
+    """Signed feature hashing into ``dims`` slots; slot 0 is reserved for a constant bias of 1.
+
+    Hashes of names are cached (bounded: the cache is simply cleared when it exceeds ``max_cache``).
+
+    >>> h = FeatureHasher(dims=64, seed=1)
+    >>> np.allclose(h.vector({"a": 1.0}), FeatureHasher(dims=64, seed=1).vector({"a": 1.0}))
+    True
+    >>> sx = h.sparse({"a": 2.0})  # bias + one signed, squashed value
+    >>> sx[0], sorted(round(abs(v), 3) for v in sx.values())
+    (1.0, [1.0, 1.693])
+    """
+
+    __slots__ = ("dims", "seed", "max_cache", "_cache")
+
+    def __init__(self, dims: int, seed: int = 0, max_cache: int = 1 << 17) -> None:
+        if dims < 2:
+            raise ValueError("dims must be >= 2 (slot 0 is the bias)")
+        self.dims = dims
+        self.seed = seed
+        self.max_cache = max_cache
+        self._cache: dict[str, int] = {}
+
+    def __getstate__(self) -> dict:
+        # the cache is derived data: don't ship it in snapshots
+        return {"dims": self.dims, "seed": self.seed, "max_cache": self.max_cache}
+
+    def __setstate__(self, state: dict) -> None:
+        self.dims, self.seed, self.max_cache = state["dims"], state["seed"], state["max_cache"]
+        self._cache = {}
+
+    def raw(self, name: str) -> int:
+        """The cached 64-bit hash of a feature name."""
+        h = self._cache.get(name)
+        if h is None:
+            if len(self._cache) >= self.max_cache:
+                self._cache.clear()
+            h = self._cache[name] = stable_hash(name, self.seed)
+        return h
+
+    def _slots(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = (hashes % np.uint64(self.dims - 1)).astype(np.int64) + 1
+        sign = np.where((hashes >> np.uint64(63)) == 1, -1.0, 1.0)
+        return idx, sign
+
+    def _encode(self, features: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        names = [k for k, v in features.items() if v]
+        hashes = np.fromiter((self.raw(k) for k in names), dtype=np.uint64, count=len(names))
+        values = np.fromiter((squash(features[k]) for k in names), dtype=np.float64, count=len(names))
+        return hashes, values
+
+    def vector(self, features: Mapping[str, float]) -> np.ndarray:
+        """Dense ``(dims,)`` vector: bias + hashed features."""
+        out = np.zeros(self.dims)
+        out[0] = 1.0
+        if features:
+            hashes, values = self._encode(features)
+            idx, sign = self._slots(_mix(hashes))
+            np.add.at(out, idx, sign * values)
+        return out
+
+    def sparse(self, features: Mapping[str, float]) -> dict[int, float]:
+        """Sparse ``{slot: value}`` version of :meth:`vector`."""
+        out = {0: 1.0}
+        for k, v in features.items():
+            if v:
+                h = int(_mix(np.array([self.raw(k)], dtype=np.uint64))[0])
+                i = h % (self.dims - 1) + 1
+                s = -1.0 if h >> 63 else 1.0
+                out[i] = out.get(i, 0.0) + s * squash(v)
+        return out
+
+    def _pair_arrays(
+        self,
+        context: Mapping[str, float],
+        actions: Sequence[Mapping[str, float]],
+        ids: Sequence[str] | None,
+        with_context: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, 64-bit hash, value) triples for all features of all (context, action) pairs."""
+        ch, cv = self._encode(context)
+        rows: list[np.ndarray] = []
+        hashes: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        for j, feats in enumerate(actions):
+            af = dict(feats)
+            af.update(match_features(context, feats))
+            if ids is not None:
+                af[_ID_PREFIX + ids[j]] = 1.0
+            ah, av = self._encode(af)
+            # action main effects, and crosses context x action (hash of the ordered pair)
+            cross_h = (ch[None, :] * _GOLDEN + ah[:, None]).ravel()
+            cross_v = (av[:, None] * cv[None, :]).ravel()
+            parts_h = [ah, cross_h]
+            parts_v = [av, cross_v]
+            if with_context:
+                parts_h.append(ch)
+                parts_v.append(cv)
+            h = np.concatenate(parts_h)
+            hashes.append(h)
+            values.append(np.concatenate(parts_v))
+            rows.append(np.full(h.shape[0], j, dtype=np.int64))
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0)
+        return np.concatenate(rows), _mix(np.concatenate(hashes)), np.concatenate(values)
+
+    def cross_matrix(
+        self,
+        context: Mapping[str, float],
+        actions: Sequence[Mapping[str, float]],
+        ids: Sequence[str] | None = None,
+        with_context: bool = False,
+    ) -> np.ndarray:
+        """``(len(actions), dims)`` matrix: per action its features, match features, and crosses with
+        the context (plus the action id if ``ids`` are given, plus context main effects if
+        ``with_context``). Column 0 is the bias."""
+        out = np.zeros((len(actions), self.dims))
+        out[:, 0] = 1.0
+        rows, hashes, values = self._pair_arrays(context, actions, ids, with_context)
+        if rows.size:
+            idx, sign = self._slots(hashes)
+            flat = rows * self.dims + idx
+            out += np.bincount(flat, weights=sign * values, minlength=out.size).reshape(out.shape)
+        return out
+
+    def cross_sparse(
+        self,
+        context: Mapping[str, float],
+        actions: Sequence[Mapping[str, float]],
+        ids: Sequence[str] | None = None,
+        with_context: bool = True,
+    ) -> list[dict[int, float]]:
+        """Like :meth:`cross_matrix`, as one sparse ``{slot: value}`` dict per action (for River)."""
+        rows, hashes, values = self._pair_arrays(context, actions, ids, with_context)
+        idx, sign = self._slots(hashes)
+        vals = sign * values
+        out: list[dict[int, float]] = [{0: 1.0} for _ in actions]
+        bounds = np.searchsorted(rows, np.arange(len(actions) + 1))
+        idx_l, val_l = idx.tolist(), vals.tolist()
+        for j in range(len(actions)):
+            d = out[j]
+            for i, v in zip(idx_l[bounds[j]:bounds[j + 1]], val_l[bounds[j]:bounds[j + 1]], strict=True):
+                d[i] = d.get(i, 0.0) + v
+        return out

@@ -1,0 +1,124 @@
+"""Popularity: rank actions by their smoothed click-through rate, globally or per segment.
+
+Every rate is a Beta-Binomial posterior mean shrunk towards the level above it:
+
+* overall rate ``mu = (clicks + prior_ctr * m) / (shows + m)`` over all actions;
+* per action ``p_a = (clicks_a + m * mu) / (shows_a + m)``;
+* per segment and action ``p_sa = (clicks_sa + m * p_a) / (shows_sa + m)``, so a segment with little
+  data falls back on the action's global rate rather than on noise.
+
+``m`` is ``prior_strength`` (pseudo-impressions). The score adds ``bonus`` posterior standard deviations
+(``sqrt(p (1 - p) / (n + m + 1))``): a new action, with ``n = 0``, gets an optimistic score and is shown
+until its rate is known. Set ``bonus=0`` for pure, greedy popularity.
+
+Segments come from the context: every key ``segment:<name>`` with a positive value is an active
+segment; with several, their scores are averaged; with none, the global rates are used.
+
+>>> import random
+>>> from engine.policies import Candidate
+>>> pop = PopularityPolicy(bonus=0.0)
+>>> a, b = Candidate("a"), Candidate("b")
+>>> for _ in range(50):
+...     pop.learn_one({"segment:men": 1}, a, 1.0)
+...     pop.learn_one({"segment:men": 1}, b, 0.0)
+...     pop.learn_one({"segment:women": 1}, a, 0.0)
+...     pop.learn_one({"segment:women": 1}, b, 1.0)
+>>> pop.rank({"segment:men": 1}, [a, b], 1, random.Random(0)).top
+'a'
+>>> pop.rank({"segment:women": 1}, [a, b], 1, random.Random(0)).top
+'b'
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+from engine.policies.base import Candidate, Features, Ranked, empty_ranked, order_rest, tie_break_top
+
+__all__ = ["PopularityPolicy", "SEGMENT_PREFIX"]
+
+SEGMENT_PREFIX = "segment:"
+
+
+class PopularityPolicy:
+    """Smoothed CTR per action (and per segment); deterministic, ties broken at random.
+
+    Rewards are expected in ``[0, 1]`` (a click, a conversion); other values are clipped.
+    """
+
+    name = "popularity"
+
+    def __init__(
+        self,
+        prior_ctr: float = 0.05,
+        prior_strength: float = 20.0,
+        bonus: float = 1.0,
+        segment_prefix: str = SEGMENT_PREFIX,
+    ) -> None:
+        if not 0.0 < prior_ctr < 1.0 or prior_strength <= 0.0:
+            raise ValueError("prior_ctr must be in (0, 1) and prior_strength > 0")
+        self.prior_ctr = prior_ctr
+        self.prior_strength = prior_strength
+        self.bonus = bonus
+        self.segment_prefix = segment_prefix
+        self.n_updates = 0
+        self._shows_total = 0.0
+        self._clicks_total = 0.0
+        self._counts: dict[str, list[float]] = {}  # action -> [shows, clicks]
+        self._segments: dict[str, dict[str, list[float]]] = {}  # segment -> action -> [shows, clicks]
+
+    def _active_segments(self, context: Features) -> list[str]:
+        pre, cut = self.segment_prefix, len(self.segment_prefix)
+        return [k[cut:] for k, v in context.items() if v and v > 0 and k.startswith(pre)]
+
+    def learn_one(self, context: Features, candidate: Candidate, reward: float) -> None:
+        r = min(max(float(reward), 0.0), 1.0)
+        aid = candidate.action_id
+        c = self._counts.setdefault(aid, [0.0, 0.0])
+        c[0] += 1.0
+        c[1] += r
+        for seg in self._active_segments(context):
+            sc = self._segments.setdefault(seg, {}).setdefault(aid, [0.0, 0.0])
+            sc[0] += 1.0
+            sc[1] += r
+        self._shows_total += 1.0
+        self._clicks_total += r
+        self.n_updates += 1
+
+    def rates(self, context: Features, candidates: Sequence[Candidate]) -> list[tuple[float, float]]:
+        """(smoothed rate, its posterior standard deviation) per candidate, in this context."""
+        m = self.prior_strength
+        mu = (self._clicks_total + self.prior_ctr * m) / (self._shows_total + m)
+        segments = [self._segments.get(s, {}) for s in self._active_segments(context)]
+        out: list[tuple[float, float]] = []
+        for cand in candidates:
+            shows, clicks = self._counts.get(cand.action_id, (0.0, 0.0))
+            p = (clicks + m * mu) / (shows + m)
+            if not segments:
+                out.append((p, math.sqrt(p * (1.0 - p) / (shows + m + 1.0))))
+                continue
+            mean = sd = 0.0
+            for seg in segments:
+                s_shows, s_clicks = seg.get(cand.action_id, (0.0, 0.0))
+                ps = (s_clicks + m * p) / (s_shows + m)
+                mean += ps
+                sd += math.sqrt(ps * (1.0 - ps) / (s_shows + m + 1.0))
+            out.append((mean / len(segments), sd / len(segments)))
+        return out
+
+    def rank(self, context: Features, candidates: Sequence[Candidate], n: int, rng: random.Random) -> Ranked:
+        if not candidates or n <= 0:
+            return empty_ranked()
+        rates = self.rates(context, candidates)
+        scores = [p + self.bonus * sd for p, sd in rates]
+        top, n_tied = tie_break_top(scores, rng)
+        order = order_rest(scores, top, min(n, len(candidates)))
+        best_mean = max(p for p, _ in rates)
+        return Ranked(
+            [candidates[i].action_id for i in order],
+            [scores[i] for i in order],
+            1.0 / n_tied,
+            rates[top][0] < best_mean - 1e-12,
+        )

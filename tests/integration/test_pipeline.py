@@ -1,0 +1,175 @@
+"""End to end on a real broker and Redis: events -> worker -> Redis -> decide, collector, DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from tests.support import Stack, event, produce, profile_of, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def test_events_update_the_redis_profile(stack: Stack, worker: object) -> None:
+    visitor = f"anon-{uuid.uuid4().hex[:6]}"
+    events = [event("page_view", visitor, category="shoes", item_id=f"sku-{i % 3}") for i in range(20)]
+    events += [event("add_to_cart", visitor, item_id="sku-1", category="shoes", quantity=2)]
+    produce(stack.bootstrap, stack.events_topic, events)
+    p = wait_until(lambda: (lambda q: q if q.counts.get("add_to_cart") == 1 else None)(
+        profile_of(stack.redis_url, visitor)), timeout=60, what="profile updated")
+    assert p.counts["page_view"] == 20
+    assert p.cart == {"sku-1": 2}
+    assert set(p.recent["recent_items"]) == {"sku-0", "sku-1", "sku-2"}
+    assert p.recent["recent_items"][0] == "sku-1"  # most recent first
+    assert list(p.affinities["category"]) == ["shoes"]
+    assert p.windows["views"]["1h"] == 20 and p.session["pages"] == 20
+
+
+def test_decision_reflects_an_event_published_moments_before(stack: Stack, worker: object, api: str) -> None:
+    visitor = f"anon-{uuid.uuid4().hex[:6]}"
+    body = {"anonymous_id": visitor, "placement": "home_hero", "n": 3}
+    before = httpx.post(f"{api}/v1/decide", json=body).json()
+    assert before["degraded"] is False and before["personalised"] is False
+    assert len(before["actions"]) == 3
+    target = "promo-sun-hats"
+    produce(stack.bootstrap, stack.events_topic,
+            [event("click", visitor, category="hats", item_id="sku-hat-1") for _ in range(2)])
+    published = time.monotonic()
+
+    def top() -> dict | None:
+        answer = httpx.post(f"{api}/v1/decide", json=body).json()
+        return answer if answer["actions"][0]["action_id"] == target else None
+
+    after = wait_until(top, timeout=30, interval=0.02, what="decision to reflect the clicks")
+    assert after["personalised"] is True and after["degraded"] is False
+    assert time.monotonic() - published < 30
+
+
+def test_invalid_events_reach_the_dead_letter_topic_and_the_worker_carries_on(
+    stack: Stack, worker: object
+) -> None:
+    visitor = f"anon-{uuid.uuid4().hex[:6]}"
+    bad = [
+        b"{not json",
+        orjson.dumps({"event_id": "x1", "type": "teleport", "timestamp": 1, "anonymous_id": visitor}),
+        orjson.dumps(event("add_to_cart", visitor)),  # item_id missing
+    ]
+    produce(stack.bootstrap, stack.events_topic, [*bad, event("page_view", visitor, category="books")])
+    wait_until(lambda: profile_of(stack.redis_url, visitor).counts.get("page_view") == 1, timeout=60,
+               what="valid event after bad ones to be applied")
+
+    async def read_dlq() -> list:
+        consumer = AIOKafkaConsumer(stack.dlq_topic, bootstrap_servers=stack.bootstrap,
+                                    auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        try:
+            got: list = []
+            deadline = time.monotonic() + 30
+            while len(got) < 3 and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                for msgs in batch.values():
+                    got.extend(msgs)
+            return got
+        finally:
+            await consumer.stop()
+
+    letters = asyncio.run(read_dlq())
+    assert sorted(m.value for m in letters) == sorted(bad)  # original bytes, nothing lost
+    reasons = {m.value: dict(m.headers)["dlq.reason"].decode() for m in letters}
+    assert "JSON" in reasons[bad[0]] or "json" in reasons[bad[0]]
+    assert "teleport" in reasons[bad[1]]
+    assert "item_id" in reasons[bad[2]]
+    assert all(dict(m.headers)["dlq.source"].decode().startswith(stack.events_topic) for m in letters)
+
+
+def test_collector_round_trip(stack: Stack, worker: object, api: str) -> None:
+    visitor = f"anon-{uuid.uuid4().hex[:6]}"
+    batch = [event("page_view", visitor, category="books", item_id="sku-book-1") for _ in range(3)]
+    r = httpx.post(f"{api}/v1/events", json=batch)
+    assert r.status_code == 202, r.text
+    assert r.json()["accepted"] == 3
+    wait_until(lambda: profile_of(stack.redis_url, visitor).counts.get("page_view") == 3, timeout=60,
+               what="collected events in the profile")
+    profile = httpx.get(f"{api}/v1/profiles/{visitor}").json()
+    assert profile["counts"]["page_view"] == 3
+
+    # one invalid event rejects the request with a reason per event, and nothing is published
+    mixed = [event("page_view", visitor), {"event_id": "e2", "type": "click", "anonymous_id": visitor}]
+    r = httpx.post(f"{api}/v1/events", json=mixed)
+    assert r.status_code == 422
+    errors = r.json()["errors"]
+    assert [e["index"] for e in errors] == [1] and "timestamp" in errors[0]["reason"]
+    time.sleep(1.0)
+    assert profile_of(stack.redis_url, visitor).counts["page_view"] == 3
+
+    # a Segment-style page call is mapped onto our envelope
+    seg = {"type": "page", "messageId": uuid.uuid4().hex, "anonymousId": visitor,
+           "timestamp": "2026-11-23T10:00:00Z", "properties": {"url": "https://shop.example/books"}}
+    assert httpx.post(f"{api}/v1/events", json=seg).status_code == 202
+    wait_until(lambda: profile_of(stack.redis_url, visitor).counts.get("page_view") == 4, timeout=60,
+               what="segment event applied")
+    assert httpx.get(f"{api}/v1/profiles/nobody-{uuid.uuid4().hex}").status_code == 404
+
+
+def test_identify_merges_anonymous_history(stack: Stack, worker: object, api: str) -> None:
+    anon, customer = f"anon-{uuid.uuid4().hex[:6]}", f"cust-{uuid.uuid4().hex[:6]}"
+    produce(stack.bootstrap, stack.events_topic,
+            [event("page_view", anon, category="jackets", item_id="sku-jacket-1") for _ in range(4)])
+    produce(stack.bootstrap, stack.events_topic, [event("page_view", customer, customer=True, category="books")])
+    wait_until(lambda: profile_of(stack.redis_url, anon).counts.get("page_view") == 4, timeout=60,
+               what="anonymous history")
+    ident = event("identify", anon)
+    ident["customer_id"] = customer
+    produce(stack.bootstrap, stack.events_topic, [ident])
+    merged = wait_until(lambda: (lambda p: p if p.counts.get("identify") == 1 else None)(
+        profile_of(stack.redis_url, customer)), timeout=60, what="merge")
+    assert merged.counts["page_view"] == 5
+    assert set(merged.affinities["category"]) == {"jackets", "books"}
+    assert not profile_of(stack.redis_url, anon).exists
+    # later anonymous events land on the customer; decide by anonymous id sees the customer
+    produce(stack.bootstrap, stack.events_topic, [event("click", anon, category="jackets")])
+    wait_until(lambda: profile_of(stack.redis_url, customer).counts.get("click") == 1, timeout=60,
+               what="post-identify anonymous event on the customer")
+    answer = httpx.post(f"{api}/v1/decide", json={"anonymous_id": anon, "placement": "home_hero"}).json()
+    assert answer["personalised"] is True
+    assert answer["actions"][0]["action_id"] == "promo-winter-jackets"
+    # right to be forgotten
+    assert httpx.delete(f"{api}/v1/profiles/{customer}").json()["keys_deleted"] > 0
+    assert not profile_of(stack.redis_url, customer).exists
+
+
+def test_consent_withdrawal_stops_personalisation(stack: Stack, worker: object, api: str) -> None:
+    visitor = f"anon-{uuid.uuid4().hex[:6]}"
+    produce(stack.bootstrap, stack.events_topic, [event("click", visitor, category="hats")])
+    wait_until(lambda: profile_of(stack.redis_url, visitor).counts.get("click") == 1, timeout=60, what="click")
+    produce(stack.bootstrap, stack.events_topic, [event("consent", visitor, personalisation=False),
+                                                  event("click", visitor, category="hats")])
+    wait_until(lambda: profile_of(stack.redis_url, visitor).consent.get("personalisation") is False,
+               timeout=60, what="consent withdrawn")
+    time.sleep(1.0)
+    p = profile_of(stack.redis_url, visitor)
+    assert p.counts == {} and p.affinities["category"] == {}
+    answer = httpx.post(f"{api}/v1/decide", json={"anonymous_id": visitor, "placement": "home_hero"}).json()
+    assert answer["personalised"] is False
+
+
+def test_events_from_kcat_a_producer_we_did_not_write(stack: Stack, worker: object, tmp_path: Path) -> None:
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat is installed by infra/install-deps.sh (Debian package kcat)"
+    visitor = f"anon-{uuid.uuid4().hex[:6]}"
+    lines = [f"{visitor}|{orjson.dumps(event('page_view', visitor, category='books')).decode()}"
+             for _ in range(5)]
+    (tmp_path / "events.txt").write_text("\n".join(lines) + "\n")
+    subprocess.run([kcat, "-P", "-b", stack.bootstrap, "-t", stack.events_topic, "-K", "|", "-X", "acks=all",
+                    "-l", str(tmp_path / "events.txt")], check=True, timeout=60)
+    wait_until(lambda: profile_of(stack.redis_url, visitor).counts.get("page_view") == 5, timeout=60,
+               what="kcat events applied")

@@ -1,0 +1,85 @@
+"""Helpers for integration tests: real worker and API processes, producing and waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from engine.settings import REPO_ROOT
+from infra.processes import (  # noqa: F401 - re-exported for the tests
+    ManagedProcess,
+    Stack,
+    api_process,
+    free_port,
+    wait_http_ready,
+    wait_until,
+    worker_process,
+)
+
+
+async def produce_async(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=v, key=k) for k, v in items]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def produce(bootstrap: str, topic: str, events: Iterable[dict[str, Any] | bytes]) -> None:
+    """Publish events keyed by visitor id (raw bytes are published unkeyed)."""
+    items: list[tuple[bytes | None, bytes]] = []
+    for e in events:
+        if isinstance(e, bytes):
+            items.append((None, e))
+        else:
+            key = (e.get("customer_id") or e.get("anonymous_id") or "").encode() or None
+            items.append((key, orjson.dumps(e)))
+    asyncio.run(produce_async(bootstrap, topic, items))
+
+
+def event(type_: str, visitor: str, *, customer: bool = False, ts_ms: int | None = None,
+          **properties: Any) -> dict[str, Any]:
+    e: dict[str, Any] = {
+        "event_id": uuid.uuid4().hex, "type": type_,
+        "timestamp": ts_ms if ts_ms is not None else int(time.time() * 1000),
+        "context": {"channel": "web"}, "properties": properties,
+    }
+    e["customer_id" if customer else "anonymous_id"] = visitor
+    return e
+
+
+CONFIG_PATH = REPO_ROOT / "config" / "engine.toml"
+
+
+def with_store(redis_url: str, fn: Callable[[Any], Any]) -> Any:
+    """Run ``await fn(store)`` against a fresh client (clients are bound to one event loop)."""
+    import redis.asyncio as aioredis
+
+    from engine.config import load_config
+    from engine.profile_store import ProfileStore
+
+    async def run() -> Any:
+        client = aioredis.from_url(redis_url, decode_responses=True)
+        try:
+            return await fn(ProfileStore(client, load_config(CONFIG_PATH)))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def profile_of(redis_url: str, customer_id: str) -> Any:
+    from engine.features import decode
+
+    async def read(store: Any) -> Any:
+        return decode(customer_id, await store.read_raw(customer_id), store.config, time.time())
+
+    return with_store(redis_url, read)
