@@ -130,7 +130,9 @@ cds_opts() {
 publish_cds_archive() {
   local dumped="$KAFKA_DATA_DIR/kafka-cds.jsa"
   if [[ -s "$dumped" && ! -s "$CDS_ARCHIVE" ]]; then
-    cp "$dumped" "$CDS_ARCHIVE.tmp.$$" && mv -f "$CDS_ARCHIVE.tmp.$$" "$CDS_ARCHIVE" || rm -f "$CDS_ARCHIVE.tmp.$$"
+    if ! { cp "$dumped" "$CDS_ARCHIVE.tmp.$$" && mv -f "$CDS_ARCHIVE.tmp.$$" "$CDS_ARCHIVE"; }; then
+      rm -f "$CDS_ARCHIVE.tmp.$$"
+    fi
   fi
   rm -f "$dumped"
 }

@@ -3,7 +3,7 @@
 Private module: import the public names from :mod:`schemas`.
 
 The JSON files in ``schemas/json/`` are the contract. They reference each other by ``$id``
-(``https://schemas.pulse.example/<file>``); :func:`compile_schema` resolves those references to
+(``https://schemas.pulse.example/<file>``); :func:`compile_schema` inlines those references from
 the local files, so compiling never touches the network.
 """
 

@@ -32,6 +32,9 @@ app = faust.App(
     broker_commit_interval=1.0,
     producer_acks=-1,
     consumer_auto_offset_reset="earliest",
+    # a crashed worker's partitions move to the others after this long (Kafka's default is 45 s)
+    broker_session_timeout=settings.worker_session_timeout,
+    broker_heartbeat_interval=min(3.0, settings.worker_session_timeout / 3),
 )
 events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw")

@@ -82,6 +82,11 @@ def match_features(context: Mapping[str, float], action: Mapping[str, float]) ->
     return out
 
 
+def _squash_array(v: np.ndarray) -> np.ndarray:
+    a = np.abs(v)
+    return np.where(a <= 1.0, v, np.copysign(1.0 + np.log(np.maximum(a, 1.0)), v))
+
+
 def _mix(h: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser, vectorised (uint64 arithmetic wraps around on purpose)."""
     h = (h ^ (h >> np.uint64(30))) * _M1
@@ -135,9 +140,10 @@ class FeatureHasher:
         return idx, sign
 
     def _encode(self, features: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        raw = self.raw
         names = [k for k, v in features.items() if v]
-        hashes = np.fromiter((self.raw(k) for k in names), dtype=np.uint64, count=len(names))
-        values = np.fromiter((squash(features[k]) for k in names), dtype=np.float64, count=len(names))
+        hashes = np.array([raw(k) for k in names], dtype=np.uint64)
+        values = _squash_array(np.array([features[k] for k in names], dtype=np.float64))
         return hashes, values
 
     def vector(self, features: Mapping[str, float]) -> np.ndarray:
@@ -147,18 +153,17 @@ class FeatureHasher:
         if features:
             hashes, values = self._encode(features)
             idx, sign = self._slots(_mix(hashes))
-            np.add.at(out, idx, sign * values)
+            out += np.bincount(idx, weights=sign * values, minlength=self.dims)
         return out
 
     def sparse(self, features: Mapping[str, float]) -> dict[int, float]:
         """Sparse ``{slot: value}`` version of :meth:`vector`."""
         out = {0: 1.0}
-        for k, v in features.items():
-            if v:
-                h = int(_mix(np.array([self.raw(k)], dtype=np.uint64))[0])
-                i = h % (self.dims - 1) + 1
-                s = -1.0 if h >> 63 else 1.0
-                out[i] = out.get(i, 0.0) + s * squash(v)
+        if features:
+            hashes, values = self._encode(features)
+            idx, sign = self._slots(_mix(hashes))
+            for i, v in zip(idx.tolist(), (sign * values).tolist(), strict=True):
+                out[i] = out.get(i, 0.0) + v
         return out
 
     def _pair_arrays(
@@ -170,30 +175,38 @@ class FeatureHasher:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, 64-bit hash, value) triples for all features of all (context, action) pairs."""
         ch, cv = self._encode(context)
-        rows: list[np.ndarray] = []
-        hashes: list[np.ndarray] = []
-        values: list[np.ndarray] = []
+        raw = self.raw
+        rows: list[int] = []
+        hashes: list[int] = []
+        values: list[float] = []
         for j, feats in enumerate(actions):
-            af = dict(feats)
-            af.update(match_features(context, feats))
+            for key, av in feats.items():
+                if av:
+                    rows.append(j)
+                    hashes.append(raw(key))
+                    values.append(av)
+            for key, mv in match_features(context, feats).items():
+                rows.append(j)
+                hashes.append(raw(key))
+                values.append(mv)
             if ids is not None:
-                af[_ID_PREFIX + ids[j]] = 1.0
-            ah, av = self._encode(af)
-            # action main effects, and crosses context x action (hash of the ordered pair)
-            cross_h = (ch[None, :] * _GOLDEN + ah[:, None]).ravel()
-            cross_v = (av[:, None] * cv[None, :]).ravel()
-            parts_h = [ah, cross_h]
-            parts_v = [av, cross_v]
-            if with_context:
-                parts_h.append(ch)
-                parts_v.append(cv)
-            h = np.concatenate(parts_h)
-            hashes.append(h)
-            values.append(np.concatenate(parts_v))
-            rows.append(np.full(h.shape[0], j, dtype=np.int64))
-        if not rows:
-            return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0)
-        return np.concatenate(rows), _mix(np.concatenate(hashes)), np.concatenate(values)
+                rows.append(j)
+                hashes.append(raw(_ID_PREFIX + ids[j]))
+                values.append(1.0)
+        ar = np.array(rows, dtype=np.int64)
+        ah = np.array(hashes, dtype=np.uint64)
+        av_ = _squash_array(np.array(values, dtype=np.float64))
+        m = ch.shape[0]
+        # action main effects, and crosses context x action (hash of the ordered pair)
+        parts_r = [ar, np.repeat(ar, m)]
+        parts_h = [ah, (ah[:, None] + ch[None, :] * _GOLDEN).ravel()]
+        parts_v = [av_, (av_[:, None] * cv[None, :]).ravel()]
+        if with_context and m:
+            k = len(actions)
+            parts_r.append(np.repeat(np.arange(k, dtype=np.int64), m))
+            parts_h.append(np.tile(ch, k))
+            parts_v.append(np.tile(cv, k))
+        return np.concatenate(parts_r), _mix(np.concatenate(parts_h)), np.concatenate(parts_v)
 
     def cross_matrix(
         self,
@@ -223,8 +236,10 @@ class FeatureHasher:
     ) -> list[dict[int, float]]:
         """Like :meth:`cross_matrix`, as one sparse ``{slot: value}`` dict per action (for River)."""
         rows, hashes, values = self._pair_arrays(context, actions, ids, with_context)
-        idx, sign = self._slots(hashes)
-        vals = sign * values
+        order = np.argsort(rows, kind="stable")
+        rows = rows[order]
+        idx, sign = self._slots(hashes[order])
+        vals = sign * values[order]
         out: list[dict[int, float]] = [{0: 1.0} for _ in actions]
         bounds = np.searchsorted(rows, np.arange(len(actions) + 1))
         idx_l, val_l = idx.tolist(), vals.tolist()

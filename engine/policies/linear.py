@@ -193,7 +193,7 @@ class LinUCB(_LinearBandit):
     name = "linucb"
 
     def __init__(
-        self, alpha: float = 0.2, context_dims: int = 32, shared_dims: int = 0, ridge: float = 1.0, seed: int = 0
+        self, alpha: float = 0.3, context_dims: int = 64, shared_dims: int = 32, ridge: float = 1.0, seed: int = 0
     ) -> None:
         super().__init__(context_dims=context_dims, shared_dims=shared_dims, ridge=ridge, seed=seed)
         self.alpha = alpha
@@ -228,9 +228,9 @@ class LinearThompson(_LinearBandit):
 
     def __init__(
         self,
-        v: float = 0.2,
-        context_dims: int = 32,
-        shared_dims: int = 0,
+        v: float = 0.3,
+        context_dims: int = 64,
+        shared_dims: int = 32,
         ridge: float = 1.0,
         propensity_samples: int = 100,
         seed: int = 0,

@@ -97,7 +97,11 @@ class CoVisitation:
         prior: float = 1e-3,
         max_users: int | None = 100_000,
         max_items: int | None = None,
+        policy: str = "ss",
+        seed: int = 0,
     ) -> None:
+        self.policy = policy
+        self._rng = np.random.default_rng(seed)
         if top_k < 1 or history_size < 1:
             raise ValueError("top_k and history_size must be >= 1")
         if not 0.0 < recency <= 1.0:
@@ -120,6 +124,7 @@ class CoVisitation:
         self._pop = np.zeros(0, dtype=np.float64)
         self._nbr = np.full((0, top_k), -1, dtype=np.int32)  # neighbour rows, -1 = empty slot
         self._w = np.zeros((0, top_k), dtype=np.float64)  # their weights (0 for empty slots)
+        self._err = np.zeros((0, top_k), dtype=np.float64)  # weight inherited on entry (Space-Saving)
         self._users: OrderedDict[Hashable, History] = OrderedDict()
         self.n_evicted_items = 0
 
@@ -214,6 +219,7 @@ class CoVisitation:
             factor = self._decay.move_landmark()
             self._pop *= factor
             self._w *= factor
+            self._err *= factor
         gain = self._decay.gain(ts)
         j = self._add_item(item_id)
         self._pop[j] += weight * gain
@@ -244,6 +250,7 @@ class CoVisitation:
         self._pop = grow(self._pop, size)
         self._nbr = grow(self._nbr, size, fill=-1)
         self._w = grow(self._w, size)
+        self._err = grow(self._err, size)
         return r
 
     def _evict_least_popular(self) -> None:
@@ -254,9 +261,11 @@ class CoVisitation:
         self._pop[r] = 0.0
         self._nbr[r] = -1
         self._w[r] = 0.0
+        self._err[r] = 0.0
         refs = self._nbr[:size] == r
         self._nbr[:size][refs] = -1
         self._w[:size][refs] = 0.0
+        self._err[:size][refs] = 0.0
         self.n_evicted_items += 1
 
     def _add_to_rows(self, hs: np.ndarray, j: int, add: np.ndarray) -> None:
@@ -270,13 +279,28 @@ class CoVisitation:
         if n.size:
             rows = hs[n]
             slots = self._w[rows].argmin(axis=1)  # an empty slot (weight 0) if there is one
-            # Space-Saving: the newcomer takes the smallest slot and inherits its count.
+            if self.policy == "prune":
+                full = (self._nbr[rows] >= 0).all(axis=1)
+                if full.any():
+                    self._prune(rows[full])
+                slots = (self._nbr[rows] >= 0).argmin(axis=1)
+                self._w[rows, slots] = add[n]
+                self._nbr[rows, slots] = j
+                return
+            # Space-Saving: the newcomer takes the smallest slot and inherits its count as its error.
+            if self.policy == "uss":
+                neww = self._w[rows, slots] + add[n]
+                self._w[rows, slots] = neww
+                take = self._rng.random(n.size) * neww < add[n]
+                self._nbr[rows[take], slots[take]] = j
+                return
+            self._err[rows, slots] = self._w[rows, slots]
             self._w[rows, slots] += add[n]
             self._nbr[rows, slots] = j
 
     def _add_to_row(self, j: int, hs: np.ndarray, add: np.ndarray) -> None:
         """Add neighbours ``hs`` (distinct) with weights ``add`` to row ``j``."""
-        nbr, w = self._nbr[j], self._w[j]
+        nbr, w, err = self._nbr[j], self._w[j], self._err[j]
         match = hs[:, None] == nbr[None, :]
         found = match.any(axis=1)
         f = np.flatnonzero(found)
@@ -286,14 +310,38 @@ class CoVisitation:
         if not n.size:
             return
         n = n[np.argsort(-add[n], kind="stable")][: self.top_k]  # heaviest newcomers first
+        if self.policy == "prune":
+            empty = np.flatnonzero(nbr < 0)
+            if empty.size < n.size:
+                self._prune(np.array([j]))
+                empty = np.flatnonzero(nbr < 0)
+            n = n[: empty.size]
+            slots = empty[: n.size]
+            w[slots] = add[n]
+            nbr[slots] = hs[n]
+            return
         # Space-Saving for a batch: the i-th heaviest newcomer takes the i-th smallest slot.
         if n.size < self.top_k:
             slots = np.argpartition(w, n.size - 1)[: n.size]
         else:
             slots = np.arange(self.top_k)
         slots = slots[np.argsort(w[slots], kind="stable")]
+        if self.policy == "uss":
+            w[slots] += add[n]
+            take = self._rng.random(n.size) * w[slots] < add[n]
+            nbr[slots[take]] = hs[n][take]
+            return
+        err[slots] = w[slots]
         w[slots] += add[n]
         nbr[slots] = hs[n]
+
+    def _prune(self, rows: np.ndarray) -> None:
+        keep = int(self.top_k * getattr(self, "keep", 0.5))
+        w = self._w[rows]
+        drop = np.argpartition(-w, keep, axis=1)[:, keep:]
+        r = np.repeat(rows, drop.shape[1])
+        self._w[r, drop.ravel()] = 0.0
+        self._nbr[r, drop.ravel()] = -1
 
     # ------------------------------------------------------------------ scoring
 
@@ -316,7 +364,7 @@ class CoVisitation:
         if rows:
             hs = np.asarray(rows)
             nbr = self._nbr[hs]
-            vals = self._w[hs] * np.asarray(coef)[:, None]
+            vals = (self._w[hs] - self._err[hs]) * np.asarray(coef)[:, None]
             used = nbr >= 0
             scores = np.bincount(nbr[used], weights=vals[used], minlength=size)[:size].astype(np.float64)
             scores /= np.maximum(pop, 1e-300) ** self.beta
