@@ -78,10 +78,45 @@ class ScoringSettings:
     popularity_half_life_hours: float = 24.0
 
 
+#: The transparent, non-learning scorer (engine.scoring); every other policy name is a learner.
+BASELINE_POLICY = "affinity_popularity"
+REWARD_AGGREGATIONS = ("first", "sum", "max")
+
+
+@dataclass(frozen=True, slots=True)
+class RewardSettings:
+    #: How long a decision waits for its click/conversion before the default reward is learned.
+    window_seconds: float = 600.0
+    default: float = 0.0
+    #: How several rewards of one decision combine: the first one, their sum, or their maximum.
+    aggregation: str = "max"
+    #: Learn a conversion's monetary value instead of 1.0.
+    conversion_value: bool = False
+    click: float = 1.0
+    conversion: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class LearningSettings:
+    policy: str = BASELINE_POLICY
+    params: Mapping[str, Any] = field(default_factory=dict)
+    #: Share of visitors (sticky per visitor) who get ``holdout_policy`` instead: the control arm.
+    holdout_share: float = 0.0
+    holdout_policy: str = BASELINE_POLICY
+    reward: RewardSettings = field(default_factory=RewardSettings)
+    snapshot_every_updates: int = 200
+    snapshot_every_seconds: float = 5.0
+
+    @property
+    def learns(self) -> bool:
+        return self.policy != BASELINE_POLICY or self.holdout_policy != BASELINE_POLICY
+
+
 @dataclass(frozen=True, slots=True)
 class Placement:
     id: str
     max_items: int = 5
+    learning: LearningSettings = field(default_factory=LearningSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +192,40 @@ def _timestamp(value: Any, where: str) -> float | None:
         raise ConfigError(f"{where}: '{value}' is not an ISO-8601 timestamp") from exc
 
 
+def _check_policy(name: Any, params: Mapping[str, Any], where: str) -> None:
+    if name == BASELINE_POLICY:
+        return
+    from engine.policies import make_policy  # policies import numpy/river: only when configured
+
+    try:
+        make_policy(name, **params)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _learning(p: Mapping[str, Any], where: str) -> LearningSettings:
+    try:
+        reward = RewardSettings(**p.get("reward", {}))
+    except TypeError as exc:
+        raise ConfigError(f"{where}: reward: {exc}") from exc
+    if reward.aggregation not in REWARD_AGGREGATIONS:
+        raise ConfigError(f"{where}: reward.aggregation must be one of {', '.join(REWARD_AGGREGATIONS)}")
+    if reward.window_seconds <= 0:
+        raise ConfigError(f"{where}: reward.window_seconds must be positive")
+    learning = LearningSettings(
+        policy=p.get("policy", BASELINE_POLICY), params=dict(p.get("policy_params", {})),
+        holdout_share=float(p.get("holdout_share", 0.0)),
+        holdout_policy=p.get("holdout_policy", BASELINE_POLICY), reward=reward,
+        snapshot_every_updates=int(p.get("snapshot_every_updates", 200)),
+        snapshot_every_seconds=float(p.get("snapshot_every_seconds", 5.0)),
+    )
+    if not 0.0 <= learning.holdout_share < 1.0:
+        raise ConfigError(f"{where}: holdout_share must be in [0, 1)")
+    _check_policy(learning.policy, learning.params, f"{where}: policy")
+    _check_policy(learning.holdout_policy, {}, f"{where}: holdout_policy")
+    return learning
+
+
 def parse_config(raw: Mapping[str, Any]) -> EngineConfig:
     affinities: list[AffinityFeature] = []
     recents: list[RecentFeature] = []
@@ -204,7 +273,8 @@ def parse_config(raw: Mapping[str, Any]) -> EngineConfig:
     placements: dict[str, Placement] = {}
     for i, p in enumerate(raw.get("placement", [])):
         pid = _require(p, "id", f"placement[{i}]")
-        placements[pid] = Placement(id=pid, max_items=int(p.get("max_items", 5)))
+        placements[pid] = Placement(id=pid, max_items=int(p.get("max_items", 5)),
+                                    learning=_learning(p, f"placement[{i}] ({pid})"))
 
     actions: dict[str, Action] = {}
     for i, a in enumerate(raw.get("action", [])):

@@ -246,7 +246,7 @@ def context_features(profile: Profile, now: float) -> dict[str, float]:
         total = sum(scores.values())
         if total > 0:
             for m, s in sorted(scores.items(), key=lambda kv: -kv[1])[:10]:
-                x[f"aff:{name}:{m}"] = s / total
+                x[f"aff_{name}:{m}"] = s / total  # pairs with action feature "<name>:<value>"
     for ev, n in profile.counts.items():
         x[f"log_count:{ev}"] = math.log1p(n)
     if profile.last_seen is not None:

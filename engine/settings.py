@@ -26,6 +26,7 @@ class Settings:
     events_topic: str = field(default_factory=lambda: _env("EVENTS_TOPIC", "events"))
     dlq_topic: str = field(default_factory=lambda: _env("DLQ_TOPIC", "events.dlq"))
     decisions_topic: str = field(default_factory=lambda: _env("DECISIONS_TOPIC", "decisions"))
+    learning_topic: str = field(default_factory=lambda: _env("LEARNING_TOPIC", "learning"))
     #: Partition count used when the project creates the events/decisions topics.
     events_partitions: int = field(default_factory=lambda: int(_env("EVENTS_PARTITIONS", "8")))
     #: Declared configuration: features, catalogue, placements (TOML).

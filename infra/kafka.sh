@@ -67,10 +67,12 @@ cmd_install() {
   tmp="$(mktemp -d "$KAFKA_HOME/libs.tmp.XXXXXX")"
   log "fetching org.apache.kafka:kafka_2.13:$KAFKA_VERSION and its runtime dependencies from Maven Central"
   if ! "$MVN" -q -B -Dstyle.color=never -f "$INFRA_DIR/pom.xml" dependency:copy-dependencies \
-      -Dkafka.version="$KAFKA_VERSION" -DincludeScope=runtime -DoutputDirectory="$tmp" >&2; then
-    rm -rf "$tmp"
+      -Dkafka.version="$KAFKA_VERSION" -DincludeScope=runtime -DoutputDirectory="$tmp" >"$tmp.mvn.log" 2>&1; then
+    cat "$tmp.mvn.log" >&2
+    rm -rf "$tmp" "$tmp.mvn.log"
     die "maven could not fetch the broker jars"
   fi
+  rm -f "$tmp.mvn.log"
   ls "$tmp" >"$tmp/.complete"
   if installed; then
     rm -rf "$tmp"  # a concurrent install won the race

@@ -50,6 +50,7 @@ class Stack:
         self.events_topic = f"events-{tag}"
         self.dlq_topic = f"events.dlq-{tag}"
         self.decisions_topic = f"decisions-{tag}"
+        self.learning_topic = f"learning-{tag}"
         self.app_id = f"pulse-test-{tag}"
         self.tag = tag
 
@@ -58,7 +59,8 @@ class Stack:
         env.update({
             "KAFKA_BOOTSTRAP": self.bootstrap, "REDIS_URL": self.redis_url,
             "EVENTS_TOPIC": self.events_topic, "DLQ_TOPIC": self.dlq_topic,
-            "DECISIONS_TOPIC": self.decisions_topic, "EVENTS_PARTITIONS": str(self.partitions),
+            "DECISIONS_TOPIC": self.decisions_topic, "LEARNING_TOPIC": self.learning_topic,
+            "EVENTS_PARTITIONS": str(self.partitions),
             "WORKER_APP_ID": self.app_id, "WORKER_DATA_DIR": f"/tmp/pulse-faust-{self.tag}",
             "PYTHONUNBUFFERED": "1",
         })
@@ -67,7 +69,8 @@ class Stack:
 
     def create_topics(self) -> None:
         asyncio.run(ensure_topics(self.bootstrap, self.partitions,
-                                  [self.events_topic, self.dlq_topic, self.decisions_topic]))
+                                  [self.events_topic, self.dlq_topic, self.decisions_topic,
+                                   self.learning_topic]))
 
 
 class ManagedProcess:

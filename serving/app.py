@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from engine.settings import Settings, load_settings
-from serving import collector, decide, health, profiles
+from serving import collector, decide, experiments, health, profiles
 from serving.services import Services
 
 
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Decisions that reflect what a visitor did a moment ago.",
         lifespan=lifespan,
     )
-    for module in (decide, collector, profiles, health):
+    for module in (decide, collector, profiles, experiments, health):
         app.include_router(module.router)
     return app
 

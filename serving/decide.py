@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +19,9 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from engine.config import Action, EngineConfig
-from engine.features import Profile, decode
+from engine.config import BASELINE_POLICY, Action, EngineConfig
+from engine.decisions import CONTROL_ARM, holdout_arm, new_decision_id, request_context_features
+from engine.features import Profile, context_features, decode
 from engine.layout import identity_key
 from serving.services import Services
 
@@ -133,6 +134,9 @@ DECIDE_OPENAPI: dict[str, Any] = {
                     "payload": {"type": "object"}}}},
                 "policy": {"type": "string"},
                 "model_version": {"type": "string"},
+                "holdout_arm": {"type": "string", "enum": ["learning", "control"]},
+                "propensity": {"type": "number", "description": "probability the policy had of "
+                               "showing the top action first (for off-policy evaluation)"},
                 "personalised": {"type": "boolean"},
                 "degraded": {"type": "boolean", "description": "true when profile data was unavailable "
                              "within the time budget and the ranking is non-personalised"},
@@ -141,6 +145,49 @@ DECIDE_OPENAPI: dict[str, Any] = {
         "400": {"description": "invalid request, with the reason"},
     },
 }
+
+
+@dataclass(slots=True)
+class Ranking:
+    actions: list[tuple[Action, float]]
+    propensity: float
+    policy: str
+    model_version: str
+    arm: str
+
+
+def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalised: bool, now: float,
+         rng: random.Random) -> tuple[Ranking, dict[str, float]]:
+    """Choose the arm and policy, and rank. Returns the ranking and the context it was scored on."""
+    placement = svc.config.placements[req.placement]
+    visitor = req.customer_id or req.anonymous_id or ""
+    arm = holdout_arm(visitor, req.placement, placement.learning.holdout_share)
+    policy_name = placement.learning.holdout_policy if arm == CONTROL_ARM else placement.learning.policy
+    context = context_features(profile, now) if personalised and profile is not None else {"bias": 1.0}
+    context.update(request_context_features(req.context))
+    actions = eligible_actions(req, svc.config, now)
+    if policy_name == BASELINE_POLICY:
+        affinities = profile.affinities if personalised and profile is not None else None
+        ranked = svc.scorer.rank(actions, affinities, svc.popularity)[: req.n]
+        return Ranking(ranked, 1.0, svc.scorer.name, svc.scorer.version, arm), context
+    model = svc.models.get(req.placement, policy_name)
+    by_id = {a.id: a for a in actions}
+    result = model.policy.rank(context, [svc.candidates[a.id] for a in actions], req.n, rng)
+    ranked = [(by_id[aid], score) for aid, score in zip(result.action_ids, result.scores, strict=True)]
+    return Ranking(ranked, result.propensity, policy_name, str(model.version), arm), context
+
+
+def decision_record(decision_id: str, req: DecideRequest, ranking: Ranking, context: dict[str, float],
+                    candidates: list[str], degraded: bool, now: float) -> dict[str, Any]:
+    """What the learner needs later: the context as used for scoring, what was shown, with which odds."""
+    return {
+        "decision_id": decision_id, "schema_version": 1,
+        "customer_id": req.customer_id, "anonymous_id": req.anonymous_id, "placement": req.placement,
+        "context": context, "candidates": candidates,
+        "actions": [{"action_id": a.id, "score": float(s)} for a, s in ranking.actions],
+        "propensity": ranking.propensity, "policy": ranking.policy, "model_version": ranking.model_version,
+        "holdout_arm": ranking.arm, "degraded": degraded, "timestamp": int(now * 1000),
+    }
 
 
 @router.post("/v1/decide", openapi_extra=DECIDE_OPENAPI, summary="Rank actions for a visitor")
@@ -164,21 +211,41 @@ async def decide(request: Request) -> Response:
         svc.metrics.errors.inc(f"profile_read:{type(exc).__name__}")
 
     personalised = profile is not None and profile.exists and profile.personalisation_allowed
-    affinities = profile.affinities if personalised and profile is not None else None
-    ranked = svc.scorer.rank(eligible_actions(req, svc.config, now), affinities, svc.popularity)[: req.n]
+    ranking, context = rank(svc, req, profile, personalised, now, _rng)
+    decision_id = new_decision_id()
     payload = {
-        "decision_id": uuid.uuid4().hex,
+        "decision_id": decision_id,
         "placement": req.placement,
         "actions": [
             {"action_id": a.id, "score": round(s, 6), "title": a.title, "category": a.category,
              "payload": a.payload}
-            for a, s in ranked
+            for a, s in ranking.actions
         ],
-        "policy": svc.scorer.name,
-        "model_version": svc.scorer.version,
+        "policy": ranking.policy,
+        "model_version": ranking.model_version,
+        "holdout_arm": ranking.arm,
+        "propensity": ranking.propensity,
         "personalised": personalised,
         "degraded": degraded,
     }
+    if ranking.actions and (req.customer_id or req.anonymous_id):
+        candidates = req.candidates if req.candidates is not None else svc.placement_action_ids[req.placement]
+        record = decision_record(decision_id, req, ranking, context, candidates, degraded, now)
+        await publish_decision(svc, req.customer_id or req.anonymous_id or "", record)
     svc.metrics.decisions.inc("degraded" if degraded else "ok")
     svc.metrics.decide_latency.observe(time.perf_counter() - started)
     return _answer(200, payload)
+
+
+async def publish_decision(svc: Services, visitor: str, record: dict[str, Any]) -> None:
+    """Enqueue the decision record; delivery is confirmed in the background, never awaited here."""
+    try:
+        delivery = await svc.producer.send(svc.settings.decisions_topic, orjson.dumps(record), key=visitor.encode())
+    except Exception:
+        svc.metrics.errors.inc("decision_log")
+        return
+    delivery.add_done_callback(lambda f: f.cancelled() or f.exception() is None
+                               or svc.metrics.errors.inc("decision_log_delivery"))
+
+
+_rng = random.Random()

@@ -45,7 +45,23 @@ async def metrics(request: Request) -> PlainTextResponse:
         text += render_worker_counters(await asyncio.wait_for(svc.store.read_worker_counters(), 0.5))
     except Exception:
         svc.metrics.errors.inc("metrics_worker_counters")
+    try:
+        for placement in svc.config.placements:
+            counters = await asyncio.wait_for(svc.learning.arm_counters(placement), 0.5)
+            text += render_arm_counters(placement, counters)
+    except Exception:
+        svc.metrics.errors.inc("metrics_arm_counters")
+    for name, model in svc.models.models.items():
+        text += f'pulse_model_version{{model="{name}"}} {model.version}\n'
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+def render_arm_counters(placement: str, counters: dict[str, dict[str, float]]) -> str:
+    lines = []
+    for arm, values in sorted(counters.items()):
+        for counter, v in sorted(values.items()):
+            lines.append(f'pulse_experiment_{counter}_total{{placement="{placement}",arm="{arm}"}} {v:g}')
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def render_worker_counters(counters: dict[str, str]) -> str:

@@ -6,19 +6,25 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from engine.config import EngineConfig, load_config
+from engine.decisions import action_features
+from engine.learning_store import LearningStore
+from engine.policies import Candidate
 from engine.profile_store import ProfileStore
 from engine.scoring import AffinityPopularityScorer, PopularitySnapshot
 from engine.settings import Settings
 from serving.metrics import ServingMetrics
+from serving.models import ModelRegistry
 
 log = logging.getLogger(__name__)
 POPULARITY_REFRESH_S = 1.0
+MODEL_REFRESH_S = 0.5
 
 
 @dataclass(slots=True)
@@ -29,9 +35,23 @@ class Services:
     store: ProfileStore
     producer: AIOKafkaProducer
     scorer: AffinityPopularityScorer
-    metrics: ServingMetrics = field(default_factory=ServingMetrics)
+    learning: LearningStore
+    models: ModelRegistry
+    metrics: ServingMetrics
     popularity: PopularitySnapshot = field(default_factory=PopularitySnapshot)
+    _placement_action_ids: dict[str, list[str]] = field(default_factory=dict)
+    candidates: dict[str, Candidate] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def placement_action_ids(self) -> dict[str, list[str]]:
+        return self._placement_action_ids
+
+    def __post_init__(self) -> None:
+        self._placement_action_ids = {p: [a.id for a in self.config.actions_for(p)] for p in self.config.placements}
+        # policy candidates are built once per action, not per request
+        self.candidates = {a.id: Candidate(a.id, action_features(a, self.config.affinities))
+                           for a in self.config.actions.values()}
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -46,9 +66,18 @@ class Services:
             linger_ms=1, request_timeout_ms=10_000,
         )
         await producer.start()
+        for topic in (settings.events_topic, settings.decisions_topic):
+            # fetch partition metadata now, not on the first request (it costs a few hundred ms)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.partitions_for(topic), timeout=10)
+        metrics = ServingMetrics()
+        learning = LearningStore(redis)
         svc = cls(settings=settings, config=config, redis=redis, store=ProfileStore(redis, config),
-                  producer=producer, scorer=AffinityPopularityScorer(config.scoring))
-        svc._tasks.append(asyncio.create_task(svc._refresh_popularity_forever()))
+                  producer=producer, scorer=AffinityPopularityScorer(config.scoring), learning=learning,
+                  models=ModelRegistry(config, learning, settings.model_signing_key.encode(), metrics),
+                  metrics=metrics)
+        svc._tasks.append(asyncio.create_task(svc._every(POPULARITY_REFRESH_S, svc.refresh_popularity)))
+        svc._tasks.append(asyncio.create_task(svc._every(MODEL_REFRESH_S, svc.models.refresh)))
         return svc
 
     async def stop(self) -> None:
@@ -70,11 +99,11 @@ class Services:
             scores[name] = {m: s * factor for m, s in pairs}
         self.popularity = PopularitySnapshot(scores, now)
 
-    async def _refresh_popularity_forever(self) -> None:
+    async def _every(self, seconds: float, refresh: Callable[[], Awaitable[object]]) -> None:
         while True:
             try:
-                await self.refresh_popularity()
-            except Exception as exc:  # keep the last snapshot; the next refresh may succeed
-                self.metrics.errors.inc("popularity_refresh")
-                log.debug("popularity refresh failed: %r", exc)
-            await asyncio.sleep(POPULARITY_REFRESH_S)
+                await refresh()
+            except Exception as exc:  # keep what is loaded; the next refresh may succeed
+                self.metrics.errors.inc(refresh.__name__)
+                log.debug("%s failed: %r", refresh.__name__, exc)
+            await asyncio.sleep(seconds)

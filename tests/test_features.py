@@ -85,7 +85,7 @@ def test_decode_decays_affinities_and_sums_windows() -> None:
     assert p.cart == {"sku-1": 2} and p.monetary == 10.5
     assert p.personalisation_allowed
     x = context_features(p, now)
-    assert math.isclose(x["aff:category:shoes"], 2 / 3)
+    assert math.isclose(x["aff_category:shoes"], 2 / 3)
     assert x["win:views:1h"] == 2.0
 
 

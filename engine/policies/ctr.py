@@ -69,9 +69,7 @@ class CTRRanker:
         self._counts: dict[str, int] = {}
 
     def _features(self, context: Features, candidates: Sequence[Candidate]) -> list[dict[int, float]]:
-        return self._hasher.cross_sparse(
-            context, [c.features for c in candidates], ids=[c.action_id for c in candidates], with_context=True
-        )
+        return self._hasher.cross_sparse(context, candidates, with_ids=True, with_context=True)
 
     def predict(self, context: Features, candidates: Sequence[Candidate]) -> list[float]:
         """Predicted click probability per candidate (no exploration bonus)."""

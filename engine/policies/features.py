@@ -22,7 +22,8 @@ Values are squashed so counts do not dominate: ``v`` if ``|v| <= 1`` else ``sign
 >>> x = h.vector({"aff_cat:shoes": 0.7, "cnt:page_view": 12})
 >>> x.shape, float(x[0])  # slot 0 is the bias
 ((16,), 1.0)
->>> Z = h.cross_matrix({"aff_cat:shoes": 0.7}, [{"cat:shoes": 1.0}, {"cat:books": 1.0}])
+>>> from engine.policies.base import Candidate
+>>> Z = h.cross_matrix({"aff_cat:shoes": 0.7}, [Candidate("a", {"cat:shoes": 1}), Candidate("b", {"cat:books": 1})])
 >>> Z.shape
 (2, 16)
 >>> match_features({"aff_cat:shoes": 0.7}, {"cat:shoes": 1.0})
@@ -34,8 +35,12 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from engine.policies.base import Candidate
 
 __all__ = ["FeatureHasher", "squash", "match_features", "stable_hash"]
 
@@ -97,7 +102,9 @@ def _mix(h: np.ndarray) -> np.ndarray:
 class FeatureHasher:
     """Signed feature hashing into ``dims`` slots; slot 0 is reserved for a constant bias of 1.
 
-    Hashes of names are cached (bounded: the cache is simply cleared when it exceeds ``max_cache``).
+    Hashes of names, and the encoded features of each action (keyed by action id, checked by
+    equality so a changed action is re-encoded), are cached; both caches are bounded (cleared when
+    they exceed ``max_cache``) and are not part of the pickled state.
 
     >>> h = FeatureHasher(dims=64, seed=1)
     >>> np.allclose(h.vector({"a": 1.0}), FeatureHasher(dims=64, seed=1).vector({"a": 1.0}))
@@ -107,7 +114,7 @@ class FeatureHasher:
     (1.0, [1.0, 1.693])
     """
 
-    __slots__ = ("dims", "seed", "max_cache", "_cache")
+    __slots__ = ("dims", "seed", "max_cache", "_cache", "_actions")
 
     def __init__(self, dims: int, seed: int = 0, max_cache: int = 1 << 17) -> None:
         if dims < 2:
@@ -116,14 +123,16 @@ class FeatureHasher:
         self.seed = seed
         self.max_cache = max_cache
         self._cache: dict[str, int] = {}
+        self._actions: dict[str, tuple] = {}
 
     def __getstate__(self) -> dict:
-        # the cache is derived data: don't ship it in snapshots
+        # caches are derived data: don't ship them in snapshots
         return {"dims": self.dims, "seed": self.seed, "max_cache": self.max_cache}
 
     def __setstate__(self, state: dict) -> None:
         self.dims, self.seed, self.max_cache = state["dims"], state["seed"], state["max_cache"]
         self._cache = {}
+        self._actions = {}
 
     def raw(self, name: str) -> int:
         """The cached 64-bit hash of a feature name."""
@@ -146,6 +155,19 @@ class FeatureHasher:
         values = _squash_array(np.array([features[k] for k in names], dtype=np.float64))
         return hashes, values
 
+    def _action(self, cand: Candidate) -> tuple:
+        """(features copy, hashes, squashed values, names, id hash) of an action, cached by id."""
+        hit = self._actions.get(cand.action_id)
+        if hit is not None and hit[0] == cand.features:
+            return hit
+        hashes, values = self._encode(cand.features)
+        names = tuple(k for k, v in cand.features.items() if v)
+        entry = (dict(cand.features), hashes, values, names, self.raw(_ID_PREFIX + cand.action_id))
+        if len(self._actions) >= self.max_cache:
+            self._actions.clear()
+        self._actions[cand.action_id] = entry
+        return entry
+
     def vector(self, features: Mapping[str, float]) -> np.ndarray:
         """Dense ``(dims,)`` vector: bias + hashed features."""
         out = np.zeros(self.dims)
@@ -167,42 +189,46 @@ class FeatureHasher:
         return out
 
     def _pair_arrays(
-        self,
-        context: Mapping[str, float],
-        actions: Sequence[Mapping[str, float]],
-        ids: Sequence[str] | None,
-        with_context: bool,
+        self, context: Mapping[str, float], candidates: Sequence[Candidate], with_ids: bool, with_context: bool
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(row, 64-bit hash, value) triples for all features of all (context, action) pairs."""
+        """(row, 64-bit hash, value) triples for all features of all (context, candidate) pairs."""
         ch, cv = self._encode(context)
-        raw = self.raw
-        rows: list[int] = []
-        hashes: list[int] = []
-        values: list[float] = []
-        for j, feats in enumerate(actions):
-            for key, av in feats.items():
-                if av:
-                    rows.append(j)
-                    hashes.append(raw(key))
-                    values.append(av)
-            for key, mv in match_features(context, feats).items():
-                rows.append(j)
-                hashes.append(raw(key))
-                values.append(mv)
-            if ids is not None:
-                rows.append(j)
-                hashes.append(raw(_ID_PREFIX + ids[j]))
-                values.append(1.0)
-        ar = np.array(rows, dtype=np.int64)
-        ah = np.array(hashes, dtype=np.uint64)
-        av_ = _squash_array(np.array(values, dtype=np.float64))
+        aff = {k[4:]: float(v) for k, v in context.items() if v and k.startswith("aff_")}
+        k = len(candidates)
+        entries = [self._action(c) for c in candidates]
+        counts = np.array([e[1].shape[0] for e in entries], dtype=np.int64)
+        ah_parts = [e[1] for e in entries]
+        av_parts = [e[2] for e in entries]
+        rows_parts = [np.repeat(np.arange(k, dtype=np.int64), counts)]
+        if with_ids:
+            ah_parts.append(np.array([e[4] for e in entries], dtype=np.uint64))
+            av_parts.append(np.ones(k))
+            rows_parts.append(np.arange(k, dtype=np.int64))
+        if aff:  # match features: the visitor's affinity to this action's value of a field
+            m_rows: list[int] = []
+            m_hash: list[int] = []
+            m_val: list[float] = []
+            for j, e in enumerate(entries):
+                feats = e[0]
+                for key in e[3]:
+                    a = aff.get(key)
+                    if a:
+                        m_rows.append(j)
+                        m_hash.append(self.raw("match:" + key.partition(":")[0]))
+                        m_val.append(a * float(feats[key]))
+            if m_rows:
+                ah_parts.append(np.array(m_hash, dtype=np.uint64))
+                av_parts.append(_squash_array(np.array(m_val)))
+                rows_parts.append(np.array(m_rows, dtype=np.int64))
+        ar = np.concatenate(rows_parts)
+        ah = np.concatenate(ah_parts)
+        av = np.concatenate(av_parts)
         m = ch.shape[0]
         # action main effects, and crosses context x action (hash of the ordered pair)
         parts_r = [ar, np.repeat(ar, m)]
         parts_h = [ah, (ah[:, None] + ch[None, :] * _GOLDEN).ravel()]
-        parts_v = [av_, (av_[:, None] * cv[None, :]).ravel()]
+        parts_v = [av, (av[:, None] * cv[None, :]).ravel()]
         if with_context and m:
-            k = len(actions)
             parts_r.append(np.repeat(np.arange(k, dtype=np.int64), m))
             parts_h.append(np.tile(ch, k))
             parts_v.append(np.tile(cv, k))
@@ -211,16 +237,18 @@ class FeatureHasher:
     def cross_matrix(
         self,
         context: Mapping[str, float],
-        actions: Sequence[Mapping[str, float]],
-        ids: Sequence[str] | None = None,
+        candidates: Sequence[Candidate],
+        with_ids: bool = False,
         with_context: bool = False,
     ) -> np.ndarray:
-        """``(len(actions), dims)`` matrix: per action its features, match features, and crosses with
-        the context (plus the action id if ``ids`` are given, plus context main effects if
-        ``with_context``). Column 0 is the bias."""
-        out = np.zeros((len(actions), self.dims))
+        """``(len(candidates), dims)`` matrix: per candidate its features, match features and crosses
+        with the context (plus its id if ``with_ids``, plus context main effects if ``with_context``).
+        Column 0 is the bias."""
+        out = np.zeros((len(candidates), self.dims))
+        if not candidates:
+            return out
         out[:, 0] = 1.0
-        rows, hashes, values = self._pair_arrays(context, actions, ids, with_context)
+        rows, hashes, values = self._pair_arrays(context, candidates, with_ids, with_context)
         if rows.size:
             idx, sign = self._slots(hashes)
             flat = rows * self.dims + idx
@@ -230,20 +258,22 @@ class FeatureHasher:
     def cross_sparse(
         self,
         context: Mapping[str, float],
-        actions: Sequence[Mapping[str, float]],
-        ids: Sequence[str] | None = None,
+        candidates: Sequence[Candidate],
+        with_ids: bool = True,
         with_context: bool = True,
     ) -> list[dict[int, float]]:
-        """Like :meth:`cross_matrix`, as one sparse ``{slot: value}`` dict per action (for River)."""
-        rows, hashes, values = self._pair_arrays(context, actions, ids, with_context)
+        """Like :meth:`cross_matrix`, as one sparse ``{slot: value}`` dict per candidate (for River)."""
+        out: list[dict[int, float]] = [{0: 1.0} for _ in candidates]
+        if not candidates:
+            return out
+        rows, hashes, values = self._pair_arrays(context, candidates, with_ids, with_context)
         order = np.argsort(rows, kind="stable")
         rows = rows[order]
         idx, sign = self._slots(hashes[order])
         vals = sign * values[order]
-        out: list[dict[int, float]] = [{0: 1.0} for _ in actions]
-        bounds = np.searchsorted(rows, np.arange(len(actions) + 1))
+        bounds = np.searchsorted(rows, np.arange(len(candidates) + 1)).tolist()
         idx_l, val_l = idx.tolist(), vals.tolist()
-        for j in range(len(actions)):
+        for j in range(len(candidates)):
             d = out[j]
             for i, v in zip(idx_l[bounds[j]:bounds[j + 1]], val_l[bounds[j]:bounds[j + 1]], strict=True):
                 d[i] = d.get(i, 0.0) + v

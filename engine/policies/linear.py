@@ -122,7 +122,7 @@ class _LinearBandit:
         Ainv, b = self._Ainv[i], self._b[i]  # views, updated in place
         r = float(reward)
         if self._z_hasher is not None:
-            z = self._z_hasher.cross_matrix(context, [candidate.features])[0]
+            z = self._z_hasher.cross_matrix(context, [candidate])[0]
             B = self._B[i]
             BtAinv = B.T @ Ainv
             self._A0 += BtAinv @ B
@@ -150,14 +150,19 @@ class _LinearBandit:
     def posterior(self, context: Features, candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and variance (up to the noise scale) of each candidate's expected reward."""
         x = self._x_hasher.vector(context)
-        idx = np.fromiter((self._slots.get(c.action_id, 0) for c in candidates), np.int64, len(candidates))
-        Ax = self._Ainv[idx] @ x  # (K, d)
+        slots = self._slots
+        idx = np.fromiter((slots.get(c.action_id, 0) for c in candidates), np.int64, len(candidates))
+        used = len(slots) + 1
+        if 2 * len(candidates) >= used:  # most actions: one product over the stored block, no copy
+            Ax = (self._Ainv[:used] @ x)[idx]
+        else:
+            Ax = self._Ainv[idx] @ x  # (K, d)
         mean = np.einsum("kd,kd->k", Ax, self._b[idx])
         var = Ax @ x
         if self._z_hasher is not None:
             self._refresh_shared()
-            Z = self._z_hasher.cross_matrix(context, [c.features for c in candidates])
-            U = np.einsum("kdj,kd->kj", self._B[idx], Ax)  # B_a^T A_a^-1 x
+            Z = self._z_hasher.cross_matrix(context, candidates)
+            U = np.matmul(Ax[:, None, :], self._B[idx])[:, 0, :]  # B_a^T A_a^-1 x
             mean += (Z - U) @ self._beta
             D = Z - U
             var += np.einsum("kj,kj->k", D @ self._A0inv, D)

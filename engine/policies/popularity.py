@@ -12,7 +12,8 @@ Every rate is a Beta-Binomial posterior mean shrunk towards the level above it:
 until its rate is known. Set ``bonus=0`` for pure, greedy popularity.
 
 Segments come from the context: every key ``segment:<name>`` with a positive value is an active
-segment; with several, their scores are averaged; with none, the global rates are used.
+segment; with several, their scores are averaged; with none (or ``segment_prefix=None``), the global
+rates are used.
 
 >>> import random
 >>> from engine.policies import Candidate
@@ -55,7 +56,7 @@ class PopularityPolicy:
         prior_ctr: float = 0.05,
         prior_strength: float = 20.0,
         bonus: float = 1.0,
-        segment_prefix: str = SEGMENT_PREFIX,
+        segment_prefix: str | None = SEGMENT_PREFIX,
     ) -> None:
         if not 0.0 < prior_ctr < 1.0 or prior_strength <= 0.0:
             raise ValueError("prior_ctr must be in (0, 1) and prior_strength > 0")
@@ -70,7 +71,10 @@ class PopularityPolicy:
         self._segments: dict[str, dict[str, list[float]]] = {}  # segment -> action -> [shows, clicks]
 
     def _active_segments(self, context: Features) -> list[str]:
-        pre, cut = self.segment_prefix, len(self.segment_prefix)
+        pre = self.segment_prefix
+        if not pre:
+            return []
+        cut = len(pre)
         return [k[cut:] for k, v in context.items() if v and v > 0 and k.startswith(pre)]
 
     def learn_one(self, context: Features, candidate: Candidate, reward: float) -> None:

@@ -45,9 +45,11 @@ class Popularity:
         """Known item ids, in the order of :meth:`score_array`."""
         return self._index.ids()
 
-    def learn_one(
-        self, user_id: Hashable, item_id: Hashable, weight: float = 1.0, ts: float | None = None
-    ) -> None:
+    def row_of(self, item_id: Hashable) -> int | None:
+        """Index of ``item_id`` in :meth:`score_array` (``None`` if unknown)."""
+        return self._index.get(item_id)
+
+    def learn_one(self, user_id: Hashable, item_id: Hashable, weight: float = 1.0, ts: float | None = None) -> None:
         """Count one interaction; ``user_id`` is unused (kept for a common signature)."""
         if weight <= 0:
             return

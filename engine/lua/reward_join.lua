@@ -1,0 +1,91 @@
+-- The reward join: a decision waits for its rewards, within a window, exactly once.
+--
+-- State of one decision: hash KEYS[1] = "dec:{<slot>}:<decision_id>" with fields
+--   record (the decision record JSON, once the decisions topic delivered it), expires_at,
+--   reward (aggregated value), n (rewards counted), clicked, converted, final ("1" once learned),
+--   "e:<event_id>" (reward events already counted: duplicates are ignored).
+-- KEYS[2] = "due:{<slot>}": zset of decision ids by expiry time.
+--
+-- ARGV[1] = mode:
+--   "decision": ARGV[2] decision id, ARGV[3] record JSON, ARGV[4] expires_at, ARGV[5] ttl,
+--               ARGV[6] aggregation.  Returns {status, reward, clicked_early, converted_early, "1"}
+--   "reward":   ARGV[2] decision id, ARGV[3] event_id, ARGV[4] value, ARGV[5] kind, ARGV[6] ttl,
+--               ARGV[7] aggregation.  Returns {status, reward, clicked, converted, record, new_click, new_conv}
+--   "expire":   ARGV[2] now, ARGV[3] limit, ARGV[4] key prefix ("dec:{<slot>}:").
+--               Returns a flat list {record, reward_or_"", clicked, converted, ...} of decisions to learn
+-- status: "final" (learn now), "pending", "late" (already learned), "duplicate".
+local mode = ARGV[1]
+
+local function finalize(key)
+  redis.call('HSET', key, 'final', '1')
+  local v = redis.call('HMGET', key, 'record', 'reward', 'clicked', 'converted')
+  return v
+end
+
+if mode == 'expire' then
+  local due = KEYS[1]
+  local ids = redis.call('ZRANGEBYSCORE', due, '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+  local out = {}
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', due, id)
+    local key = ARGV[4] .. id
+    if redis.call('HGET', key, 'final') ~= '1' and redis.call('HEXISTS', key, 'record') == 1 then
+      local v = finalize(key)
+      table.insert(out, v[1])
+      table.insert(out, v[2] or '')
+      table.insert(out, v[3] or '0')
+      table.insert(out, v[4] or '0')
+    end
+  end
+  return out
+end
+
+local key, due = KEYS[1], KEYS[2]
+local final = redis.call('HGET', key, 'final') == '1'
+
+if mode == 'decision' then
+  if final then return {'late', '', '0', '0', '0'} end
+  local is_new = redis.call('HSETNX', key, 'record', ARGV[3])
+  if is_new == 0 then return {'duplicate', '', '0', '0', '0'} end
+  redis.call('HSET', key, 'expires_at', ARGV[4], 'agg', ARGV[6])
+  redis.call('EXPIRE', key, tonumber(ARGV[5]))
+  -- rewards that arrived before the record are attributed to its arm now
+  local early = redis.call('HMGET', key, 'clicked', 'converted')
+  local has_reward = redis.call('HEXISTS', key, 'reward') == 1
+  if ARGV[6] == 'first' and has_reward then
+    redis.call('ZREM', due, ARGV[2])
+    local v = finalize(key)
+    return {'final', v[2], early[1] or '0', early[2] or '0', '1'}
+  end
+  redis.call('ZADD', due, 'NX', ARGV[4], ARGV[2])
+  return {'pending', '', early[1] or '0', early[2] or '0', '1'}
+end
+
+-- mode == 'reward'
+if final then return {'late', '', '0', '0', redis.call('HGET', key, 'record') or '', '0', '0'} end
+if redis.call('HSETNX', key, 'e:' .. ARGV[3], '1') == 0 then
+  return {'duplicate', '', '0', '0', '', '0', '0'}
+end
+local value = tonumber(ARGV[4])
+local agg = redis.call('HGET', key, 'agg') or ARGV[7]  -- the decision's own placement setting
+local cur = tonumber(redis.call('HGET', key, 'reward') or '')
+if cur == nil then
+  redis.call('HSET', key, 'reward', value)
+elseif agg == 'sum' then
+  redis.call('HSET', key, 'reward', cur + value)
+elseif agg == 'max' and value > cur then
+  redis.call('HSET', key, 'reward', value)
+end
+redis.call('HINCRBY', key, 'n', 1)
+local new_click, new_conv = '0', '0'
+if ARGV[5] == 'click' and redis.call('HSETNX', key, 'clicked', '1') == 1 then new_click = '1' end
+if ARGV[5] == 'conversion' and redis.call('HSETNX', key, 'converted', '1') == 1 then new_conv = '1' end
+-- a reward that arrives before its decision record keeps the state alive until the record comes
+if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, tonumber(ARGV[6])) end
+local record = redis.call('HGET', key, 'record') or ''
+if agg == 'first' and record ~= '' then
+  redis.call('ZREM', due, ARGV[2])
+  local v = finalize(key)
+  return {'final', v[2], v[3] or '0', v[4] or '0', v[1], new_click, new_conv}
+end
+return {'pending', '', '0', '0', record, new_click, new_conv}

@@ -1,0 +1,56 @@
+"""``GET /v1/experiments/{placement}``: the live holdout comparison (learning arm vs control)."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from serving.services import Services
+from streams.learner import learned_policies
+
+router = APIRouter()
+
+
+def wilson(successes: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a rate (sound for small counts, unlike the normal interval)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def arm_summary(counters: dict[str, float]) -> dict[str, float | list[float]]:
+    imp = counters.get("impressions", 0.0)
+    clicks, conv = counters.get("clicks", 0.0), counters.get("conversions", 0.0)
+    learned = counters.get("learned", 0.0)
+    return {
+        "impressions": imp, "clicks": clicks, "conversions": conv,
+        "ctr": clicks / imp if imp else 0.0, "ctr_ci95": list(wilson(clicks, imp)),
+        "conversion_rate": conv / imp if imp else 0.0, "conversion_rate_ci95": list(wilson(conv, imp)),
+        "settled": learned, "mean_reward": counters.get("reward_sum", 0.0) / learned if learned else 0.0,
+        "late_rewards": counters.get("late_rewards", 0.0),
+    }
+
+
+@router.get("/v1/experiments/{placement}", summary="Per-arm impressions, CTR and conversions, live")
+async def experiment(placement: str, request: Request) -> Response:
+    svc: Services = request.app.state.services
+    if placement not in svc.config.placements:
+        return Response(orjson.dumps({"error": f"unknown placement {placement!r}"}), status_code=404,
+                        media_type="application/json")
+    learning = svc.config.placements[placement].learning
+    counters = await svc.learning.arm_counters(placement)
+    body = {
+        "placement": placement,
+        "policy": learning.policy, "holdout_policy": learning.holdout_policy,
+        "holdout_share": learning.holdout_share,
+        "model_versions": {p: svc.models.get(placement, p).version for p in learned_policies(svc.config, placement)},
+        "arms": {arm: arm_summary(c) for arm, c in sorted(counters.items())},
+    }
+    return Response(orjson.dumps(body), media_type="application/json")

@@ -1,0 +1,61 @@
+"""In-memory model snapshots for serving, hot-reloaded in the background.
+
+Requests never wait for a model: they use whatever is loaded (a fresh, exploring policy until the first
+snapshot arrives). A background task polls each model's version; a newer snapshot is fetched, its
+signature verified and unpickled off the event loop, then swapped in. A snapshot that fails to verify
+or load is counted and ignored: the last good model stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from engine.config import EngineConfig
+from engine.learning_store import LearningStore
+from engine.policies import Policy, make_policy
+from engine.snapshots import SnapshotError, load_model
+from serving.metrics import ServingMetrics
+from streams.learner import learned_policies, model_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    policy: Policy
+    version: int  # 0 = not yet learned: the policy's cold-start behaviour
+
+
+class ModelRegistry:
+    def __init__(self, config: EngineConfig, store: LearningStore, key: bytes, metrics: ServingMetrics) -> None:
+        self.store, self.key, self.metrics = store, key, metrics
+        self.models: dict[str, LoadedModel] = {}
+        for placement in config.placements.values():
+            for policy in learned_policies(config, placement.id):
+                params = placement.learning.params if policy == placement.learning.policy else {}
+                self.models[model_name(placement.id, policy)] = LoadedModel(make_policy(policy, **params), 0)
+
+    def get(self, placement: str, policy: str) -> LoadedModel:
+        return self.models[model_name(placement, policy)]
+
+    async def refresh(self) -> int:
+        """Load every model whose published version is newer; returns how many were swapped in."""
+        swapped = 0
+        for name, current in list(self.models.items()):
+            version = await self.store.model_version(name)
+            if version is None or version <= current.version:
+                continue
+            blob = await self.store.model_blob(name)
+            if blob is None:
+                continue
+            try:
+                policy, loaded_version = await asyncio.to_thread(load_model, blob, self.key)
+            except SnapshotError as exc:
+                self.metrics.errors.inc("model_load")
+                log.warning("model %s v%s rejected, keeping v%s: %s", name, version, current.version, exc)
+                continue
+            self.models[name] = LoadedModel(policy, loaded_version)
+            swapped += 1
+        return swapped

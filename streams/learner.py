@@ -1,0 +1,128 @@
+"""The online learner: learning examples in, versioned signed model snapshots out.
+
+Examples arrive on the ``learning`` topic keyed by placement, so each placement's models are owned by
+exactly one worker. Each example is learned from the context *as logged at decision time*. Every
+policy configured for the placement (the learning arm's and, if it learns, the control arm's) learns
+from every example: both arms' traffic is useful data. A snapshot is published every N updates or T
+seconds; serving hot-reloads it.
+
+>>> from engine.config import parse_config
+>>> cfg = parse_config({"placement": [{"id": "p", "policy": "linucb"}],
+...                     "action": [{"id": "a", "placements": ["p"], "category": "shoes"}]})
+>>> learner = PlacementLearner(cfg)
+>>> learner.learn_one({"placement": "p", "decision_id": "d1", "context": {"bias": 1.0},
+...                    "action_id": "a", "reward": 1.0})
+True
+>>> learner.models["p"]["linucb"].n_updates
+1
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.config import BASELINE_POLICY, EngineConfig
+from engine.decisions import action_features
+from engine.learning_store import LearningStore
+from engine.policies import Candidate, Policy, make_policy
+from engine.snapshots import SnapshotError, dump_model, load_model
+
+#: Learned decision ids remembered per placement, so a replayed example is not learned twice.
+RECENT_DECISIONS = 100_000
+
+
+def model_name(placement: str, policy: str) -> str:
+    return f"{placement}/{policy}"
+
+
+def learned_policies(config: EngineConfig, placement: str) -> list[str]:
+    ls = config.placements[placement].learning
+    return [p for p in dict.fromkeys((ls.policy, ls.holdout_policy)) if p != BASELINE_POLICY]
+
+
+@dataclass(slots=True)
+class _State:
+    version: int = 0
+    updates_since_snapshot: int = 0
+    last_snapshot: float = field(default_factory=time.monotonic)
+
+
+class PlacementLearner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.models: dict[str, dict[str, Policy]] = {}
+        self.state: dict[str, _State] = {}
+        self._recent: dict[str, OrderedDict[str, None]] = {}
+
+    def _ensure(self, placement: str) -> dict[str, Policy]:
+        models = self.models.get(placement)
+        if models is None:
+            params = self.config.placements[placement].learning.params
+            main = self.config.placements[placement].learning.policy
+            models = {p: make_policy(p, **(params if p == main else {}))
+                      for p in learned_policies(self.config, placement)}
+            self.models[placement] = models
+            self.state[placement] = _State()
+            self._recent[placement] = OrderedDict()
+        return models
+
+    def learn_one(self, example: Mapping[str, Any]) -> bool:
+        """Learn one example; False when it was skipped (unknown placement, seen before, no learner)."""
+        placement = example.get("placement")
+        if placement not in self.config.placements or not learned_policies(self.config, placement):
+            return False
+        models = self._ensure(placement)
+        recent = self._recent[placement]
+        did = example["decision_id"]
+        if did in recent:
+            return False
+        recent[did] = None
+        if len(recent) > RECENT_DECISIONS:
+            recent.popitem(last=False)
+        action = self.config.actions.get(example["action_id"])
+        features = action_features(action, self.config.affinities) if action else {}
+        candidate = Candidate(example["action_id"], features)
+        for policy in models.values():
+            policy.learn_one(example["context"], candidate, float(example["reward"]))
+        self.state[placement].updates_since_snapshot += 1
+        return True
+
+    def due_snapshots(self, now: float | None = None, force: bool = False) -> list[str]:
+        now = time.monotonic() if now is None else now
+        due = []
+        for placement, st in self.state.items():
+            ls = self.config.placements[placement].learning
+            if st.updates_since_snapshot and (
+                force or st.updates_since_snapshot >= ls.snapshot_every_updates
+                or now - st.last_snapshot >= ls.snapshot_every_seconds
+            ):
+                due.append(placement)
+        return due
+
+    async def restore(self, store: LearningStore, key: bytes) -> None:
+        """Resume every learned placement from its last good snapshot (if any)."""
+        for placement in self.config.placements:
+            for policy in learned_policies(self.config, placement):
+                blob = await store.model_blob(model_name(placement, policy))
+                if blob is None:
+                    continue
+                try:
+                    model, version = load_model(blob, key)
+                except SnapshotError:
+                    continue
+                self._ensure(placement)[policy] = model
+                self.state[placement].version = max(self.state[placement].version, version)
+
+    async def snapshot(self, store: LearningStore, key: bytes, placement: str) -> int:
+        st = self.state[placement]
+        st.version += 1
+        for policy_name, policy in self.models[placement].items():
+            await store.publish_model(model_name(placement, policy_name), st.version,
+                                      dump_model(policy, st.version, key))
+        st.updates_since_snapshot = 0
+        st.last_snapshot = time.monotonic()
+        return st.version

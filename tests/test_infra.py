@@ -1,0 +1,136 @@
+"""infra/: version pins agree, probes parse addresses, and the local services really start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+
+from infra import local
+from infra.probe import kafka_ready, redis_ping, split_hostport
+from infra.topics import default_topic_names, ensure_topics
+
+INFRA = Path(local.__file__).resolve().parent
+
+
+def test_kafka_version_is_pinned_once_everywhere() -> None:
+    pom = re.search(r"<kafka.version>([^<]+)</kafka.version>", (INFRA / "pom.xml").read_text())
+    script = re.search(r'KAFKA_VERSION="\$\{KAFKA_VERSION:-([^}]+)\}"', (INFRA / "kafka.sh").read_text())
+    compose = re.search(r"image: apache/kafka:(\S+)", (INFRA / "docker-compose.yml").read_text())
+    assert pom and script and compose
+    assert pom.group(1) == script.group(1) == compose.group(1) == local.KAFKA_VERSION
+
+
+def test_env_example_documents_every_compose_variable() -> None:
+    compose_vars = set(re.findall(r"\$\{([A-Z_]+)", (INFRA / "docker-compose.yml").read_text()))
+    example_vars = set(re.findall(r"^([A-Z_]+)=", (INFRA / ".env.example").read_text(), re.M))
+    assert compose_vars <= example_vars, compose_vars - example_vars
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("127.0.0.1:9092", ("127.0.0.1", 9092)),
+        ("kafka://broker:19092,other:1", ("broker", 19092)),
+        ("[::1]:6380", ("::1", 6380)),
+        ("localhost", ("localhost", 7)),
+    ],
+)
+def test_split_hostport(address: str, expected: tuple[str, int]) -> None:
+    assert split_hostport(address, 7) == expected
+
+
+def test_default_topic_names_follow_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DLQ_TOPIC", "dead")
+    assert default_topic_names() == ["events", "dead", "decisions"]
+
+
+def test_free_ports_are_distinct() -> None:
+    ports = local.free_ports(3)
+    assert len(set(ports)) == 3
+
+
+def test_probes_say_no_when_nothing_listens() -> None:
+    port = local.free_ports(1)[0]
+    assert not kafka_ready(f"127.0.0.1:{port}", timeout=0.5)
+    assert not redis_ping(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+
+
+def _start(kind: str, starter):  # type: ignore[no-untyped-def]
+    try:
+        return starter()
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            raise RuntimeError(f"could not start {kind} (CI=true: failing, not skipping): {exc}") from exc
+        pytest.skip(f"{kind} could not be started here: {exc}")
+
+
+@pytest.mark.integration
+def test_local_kafka_creates_topics_and_round_trips_a_message() -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    kafka = _start("Kafka", lambda: local.start_kafka(partitions=4))
+    data_dir = getattr(kafka, "data_dir", None)
+    topic = f"infra-test-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        await ensure_topics(kafka.bootstrap, 4, [topic, f"{topic}.dlq"])
+        await ensure_topics(kafka.bootstrap, 4, [topic])  # idempotent
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            (info,) = await admin.describe_topics([topic])
+            assert len(info["partitions"]) == 4
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", enable_idempotence=True)
+        await producer.start()
+        try:
+            sent = await producer.send_and_wait(topic, b"hello", key=b"visitor-1")
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=kafka.bootstrap, group_id=f"g-{topic}", auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            msg = await asyncio.wait_for(consumer.getone(), 30)
+        finally:
+            await consumer.stop()
+        assert (msg.key, msg.value, msg.partition, msg.offset) == (b"visitor-1", b"hello", sent.partition, 0)
+
+    try:
+        kafka.start()  # starting twice is a no-op
+        asyncio.run(scenario())
+    finally:
+        kafka.close()
+    assert not kafka_ready(kafka.bootstrap, timeout=0.5)
+    if data_dir is not None:
+        assert not Path(data_dir).exists()
+
+
+@pytest.mark.integration
+def test_local_redis_survives_stop_and_start_on_the_same_port() -> None:
+    import redis
+
+    server = _start("Redis", local.start_redis)
+    data_dir = getattr(server, "data_dir", None)
+    try:
+        url = server.url
+        redis.Redis.from_url(url).set("infra-test", "1")
+        server.stop()
+        assert not server.is_running()
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+        server.start()
+        assert server.url == url
+        assert redis.Redis.from_url(url).get("infra-test") == b"1"  # AOF kept the write
+    finally:
+        server.close()
+    if data_dir is not None:
+        assert not Path(data_dir).exists()
