@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -32,8 +33,9 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
-#: 60 actions over 4 placements, the shipped features (see the file's header).
-BENCH_CONFIG = BENCH_DIR / "engine.toml"
+#: 60 actions over 4 placements; merged into the shipped config by ``bench_config()``.
+CATALOGUE = BENCH_DIR / "catalogue.toml"
+SHIPPED_CONFIG = REPO / "config" / "engine.toml"
 WRK_DIR = BENCH_DIR / "wrk"
 
 CATEGORIES = ("shoes", "jackets", "books", "electronics", "hats", "bags", "toys", "beauty", "garden",
@@ -188,8 +190,18 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def system_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return (total - idle) / _TICK, total / _TICK
+
+
 class CpuMeter:
-    """CPU seconds used by named processes between ``start()`` and ``stop()``."""
+    """CPU seconds used by named processes between ``start()`` and ``stop()``, and by the machine: on a
+    shared machine ``other_cpu_s`` (busy time not used by the named processes, nor this one) says how much
+    noise a figure was measured under."""
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = {k: v for k, v in pids.items() if v}
@@ -200,11 +212,18 @@ class CpuMeter:
     def start(self) -> CpuMeter:
         self._wall0 = time.monotonic()
         self._t0 = {k: cpu_seconds(p) for k, p in self.pids.items()}
+        self._self0 = time.process_time()
+        self._sys0 = system_cpu_seconds()[0]
         return self
 
     def stop(self) -> dict[str, float]:
         wall = time.monotonic() - self._wall0
         self.result = {f"{k}_cpu_s": round(cpu_seconds(p) - self._t0[k], 3) for k, p in self.pids.items()}
+        self.result["bench_cpu_s"] = round(time.process_time() - self._self0, 3)
+        busy = system_cpu_seconds()[0] - self._sys0
+        ours = sum(v for k, v in self.result.items() if k.endswith("_cpu_s"))
+        self.result["machine_busy_cpu_s"] = round(busy, 3)
+        self.result["other_cpu_s"] = round(max(0.0, busy - ours), 3)
         self.result["wall_s"] = round(wall, 3)
         return self.result
 
@@ -277,6 +296,12 @@ class Infra:
         finally:
             kafka.close()
 
+    repo: Path = REPO
+
+    def results_file(self, name: str, ext: str) -> Path:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        return RESULTS_DIR / (f"{name}.quick.{ext}" if self.quick else f"{name}.{ext}")
+
     def redis_url(self, db: int | None = None) -> str:
         """A Redis URL on a database of its own, so benchmarks never see each other's keys/counters."""
         if db is None:
@@ -334,9 +359,82 @@ def _pid_listening_on(port: int) -> int | None:
     return None
 
 
+def _toml_blocks(text: str) -> list[tuple[str, str]]:
+    """Split TOML text into (table name, text) blocks at top-level table headers; the preamble has name ''."""
+    blocks: list[tuple[str, list[str]]] = [("", [])]
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if stripped.startswith("[") and not line[:1].isspace():
+            name = stripped.strip("[]").split("]")[0].strip()
+            blocks.append((name, [line]))
+        else:
+            blocks[-1][1].append(line)
+    return [(n, "".join(lines)) for n, lines in blocks]
+
+
+def _groups(blocks: list[tuple[str, str]], table: str) -> list[str]:
+    """The elements of an array of tables ``[[table]]``, each with its ``[table.sub]`` tables."""
+    out: list[str] = []
+    for name, text in blocks:
+        root = name.split(".", 1)[0]
+        if root != table:
+            continue
+        if name == table:
+            out.append(text)
+        elif out:
+            out[-1] += text
+    return out
+
+
+_BENCH_CONFIG: Path | None = None
+
+
+def bench_config() -> Path:
+    """The shipped config/engine.toml with its catalogue replaced by bench/catalogue.toml (see there)."""
+    global _BENCH_CONFIG
+    if _BENCH_CONFIG is not None and _BENCH_CONFIG.exists():
+        return _BENCH_CONFIG
+    import tomllib
+
+    from engine.config import load_config
+
+    shipped = _toml_blocks(SHIPPED_CONFIG.read_text())
+    ours = _toml_blocks(CATALOGUE.read_text())
+    shipped_placements = {tomllib.loads(g)["placement"][0]["id"]: g for g in _groups(shipped, "placement")}
+    kept = "".join(text for name, text in shipped if name.split(".", 1)[0] not in ("placement", "action"))
+    placements = []
+    for g in _groups(ours, "placement"):
+        pid = tomllib.loads(g)["placement"][0]["id"]
+        placements.append(shipped_placements.get(pid, g))
+    actions = _groups(ours, "action")
+    text = (f"# GENERATED by bench.common.bench_config() from {SHIPPED_CONFIG.relative_to(REPO)} and "
+            f"{CATALOGUE.relative_to(REPO)}\n" + kept.rstrip() + "\n\n" + "\n".join(p.rstrip() + "\n" for p in placements)
+            + "\n" + "\n".join(a.rstrip() + "\n" for a in actions))
+    path = Path(tempfile.mkdtemp(prefix="pulse-bench-config-")) / "engine.toml"
+    path.write_text(text)
+    load_config(path)  # fail here, clearly, if the merge does not validate
+    _BENCH_CONFIG = path
+    return path
+
+
+def config_summary() -> dict[str, Any]:
+    from engine.config import load_config
+
+    cfg = load_config(bench_config())
+    out: dict[str, Any] = {"actions": len(cfg.actions), "placements": {}}
+    for pid, p in cfg.placements.items():
+        learning = getattr(p, "learning", None)
+        out["placements"][pid] = {
+            "eligible_actions": len(cfg.actions_for(pid)), "max_items": p.max_items,
+            "policy": getattr(learning, "policy", "affinity_popularity"),
+            "holdout_share": getattr(learning, "holdout_share", 0.0),
+        }
+    return out
+
+
 def bench_env(**extra: str) -> dict[str, str]:
-    """Environment for the worker/API under benchmark: the bench catalogue, quiet logs."""
-    return {"ENGINE_CONFIG": str(BENCH_CONFIG), **extra}
+    """Environment for the worker/API under benchmark: the bench configuration."""
+    return {"ENGINE_CONFIG": str(bench_config()), **extra}
 
 
 def start_api(infra: Infra, stack: Any, name: str = "api", app: str = "serving.app:app", **env: str) -> tuple[Any, str]:
@@ -503,7 +601,7 @@ async def populate_profiles(redis_url: str, histories: Sequence[Sequence[dict[st
 
     client = aioredis.from_url(redis_url, decode_responses=True)
     try:
-        proc = BatchProcessor(ProfileStore(client, load_config(BENCH_CONFIG)), no_dlq)
+        proc = BatchProcessor(ProfileStore(client, load_config(bench_config())), no_dlq)
         merged = sorted((e for h in histories for e in h), key=lambda e: e["timestamp"])
         offsets = [0] * partitions
         records = []
@@ -612,3 +710,110 @@ def content_length(head: bytes) -> int:
 
 def which(tool: str) -> str | None:
     return shutil.which(tool)
+
+
+# --------------------------------------------------------------------------------------------------
+# profiling with py-spy (sampling, from outside the process: nothing changes in the code under test)
+
+
+def pyspy_binary() -> str | None:
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+class _PySpy:
+    def __init__(self, path: Path, rate: int) -> None:
+        self.path, self.rate = path, rate
+        self.proc: subprocess.Popen[bytes] | None = None
+
+
+@contextlib.contextmanager
+def pyspy_record(pid: int, seconds: float, out: Path, rate: int = 200) -> Iterator[_PySpy]:
+    """Sample ``pid`` for ``seconds`` into ``out`` (py-spy "raw" collapsed stacks) around the block."""
+    binary = pyspy_binary()
+    rec = _PySpy(out, rate)
+    if binary is None:
+        log("py-spy is not installed (pip install py-spy): no profile")
+        yield rec
+        return
+    rec.proc = subprocess.Popen(
+        [binary, "record", "--pid", str(pid), "--rate", str(rate), "--duration", str(max(1, round(seconds))),
+         "--format", "raw", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield rec
+    finally:
+        try:
+            _, err = rec.proc.communicate(timeout=seconds + 60)
+            if rec.proc.returncode != 0:
+                log(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
+        except subprocess.TimeoutExpired:
+            rec.proc.kill()
+
+
+_CATEGORIES = (
+    ("serving/", "serving (our handlers)"), ("engine/features", "engine.features (decode/ops)"),
+    ("engine/scoring", "engine.scoring"), ("engine/policies", "engine.policies (learned models)"),
+    ("engine/profile_store", "engine.profile_store"), ("engine/", "engine (other)"),
+    ("streams/", "streams (worker logic)"), ("schemas/", "schemas (event validation)"),
+    ("<string>", "schemas (event validation)"), ("fastjsonschema", "schemas (event validation)"),
+    ("site-packages/redis/", "redis-py client"), ("site-packages/starlette/", "starlette"),
+    ("site-packages/fastapi/", "fastapi"), ("site-packages/uvicorn/", "uvicorn (HTTP protocol)"),
+    ("site-packages/aiokafka/", "aiokafka"), ("site-packages/faust/", "faust"),
+    ("site-packages/mode/", "faust (mode)"), ("site-packages/river/", "river"), ("site-packages/numpy", "numpy"),
+    ("asyncio/", "asyncio / event loop"), ("uvloop", "asyncio / event loop"),
+)
+
+
+def _category(path: str) -> str:
+    for needle, name in _CATEGORIES:
+        if needle in path:
+            return name
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1].split("/", 1)[0]
+    return "python stdlib / other"
+
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<path>.*?)(?::(?P<line>\d+))?\)$")
+
+
+def summarise_profile(path: Path, rate: int, top: int = 25) -> dict[str, Any]:
+    """Self time by package and the top functions (self and inclusive) of a py-spy raw profile."""
+    if not path.exists():
+        return {"error": "no profile recorded"}
+    total = 0
+    self_by_cat: dict[str, int] = {}
+    self_by_fn: dict[str, int] = {}
+    incl_by_fn: dict[str, int] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        total += count
+        frames = []
+        for fr in stack.split(";"):
+            m = _FRAME.match(fr)
+            if not m:
+                continue
+            p = m.group("path")
+            short = p.split("site-packages/", 1)[-1].replace(str(REPO) + "/", "")
+            frames.append((f"{m.group('func')} ({short})", p))
+        if not frames:
+            continue
+        leaf, leaf_path = frames[-1]
+        self_by_fn[leaf] = self_by_fn.get(leaf, 0) + count
+        cat = _category(leaf_path)
+        self_by_cat[cat] = self_by_cat.get(cat, 0) + count
+        for name in {f for f, _ in frames}:
+            incl_by_fn[name] = incl_by_fn.get(name, 0) + count
+
+    def share(d: dict[str, int], n: int) -> list[tuple[str, float]]:
+        return [(k, round(100.0 * v / total, 1)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:n]]
+
+    return {
+        "samples": total, "sample_rate_hz": rate, "busy_seconds": round(total / rate, 2),
+        "self_time_by_package_pct": dict(share(self_by_cat, 30)),
+        "top_self_pct": share(self_by_fn, top),
+        "top_inclusive_pct": share(incl_by_fn, top),
+    }

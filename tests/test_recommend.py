@@ -205,6 +205,20 @@ def test_max_items_evicts_least_popular_and_its_references() -> None:
     assert np.isneginf(scores).sum() == scores.size - 10
 
 
+def test_a_recycled_row_inherits_no_neighbours() -> None:
+    model = CoVisitation(max_items=3)
+    model.learn_one("u1", "a")
+    model.learn_one("u1", "b")
+    model.learn_one("u2", "a")
+    model.learn_one("u3", "z")
+    model.learn_one("u4", "y")  # evicts b (least popular, first row); y gets b's row
+    assert "b" not in model.items and model.row_of("y") == 1
+    assert model.neighbours("a") == [] and model.neighbours("y") == []
+    model.learn_one("u5", "a")
+    model.learn_one("u5", "y")
+    assert model.neighbours("a") == [("y", 1.0)]
+
+
 def test_learn_history_matches_learn_one_without_storing_visitors() -> None:
     stream = clustered_stream(n_users=60)
     kept, stateless = CoVisitation(top_k=8), CoVisitation(top_k=8)
@@ -296,7 +310,7 @@ def test_prequential_ranks_covisitation_above_popularity_above_random() -> None:
         expected_tests += bool(seen.get(user)) and item not in seen[user]
         seen.setdefault(user, set()).add(item)
     assert out["n_tests"] == expected_tests
-    assert p["random"] < 0.15 < p["popularity"]
+    assert p["random"] < 0.09 < p["popularity"]
     assert p["covisit"] >= 2 * p["popularity"]
     assert p["plain"] > p["popularity"]
     lo, hi = out["policies"]["covisit"]["hr@10_ci95"]

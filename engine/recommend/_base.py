@@ -146,3 +146,14 @@ def grow(array: np.ndarray, rows: int, fill: float | int = 0) -> np.ndarray:
     out = np.full((cap, *array.shape[1:]), fill, dtype=array.dtype)
     out[: array.shape[0]] = array
     return out
+
+
+def top_k_items(index: ItemIndex, scores: np.ndarray, k: int) -> list[tuple[Hashable, float]]:
+    """Best ``k`` finite scores of live rows, ties broken by row order (deterministic)."""
+    scores = np.where(index.live_mask() & np.isfinite(scores), scores, -np.inf)
+    n = int(np.isfinite(scores).sum())
+    k = min(k, n)
+    if k <= 0:
+        return []
+    order = np.lexsort((np.arange(scores.size), -scores))[:k]
+    return [(index.id_at(int(r)), float(scores[r])) for r in order]

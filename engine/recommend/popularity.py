@@ -6,7 +6,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from engine.recommend._base import ForwardDecay, ItemIndex, grow
+from engine.recommend._base import ForwardDecay, ItemIndex, grow, top_k_items
 
 
 class Popularity:
@@ -78,15 +78,4 @@ class Popularity:
         for r in self._index.rows(exclude):
             if r is not None:
                 scores[r] = -np.inf
-        return _top_k(self._index, scores, k)
-
-
-def _top_k(index: ItemIndex, scores: np.ndarray, k: int) -> list[tuple[Hashable, float]]:
-    """Best ``k`` finite scores of live rows, ties broken by row order (deterministic)."""
-    scores = np.where(index.live_mask() & np.isfinite(scores), scores, -np.inf)
-    n = int(np.isfinite(scores).sum())
-    k = min(k, n)
-    if k <= 0:
-        return []
-    order = np.lexsort((np.arange(scores.size), -scores))[:k]
-    return [(index.id_at(int(r)), float(scores[r])) for r in order]
+        return top_k_items(self._index, scores, k)

@@ -1,0 +1,501 @@
+"""Decision latency under open-loop load, side by side with the bare endpoint and the Redis floor.
+
+* **Open loop, coordinated-omission safe.** Debian's ``wrk`` has no constant-rate mode (that is wrk2), so the
+  load generator is :class:`OpenLoop`: asyncio (uvloop) protocols on raw HTTP/1.1 keep-alive connections.
+  Request ``i`` is *scheduled* at ``t0 + i / rate``; it is sent on a free connection at that time, or waits
+  for one, and its latency is measured **from the scheduled time**, so a slow server cannot slow the
+  generator down and hide its own queueing (coordinated omission). The generator's own lag (dispatch time
+  minus scheduled time) and its achieved rate against the bare endpoint are reported, to show it is not
+  the bottleneck.
+* **Realistic mix.** A few thousand profiles are written first through the worker's own ``BatchProcessor``
+  (same code path as the stream); requests are ~70% known visitors (customer ids, plus returning anonymous
+  ids) and ~30% new anonymous visitors, over 4 placements, each with 20-50 candidate actions out of the 60 of
+  ``bench/catalogue.toml``.
+* **Side by side, same run.** For each rate: the bare endpoint (``bench/bare_app.py``, same FastAPI +
+  uvicorn command line, constant JSON) and ours. Then throughput at saturation with ``wrk -c 32`` (closed
+  loop) for both, and the physical floor: one Redis ``HGETALL`` round trip from Python (redis-py + hiredis,
+  as the API uses it), plus the full profile read (the API's one-pipeline read).
+
+``python -m bench.latency [--quick]`` runs this benchmark alone (``python -m bench.run`` runs them all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import contextlib
+import gc
+import random
+import re
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import (
+    WRK_DIR,
+    CpuMeter,
+    EventFactory,
+    Infra,
+    RssSampler,
+    bench_config,
+    config_summary,
+    http_request,
+    log,
+    populate_profiles,
+    pyspy_record,
+    start_api,
+    summarise_ms,
+    summarise_profile,
+    write_result,
+)
+
+RATES = (500, 1000, 2000, 4000)
+P99_TARGET_MS = 10.0
+TARGET_RATE = 1000
+
+
+# --------------------------------------------------------------------------------------------------
+# the open-loop generator
+
+
+class _Conn(asyncio.Protocol):
+    __slots__ = ("gen", "transport", "buf", "need", "body_at", "status", "idx")
+
+    def __init__(self, gen: OpenLoop) -> None:
+        self.gen = gen
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.need = -1
+        self.body_at = 0
+        self.status = 0
+        self.idx = -1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(Exception):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while buf:
+            if self.need < 0:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = bytes(buf[:end]).lower()
+                i = head.find(b"content-length:")
+                length = int(head[i + 15:head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None]) if i >= 0 else 0
+                self.status = int(buf[9:12])
+                self.body_at = end + 4
+                self.need = end + 4 + length
+            if len(buf) < self.need:
+                return
+            degraded = buf.find(b'"degraded":true', self.body_at, self.need) >= 0
+            del buf[:self.need]
+            self.need = -1
+            self.gen.completed(self, self.status, degraded)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gen.lost(self)
+
+
+class OpenLoop:
+    """Constant-rate load on ``connections`` keep-alive connections; latencies from the scheduled time."""
+
+    def __init__(self, host: str, port: int, requests: Sequence[bytes], rate: float, duration: float,
+                 warmup: float, connections: int = 64, grace: float = 3.0) -> None:
+        self.host, self.port, self.requests = host, port, requests
+        self.rate, self.duration, self.warmup = rate, duration, warmup
+        self.n = int(rate * (warmup + duration))
+        self.n_warm = int(rate * warmup)
+        self.connections, self.grace = connections, grace
+        self.sent = array.array("d", bytes(8 * self.n))
+        self.dispatched = array.array("d", bytes(8 * self.n))
+        self.done = array.array("d", bytes(8 * self.n))
+        self.status = array.array("h", [-1]) * self.n
+        self.degraded = bytearray(self.n)
+        self.free: list[_Conn] = []
+        self.backlog: list[int] = []  # indexes waiting for a connection (FIFO via head pointer)
+        self._bhead = 0
+        self.n_done = 0
+        self.t0 = 0.0
+        self.conns: list[_Conn] = []
+        self.reconnects = 0
+
+    async def _open(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
+        self.conns.append(conn)
+        return conn
+
+    def _send(self, conn: _Conn, i: int) -> None:
+        conn.idx = i
+        assert conn.transport is not None
+        conn.transport.write(self.requests[i % len(self.requests)])
+        self.sent[i] = time.monotonic()
+
+    def completed(self, conn: _Conn, status: int, degraded: bool) -> None:
+        i = conn.idx
+        if i < 0:
+            return
+        self.done[i] = time.monotonic()
+        self.status[i] = status
+        self.degraded[i] = degraded
+        self.n_done += 1
+        conn.idx = -1
+        if self._bhead < len(self.backlog):
+            j = self.backlog[self._bhead]
+            self._bhead += 1
+            self._send(conn, j)
+        else:
+            self.free.append(conn)
+
+    def lost(self, conn: _Conn) -> None:
+        if conn in self.free:
+            self.free.remove(conn)
+        if conn.idx >= 0:
+            self.done[conn.idx] = time.monotonic()
+            self.status[conn.idx] = 0
+            self.n_done += 1
+            conn.idx = -1
+        if not self._closing:
+            self.reconnects += 1
+            asyncio.get_running_loop().create_task(self._replace())
+
+    async def _replace(self) -> None:
+        with contextlib.suppress(OSError):
+            self._give(await self._open())
+
+    def _give(self, conn: _Conn) -> None:
+        """A new connection takes the oldest waiting request, or joins the free pool."""
+        if self._bhead < len(self.backlog):
+            j = self.backlog[self._bhead]
+            self._bhead += 1
+            self._send(conn, j)
+        else:
+            self.free.append(conn)
+
+    _closing = False
+
+    async def run(self) -> dict[str, Any]:
+        for _ in range(self.connections):
+            self.free.append(await self._open())
+        gc.collect()
+        gc.disable()
+        cpu0 = time.process_time()
+        rate, n = self.rate, self.n
+        self.t0 = t0 = time.monotonic() + 0.05
+        i = 0
+        try:
+            while i < n:
+                now = time.monotonic()
+                due = min(n, int((now - t0) * rate) + 1)
+                while i < due:
+                    self.dispatched[i] = now
+                    if self.free:
+                        self._send(self.free.pop(), i)
+                    else:
+                        self.backlog.append(i)
+                    i += 1
+                # libuv/epoll timers have 1 ms resolution: wake at most every ms and send what is due
+                await asyncio.sleep(max(0.001, t0 + i / rate - time.monotonic()))
+            deadline = time.monotonic() + self.grace
+            while self.n_done < n and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            cpu = time.process_time() - cpu0
+            self._closing = True
+            for c in self.conns:
+                if c.transport is not None:
+                    c.transport.close()
+            gc.enable()
+        return self.summary(cpu)
+
+    def summary(self, cpu_s: float) -> dict[str, Any]:
+        t0, rate = self.t0, self.rate
+        lat_sched, lat_sent, lag = [], [], []
+        errors = timeouts = degraded = 0
+        first, last = self.n_warm, self.n
+        for i in range(first, last):
+            st = self.status[i]
+            sched = t0 + i / rate
+            lag.append(self.dispatched[i] - sched)
+            if st == 200:
+                lat_sched.append(self.done[i] - sched)
+                lat_sent.append(self.done[i] - self.sent[i])
+                degraded += self.degraded[i]
+            elif st == -1:
+                timeouts += 1
+            else:
+                errors += 1
+        ok = len(lat_sched)
+        ends = [self.done[i] for i in range(first, last) if self.status[i] >= 0]
+        span = (max(ends) - (t0 + first / rate)) if ends else float("nan")
+        sends = [self.sent[i] for i in range(first, last) if self.sent[i] > 0]
+        send_span = (max(sends) - min(sends)) if len(sends) > 1 else float("nan")
+        return {
+            "target_rate": rate, "duration_s": self.duration, "requests": last - first,
+            "ok": ok, "errors": errors, "timeouts": timeouts, "degraded": degraded,
+            "achieved_rate": round(ok / span, 1) if span == span and span > 0 else 0.0,
+            "send_rate": round((len(sends) - 1) / send_span, 1) if send_span == send_span and send_span > 0 else 0.0,
+            "latency_ms": summarise_ms(lat_sched),
+            "service_time_ms": summarise_ms(lat_sent),
+            "generator_lag_ms": summarise_ms(lag),
+            "generator_cpu_share": round(cpu_s / max(self.duration + self.warmup, 1e-9), 3),
+            "connections": self.connections, "reconnects": self.reconnects,
+        }
+
+
+def run_open_loop(base_url: str, bodies: Sequence[bytes], rate: float, duration: float, warmup: float,
+                  connections: int = 64) -> dict[str, Any]:
+    import uvloop
+
+    host, port = base_url.split("://", 1)[1].rsplit(":", 1)
+    reqs = [http_request("POST", "/v1/decide", b, f"{host}:{port}") for b in bodies]
+    gen = OpenLoop(host, int(port), reqs, rate, duration, warmup, connections)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(gen.run())
+
+
+# --------------------------------------------------------------------------------------------------
+# the request mix
+
+
+def make_bodies(known_customers: Sequence[str], known_anonymous: Sequence[str], n: int, seed: int = 7
+                ) -> tuple[list[bytes], dict[str, int]]:
+    """``n`` request bodies: ~70% known visitors, ~30% new anonymous ones; 20-50 candidates each."""
+    from engine.config import load_config
+
+    cfg = load_config(bench_config())
+    rng = random.Random(seed)
+    placements = [("product_recs", 0.45), ("home_hero", 0.25), ("cart_recs", 0.2), ("email", 0.1)]
+    pools = {p: [a.id for a in cfg.actions_for(p)] for p, _ in placements}
+    mix = {"known_customer": 0, "known_anonymous": 0, "new_anonymous": 0}
+    bodies = []
+    for _ in range(n):
+        x = rng.random()
+        body: dict[str, Any] = {}
+        if x < 0.56:
+            body["customer_id"] = rng.choice(known_customers)
+            mix["known_customer"] += 1
+        elif x < 0.70:
+            body["anonymous_id"] = rng.choice(known_anonymous)
+            mix["known_anonymous"] += 1
+        else:
+            body["anonymous_id"] = f"a-new-{uuid.UUID(int=rng.getrandbits(128)).hex[:16]}"
+            mix["new_anonymous"] += 1
+        y, acc, placement = rng.random(), 0.0, placements[-1][0]
+        for p, w in placements:
+            acc += w
+            if y <= acc:
+                placement = p
+                break
+        body["placement"] = placement
+        pool = pools[placement]
+        k = rng.randint(min(20, len(pool)), min(50, len(pool)))
+        body["candidates"] = rng.sample(pool, k)
+        body["context"] = {"channel": rng.choice(("web", "web", "app")), "locale": "en-GB",
+                           "url": f"https://shop.example/{rng.choice(('', 'cart', 'shoes', 'books'))}"}
+        bodies.append(orjson.dumps(body))
+    return bodies, mix
+
+
+# --------------------------------------------------------------------------------------------------
+# closed loop (wrk) and the Redis floor
+
+
+def run_wrk(base_url: str, bodies_file: Path, seconds: float, connections: int = 32, threads: int = 2) -> dict[str, Any]:
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "2s",
+            "-s", str(WRK_DIR / "decide.lua"), base_url, "--", str(bodies_file)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    m = re.search(r"^WRK_JSON (\{.*\})$", out.stdout, re.M)
+    if not m:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout}\n{out.stderr}")
+    raw = orjson.loads(m.group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    errors = sum(raw[k] for k in raw if k.startswith("errors_"))
+    return {
+        "connections": connections, "threads": threads, "requests": raw["requests"],
+        "rate": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        "errors": errors + (int(non2xx.group(1)) if non2xx and not raw["errors_status"] else 0),
+        "latency_ms": {"p50": raw["p50_us"] / 1000, "p90": raw["p90_us"] / 1000, "p99": raw["p99_us"] / 1000,
+                       "p99_9": raw["p99_9_us"] / 1000, "max": raw["max_us"] / 1000},
+        "command": " ".join(argv),
+    }
+
+
+async def redis_floor(redis_url: str, customers: Sequence[str], n: int) -> dict[str, Any]:
+    """Sequential round trips from Python, with the API's client settings (redis-py asyncio + hiredis)."""
+    import redis.asyncio as aioredis
+
+    from engine.config import load_config
+    from engine.layout import profile_key
+    from engine.profile_store import ProfileStore
+
+    client = aioredis.from_url(redis_url, decode_responses=True, health_check_interval=0)
+    store = ProfileStore(client, load_config(bench_config()))
+    rng = random.Random(3)
+    try:
+        await client.ping()
+        hget, pipe, ping = [], [], []
+        for _ in range(n):
+            cid = rng.choice(customers)
+            t = time.perf_counter()
+            await client.ping()
+            ping.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            await client.hgetall(profile_key(cid))
+            hget.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            await store.read_raw(cid)
+            pipe.append(time.perf_counter() - t)
+        return {"ping_ms": summarise_ms(ping), "hgetall_ms": summarise_ms(hget),
+                "profile_pipeline_read_ms": summarise_ms(pipe), "profile_read_commands": store.read_width}
+    finally:
+        await client.aclose()
+
+
+def decision_counters(base_url: str) -> dict[str, float]:
+    import httpx
+
+    try:
+        text = httpx.get(f"{base_url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    out = {}
+    for m in re.finditer(r'^pulse_(decisions_total|errors_total)\{\w+="([^"]*)"\} ([0-9.e+]+)$', text, re.M):
+        out[f"{m.group(1)}:{m.group(2)}"] = float(m.group(3))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def run(infra: Infra) -> dict[str, Any]:
+    quick = infra.quick
+    duration, warmup = (2.0, 1.0) if quick else (15.0, 3.0)
+    wrk_seconds = 3 if quick else 10
+    n_customers, n_anon = (400, 100) if quick else (2400, 600)
+    ev_lo, ev_hi = (10, 30) if quick else (10, 60)
+    stack = infra.stack()
+
+    log(f"latency: writing {n_customers + n_anon} profiles through BatchProcessor")
+    f = EventFactory(11)
+    now_ms = int(time.time() * 1000)
+    rng = random.Random(5)
+    customers = [f"c-lat-{i}" for i in range(n_customers)]
+    anons = [f"a-lat-{i}" for i in range(n_anon)]
+    histories = [f.history(v, rng.randint(ev_lo, ev_hi), customer=True, end_ms=now_ms) for v in customers]
+    histories += [f.history(v, rng.randint(ev_lo, ev_hi), customer=False, end_ms=now_ms) for v in anons]
+    populate_rate = asyncio.run(populate_profiles(stack.redis_url, histories))
+    n_events = sum(len(h) for h in histories)
+
+    bodies, mix = make_bodies(customers, anons, 4000)
+    bodies_file = Path(tempfile.mkstemp(prefix="pulse-bench-bodies-", suffix=".jsonl")[1])
+    bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
+    cands = [len(orjson.loads(b)["candidates"]) for b in bodies]
+
+    api, api_url = start_api(infra, stack)
+    bare, bare_url = start_api(infra, stack, name="bare", app="bench.bare_app:app")
+    redis_pid = infra.redis_pid()
+    results: dict[str, Any] = {"rates": {}, "saturation": {}}
+    try:
+        log("latency: warming up both servers")
+        for url in (api_url, bare_url):
+            run_open_loop(url, bodies, 300, 1.0, 0.5, connections=16)
+        with RssSampler({"api": api.proc.pid, "bare": bare.proc.pid}) as rss:
+            for rate in RATES:
+                for name, url, proc in (("bare", bare_url, bare), ("ours", api_url, api)):
+                    before = decision_counters(url) if name == "ours" else {}
+                    cpu = CpuMeter({"server": proc.proc.pid, "redis": redis_pid}).start()
+                    r = run_open_loop(url, bodies, rate, duration, warmup)
+                    r["cpu"] = cpu.stop()
+                    r["server_cpu_ms_per_request"] = round(
+                        1000 * r["cpu"]["server_cpu_s"] / max(1, int(rate * (duration + warmup))), 3)
+                    if name == "ours":
+                        after = decision_counters(url)
+                        r["server_counters"] = {k: after[k] - before.get(k, 0.0) for k in after
+                                                if after[k] != before.get(k, 0.0)}
+                    results["rates"].setdefault(str(rate), {})[name] = r
+                    lat = r["latency_ms"]
+                    log(f"latency: {name:4} @ {rate:>5}/s -> achieved {r['achieved_rate']:>7}/s  p50 {lat.get('p50')} "
+                        f"p99 {lat.get('p99')} p99.9 {lat.get('p99_9')} ms  errors {r['errors']} timeouts "
+                        f"{r['timeouts']} degraded {r['degraded']}")
+            for name, url, proc in (("bare", bare_url, bare), ("ours", api_url, api)):
+                cpu = CpuMeter({"server": proc.proc.pid, "redis": redis_pid}).start()
+                w = run_wrk(url, bodies_file, wrk_seconds)
+                w["cpu"] = cpu.stop()
+                results["saturation"][name] = w
+                log(f"latency: wrk -c32 {name}: {w['rate']} req/s, p99 {w['latency_ms']['p99']} ms, errors {w['errors']}")
+        results["rss"] = rss.summary()
+
+        if infra.profile:
+            log("latency: profiling the API with py-spy at 1000 req/s")
+            prof_s = 5.0 if quick else 15.0
+            out = infra.results_file("profile-api", "txt")
+            with pyspy_record(api.proc.pid, prof_s + 1, out) as rec:
+                time.sleep(0.5)
+                under = run_open_loop(api_url, bodies, TARGET_RATE, prof_s, 0.5)
+            results["profile"] = {"file": str(out.relative_to(infra.repo)), "load": {
+                "rate": TARGET_RATE, "latency_ms": under["latency_ms"]}, **summarise_profile(rec.path, rec.rate)}
+    finally:
+        api.stop()
+        bare.stop()
+        bodies_file.unlink(missing_ok=True)
+
+    floor_n = 2000 if quick else 10000
+    results["redis_floor"] = asyncio.run(redis_floor(stack.redis_url, customers, floor_n))
+
+    # headline figures
+    held = [r for r in RATES if _holds(results["rates"][str(r)]["ours"], r)]
+    ours_sat = results["saturation"]["ours"]["rate"]
+    bare_sat = results["saturation"]["bare"]["rate"]
+    results["summary"] = {
+        "highest_rate_with_p99_under_10ms": max(held) if held else 0,
+        "throughput_ratio_vs_bare": round(ours_sat / bare_sat, 3) if bare_sat else 0.0,
+        "at_1000": results["rates"][str(TARGET_RATE)]["ours"],
+        "generator_check": {str(r): {"target": r, "bare_achieved": results["rates"][str(r)]["bare"]["achieved_rate"],
+                                     "bare_p99_ms": results["rates"][str(r)]["bare"]["latency_ms"].get("p99"),
+                                     "generator_lag_p99_ms":
+                                         results["rates"][str(r)]["bare"]["generator_lag_ms"].get("p99")}
+                            for r in RATES},
+    }
+    results["setup"] = {
+        "profiles": n_customers + n_anon, "events_written": n_events, "populate_events_per_s": round(populate_rate),
+        "request_mix": mix, "candidates_per_request": {"min": min(cands), "max": max(cands),
+                                                        "mean": round(sum(cands) / len(cands), 1)},
+        "open_loop": {"duration_s": duration, "warmup_s": warmup, "connections": 64, "rates": list(RATES)},
+        "config": config_summary(), "uvicorn_argv": api.argv,
+    }
+    return results
+
+
+def _holds(r: dict[str, Any], rate: float) -> bool:
+    p99 = r["latency_ms"].get("p99", float("inf"))
+    return (p99 <= P99_TARGET_MS and r["errors"] == 0 and r["timeouts"] == 0 and r["degraded"] == 0
+            and r["achieved_rate"] >= 0.95 * rate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="also profile the API with py-spy")
+    args = ap.parse_args(argv)
+    with Infra.started(args.quick, args.profile) as infra:
+        res = run(infra)
+    print(write_result("latency", res, args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
