@@ -38,6 +38,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 compose-config:
+	bash infra/install-deps.sh compose
 	docker compose -f infra/docker-compose.yml config --quiet
 
 clean:

@@ -76,6 +76,21 @@ class ScoringSettings:
     item_weight: float = 2.0
     tag_weight: float = 0.3
     popularity_half_life_hours: float = 24.0
+    covisit_weight: float = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class CollaborativeSettings:
+    """Item-to-item co-visitation learned in the stream and used as a ranking feature."""
+
+    enabled: bool = True
+    #: Interaction weight per event type (events carrying an ``item_id``).
+    weights: Mapping[str, float] = field(
+        default_factory=lambda: {"page_view": 0.5, "click": 1.0, "add_to_cart": 1.5, "purchase": 2.0}
+    )
+    params: Mapping[str, Any] = field(default_factory=dict)
+    snapshot_every_updates: int = 1000
+    snapshot_every_seconds: float = 5.0
 
 
 #: The transparent, non-learning scorer (engine.scoring); every other policy name is a learner.
@@ -147,6 +162,7 @@ class EngineConfig:
     counted_events: tuple[str, ...]
     placements: Mapping[str, Placement]
     actions: Mapping[str, Action]
+    collaborative: CollaborativeSettings = field(default_factory=CollaborativeSettings)
 
     def actions_for(self, placement: str) -> list[Action]:
         return [a for a in self.actions.values() if placement in a.placements]
@@ -300,7 +316,21 @@ def parse_config(raw: Mapping[str, Any]) -> EngineConfig:
         scoring = ScoringSettings(**raw.get("scoring", {}))
     except TypeError as exc:
         raise ConfigError(f"scoring: {exc}") from exc
+    collab_raw = dict(raw.get("collaborative", {}))
+    try:
+        collaborative = CollaborativeSettings(**collab_raw)
+    except TypeError as exc:
+        raise ConfigError(f"collaborative: {exc}") from exc
+    _events(list(collaborative.weights), "collaborative.weights")
+    if collaborative.enabled:
+        from engine.recommend import CoVisitation
+
+        try:
+            CoVisitation(**collaborative.params)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"collaborative.params: {exc}") from exc
     return EngineConfig(
+        collaborative=collaborative,
         profile=profile, scoring=scoring, affinities=tuple(affinities), recents=tuple(recents),
         windows=tuple(windows), counted_events=tuple(counted) or KNOWN_EVENTS,
         placements=placements, actions=actions,

@@ -57,7 +57,8 @@ class AffinityPopularityScorer:
         self.w = weights
 
     def score(self, actions: Sequence[Action], affinities: Affinities | None,
-              popularity: PopularitySnapshot) -> list[float]:
+              popularity: PopularitySnapshot, collaborative: Mapping[str, float] | None = None) -> list[float]:
+        """``collaborative``: co-visitation score in [0, 1] per action id (see engine.recommend.signal)."""
         cat = _normalised((affinities or {}).get("category"))
         item = _normalised((affinities or {}).get("item"))
         out: list[float] = []
@@ -69,11 +70,14 @@ class AffinityPopularityScorer:
                 personal += self.w.item_weight * item.get(a.item_id or "", 0.0)
                 if a.tags and cat:
                     personal += self.w.tag_weight * sum(cat.get(t, 0.0) for t in a.tags) / len(a.tags)
+            if collaborative:
+                personal += self.w.covisit_weight * collaborative.get(a.id, 0.0)
             out.append(prior * personal)
         return out
 
     def rank(self, actions: Sequence[Action], affinities: Affinities | None,
-             popularity: PopularitySnapshot) -> list[tuple[Action, float]]:
-        scored = zip(actions, self.score(actions, affinities, popularity), strict=True)
+             popularity: PopularitySnapshot, collaborative: Mapping[str, float] | None = None,
+             ) -> list[tuple[Action, float]]:
+        scored = zip(actions, self.score(actions, affinities, popularity, collaborative), strict=True)
         # ties broken by action id so the answer is deterministic
         return sorted(scored, key=lambda pair: (-pair[1], pair[0].id))

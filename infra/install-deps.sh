@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the local (Docker-free) services need, idempotently; used by `make test`/`make demo`.
 #
-#   infra/install-deps.sh            java + maven + Kafka jars + redis-server
+#   infra/install-deps.sh            java + maven + Kafka jars + redis-server + kcat + wrk
 #   infra/install-deps.sh compose    also the `docker compose` CLI plugin (for `make compose-config`)
 #
 # System packages come from Debian apt (needs root or sudo); the Kafka jars from Maven Central into
@@ -58,7 +58,19 @@ ensure_compose() {
   log "installed $(docker compose version) into $plugin_dir"
 }
 
+ensure_tools() {
+  # kcat: a producer we did not write (integration test); wrk: load generator of the benchmarks
+  local pkgs=()
+  command -v kcat >/dev/null || pkgs+=(kcat)
+  command -v wrk >/dev/null || pkgs+=(wrk)
+  if ((${#pkgs[@]})); then
+    log "installing ${pkgs[*]}"
+    apt_install "${pkgs[@]}"
+  fi
+}
+
 ensure_java_maven
+ensure_tools
 bash "$INFRA_DIR/kafka.sh" install
 bash "$INFRA_DIR/redis.sh" install
 if [[ "${1:-}" == "compose" ]]; then

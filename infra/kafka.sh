@@ -148,7 +148,7 @@ format_storage() {
   done
   local -a cmd
   # A short-lived tool: quick-start JVM flags.
-  mapfile -d '' -t cmd < <(java_cmd -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -- \
+  mapfile -d '' -t cmd < <(java_cmd -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dpulse.kafka.log.level=WARN -- \
     kafka.tools.StorageTool format --ignore-formatted --cluster-id "$cluster_id" --config "$PROPS_FILE")
   if ! "${cmd[@]}" >>"$KAFKA_LOG_FILE" 2>&1; then
     tail -n 30 "$KAFKA_LOG_FILE" >&2 || true

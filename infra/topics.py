@@ -3,10 +3,11 @@
     python -m infra.topics                 # uses KAFKA_BOOTSTRAP, EVENTS_PARTITIONS, *_TOPIC env vars
     python -m infra.topics --bootstrap 127.0.0.1:19092 --partitions 4 events decisions
 
-Topics: ``events`` (EVENTS_TOPIC), ``events.dlq`` (DLQ_TOPIC) and ``decisions`` (DECISIONS_TOPIC), all
-with EVENTS_PARTITIONS partitions so one customer's events, dead letters and decisions share a partition
-number. Existing topics are left untouched (adding partitions later would remap keys to partitions);
-a partition-count mismatch is reported as a warning.
+Topics: ``events`` (EVENTS_TOPIC), ``events.dlq`` (DLQ_TOPIC), ``decisions`` (DECISIONS_TOPIC) and
+``learning`` (LEARNING_TOPIC, training examples keyed by placement), all with EVENTS_PARTITIONS
+partitions so one customer's events, dead letters and decisions share a partition number. Existing
+topics are left untouched (adding partitions later would remap keys to partitions); a partition-count
+mismatch is reported as a warning.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 
 log = logging.getLogger("infra.topics")
 
-DEFAULT_TOPIC_ENV = (("EVENTS_TOPIC", "events"), ("DLQ_TOPIC", "events.dlq"), ("DECISIONS_TOPIC", "decisions"))
+DEFAULT_TOPIC_ENV = (
+    ("EVENTS_TOPIC", "events"),
+    ("DLQ_TOPIC", "events.dlq"),
+    ("DECISIONS_TOPIC", "decisions"),
+    ("LEARNING_TOPIC", "learning"),
+)
 
 
 def default_topic_names() -> list[str]:
@@ -55,7 +61,7 @@ async def ensure_topics(
     replication_factor: int = 1,
     connect_timeout: float = 60.0,
 ) -> None:
-    """Create every topic in ``names`` (default: events, events.dlq, decisions) that does not exist yet.
+    """Create every topic in ``names`` (default: events, events.dlq, decisions, learning) that is missing.
 
     Safe to call concurrently and repeatedly. Waits up to ``connect_timeout`` seconds for the broker.
     """
@@ -95,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m infra.topics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("names", nargs="*", help="topics to create (default: events, events.dlq, decisions)")
+    parser.add_argument("names", nargs="*", help="topics to create (default: events, events.dlq, decisions, learning)")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     parser.add_argument("--partitions", type=int, default=int(os.environ.get("EVENTS_PARTITIONS", "8")))
     parser.add_argument("--replication-factor", type=int, default=int(os.environ.get("TOPIC_REPLICATION_FACTOR", "1")))

@@ -23,6 +23,7 @@ from engine.config import BASELINE_POLICY, Action, EngineConfig
 from engine.decisions import CONTROL_ARM, holdout_arm, new_decision_id, request_context_features
 from engine.features import Profile, context_features, decode
 from engine.layout import identity_key
+from engine.policies import Candidate
 from serving.services import Services
 
 router = APIRouter()
@@ -154,6 +155,7 @@ class Ranking:
     policy: str
     model_version: str
     arm: str
+    shown_features: dict[str, float]
 
 
 def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalised: bool, now: float,
@@ -166,15 +168,37 @@ def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalise
     context = context_features(profile, now) if personalised and profile is not None else {"bias": 1.0}
     context.update(request_context_features(req.context))
     actions = eligible_actions(req, svc.config, now)
+    collaborative = collaborative_scores(svc, profile, actions) if personalised and profile is not None else {}
     if policy_name == BASELINE_POLICY:
         affinities = profile.affinities if personalised and profile is not None else None
-        ranked = svc.scorer.rank(actions, affinities, svc.popularity)[: req.n]
-        return Ranking(ranked, 1.0, svc.scorer.name, svc.scorer.version, arm), context
+        ranked = svc.scorer.rank(actions, affinities, svc.popularity, collaborative)[: req.n]
+        top = ranked[0][0].id if ranked else None
+        shown = with_collaborative(svc.candidates[top], collaborative.get(top)).features if top else {}
+        return Ranking(ranked, 1.0, svc.scorer.name, svc.scorer.version, arm, dict(shown)), context
     model = svc.models.get(req.placement, policy_name)
     by_id = {a.id: a for a in actions}
-    result = model.policy.rank(context, [svc.candidates[a.id] for a in actions], req.n, rng)
+    candidates = [with_collaborative(svc.candidates[a.id], collaborative.get(a.id)) for a in actions]
+    result = model.policy.rank(context, candidates, req.n, rng)
     ranked = [(by_id[aid], score) for aid, score in zip(result.action_ids, result.scores, strict=True)]
-    return Ranking(ranked, result.propensity, policy_name, str(model.version), arm), context
+    shown = next((dict(c.features) for c in candidates if c.action_id == result.top), {})
+    return Ranking(ranked, result.propensity, policy_name, str(model.version), arm, shown), context
+
+
+def collaborative_scores(svc: Services, profile: Profile, actions: list[Action]) -> dict[str, float]:
+    """Co-visitation score per action id, from the visitor's recent items (most recent first)."""
+    signal = svc.models.covisit()
+    recent = next(iter(profile.recent.values()), None) if profile.recent else None
+    if signal is None or not recent:
+        return {}
+    by_item = {a.item_id: a.id for a in actions if a.item_id}
+    scores = signal.candidate_scores(recent, list(by_item))
+    return {by_item[item]: s for item, s in scores.items()}
+
+
+def with_collaborative(candidate: Candidate, score: float | None) -> Candidate:
+    if not score:
+        return candidate
+    return Candidate(candidate.action_id, {**candidate.features, "covisit": score})
 
 
 def decision_record(decision_id: str, req: DecideRequest, ranking: Ranking, context: dict[str, float],
@@ -187,6 +211,7 @@ def decision_record(decision_id: str, req: DecideRequest, ranking: Ranking, cont
         "actions": [{"action_id": a.id, "score": float(s)} for a, s in ranking.actions],
         "propensity": ranking.propensity, "policy": ranking.policy, "model_version": ranking.model_version,
         "holdout_arm": ranking.arm, "degraded": degraded, "timestamp": int(now * 1000),
+        "action_features": ranking.shown_features,
     }
 
 

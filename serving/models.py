@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from engine.config import EngineConfig
 from engine.learning_store import LearningStore
 from engine.policies import Policy, make_policy
+from engine.recommend.signal import COVISIT_MODEL, CollaborativeSignal
 from engine.snapshots import SnapshotError, load_model
 from serving.metrics import ServingMetrics
 from streams.learner import learned_policies, model_name
@@ -36,9 +37,16 @@ class ModelRegistry:
             for policy in learned_policies(config, placement.id):
                 params = placement.learning.params if policy == placement.learning.policy else {}
                 self.models[model_name(placement.id, policy)] = LoadedModel(make_policy(policy, **params), 0)
+        if config.collaborative.enabled:
+            signal = CollaborativeSignal(**config.collaborative.params)
+            self.models[COVISIT_MODEL] = LoadedModel(signal, 0)  # type: ignore[arg-type]
 
     def get(self, placement: str, policy: str) -> LoadedModel:
         return self.models[model_name(placement, policy)]
+
+    def covisit(self) -> CollaborativeSignal | None:
+        loaded = self.models.get(COVISIT_MODEL)
+        return loaded.policy if loaded is not None and loaded.version > 0 else None  # type: ignore[return-value]
 
     async def refresh(self) -> int:
         """Load every model whose published version is newer; returns how many were swapped in."""

@@ -25,6 +25,7 @@ from engine.config import load_config
 from engine.learning_store import LearningStore
 from engine.profile_store import ProfileStore
 from engine.settings import load_settings
+from streams.collaborative import CollaborativeFeed
 from streams.learner import PlacementLearner
 from streams.pipeline import BatchProcessor, Record
 from streams.rewards import RewardJoiner
@@ -80,7 +81,8 @@ class Components:
         self.learning_store = LearningStore(self.redis)
         self.joiner = RewardJoiner(self.learning_store, config, send_learning_example, send_dead_letter)
         self.processor = BatchProcessor(ProfileStore(self.redis, config), send_dead_letter,
-                                        hooks=[self.joiner.on_events])
+                                        hooks=[self.joiner.on_events,
+                                               CollaborativeFeed(config, send_learning_example).on_events])
         self.learner = PlacementLearner(config)
         self.restored = False
 
@@ -137,7 +139,7 @@ async def learn(stream: faust.StreamT) -> None:
     async for events in stream.take_events(settings.worker_batch_size, within=settings.worker_batch_timeout):
         for e in events:
             try:
-                c.learner.learn_one(orjson.loads(e.message.value))
+                c.learner.learn(orjson.loads(e.message.value))
             except Exception as exc:  # a malformed example must not stop learning
                 log.warning("skipping learning example at %s/%s: %r", e.message.partition, e.message.offset, exc)
         for placement in c.learner.due_snapshots():

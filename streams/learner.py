@@ -29,6 +29,7 @@ from engine.config import BASELINE_POLICY, EngineConfig
 from engine.decisions import action_features
 from engine.learning_store import LearningStore
 from engine.policies import Candidate, Policy, make_policy
+from engine.recommend.signal import COVISIT_MODEL, CollaborativeSignal
 from engine.snapshots import SnapshotError, dump_model, load_model
 
 #: Learned decision ids remembered per placement, so a replayed example is not learned twice.
@@ -57,6 +58,20 @@ class PlacementLearner:
         self.models: dict[str, dict[str, Policy]] = {}
         self.state: dict[str, _State] = {}
         self._recent: dict[str, OrderedDict[str, None]] = {}
+        collab = config.collaborative
+        self.covisit = CollaborativeSignal(**collab.params) if collab.enabled else None
+        self.covisit_state = _State()
+
+    def learn(self, example: Mapping[str, Any]) -> bool:
+        """Route an example: item interactions to co-visitation, settled decisions to placements."""
+        if example.get("kind") == "interaction":
+            if self.covisit is None:
+                return False
+            self.covisit.learn_interaction(example["visitor"], example["item"], float(example["weight"]),
+                                           example.get("ts"))
+            self.covisit_state.updates_since_snapshot += 1
+            return True
+        return self.learn_one(example)
 
     def _ensure(self, placement: str) -> dict[str, Policy]:
         models = self.models.get(placement)
@@ -84,7 +99,8 @@ class PlacementLearner:
         if len(recent) > RECENT_DECISIONS:
             recent.popitem(last=False)
         action = self.config.actions.get(example["action_id"])
-        features = action_features(action, self.config.affinities) if action else {}
+        # the shown action's features as scored (co-visitation included), else the catalogue's
+        features = example.get("action_features") or (action_features(action, self.config.affinities) if action else {})
         candidate = Candidate(example["action_id"], features)
         for policy in models.values():
             policy.learn_one(example["context"], candidate, float(example["reward"]))
@@ -92,8 +108,15 @@ class PlacementLearner:
         return True
 
     def due_snapshots(self, now: float | None = None, force: bool = False) -> list[str]:
+        """Placements (and ``COVISIT_MODEL``) whose snapshot is due."""
         now = time.monotonic() if now is None else now
         due = []
+        st, collab = self.covisit_state, self.config.collaborative
+        if self.covisit is not None and st.updates_since_snapshot and (
+            force or st.updates_since_snapshot >= collab.snapshot_every_updates
+            or now - st.last_snapshot >= collab.snapshot_every_seconds
+        ):
+            due.append(COVISIT_MODEL)
         for placement, st in self.state.items():
             ls = self.config.placements[placement].learning
             if st.updates_since_snapshot and (
@@ -104,7 +127,12 @@ class PlacementLearner:
         return due
 
     async def restore(self, store: LearningStore, key: bytes) -> None:
-        """Resume every learned placement from its last good snapshot (if any)."""
+        """Resume every learned placement (and co-visitation) from its last good snapshot (if any)."""
+        if self.covisit is not None and (blob := await store.model_blob(COVISIT_MODEL)) is not None:
+            try:
+                self.covisit, self.covisit_state.version = load_model(blob, key)  # type: ignore[assignment]
+            except SnapshotError:
+                pass
         for placement in self.config.placements:
             for policy in learned_policies(self.config, placement):
                 blob = await store.model_blob(model_name(placement, policy))
@@ -118,6 +146,12 @@ class PlacementLearner:
                 self.state[placement].version = max(self.state[placement].version, version)
 
     async def snapshot(self, store: LearningStore, key: bytes, placement: str) -> int:
+        if placement == COVISIT_MODEL:
+            st = self.covisit_state
+            st.version += 1
+            await store.publish_model(COVISIT_MODEL, st.version, dump_model(self.covisit, st.version, key))
+            st.updates_since_snapshot, st.last_snapshot = 0, time.monotonic()
+            return st.version
         st = self.state[placement]
         st.version += 1
         for policy_name, policy in self.models[placement].items():

@@ -50,6 +50,7 @@ def learning_example(f: Finalised) -> dict[str, Any]:
         "action_id": rec["actions"][0]["action_id"], "propensity": rec["propensity"],
         "policy": rec["policy"], "model_version": rec["model_version"], "arm": rec["holdout_arm"],
         "reward": f.reward, "defaulted": f.defaulted, "timestamp": rec["timestamp"],
+        "action_features": rec.get("action_features"),
     }
 
 

@@ -9,8 +9,10 @@ context features, action features, the action id, ``context x action`` crosses (
 Exploration is epsilon-greedy over the *top* slot: with probability ``epsilon`` the top action is drawn
 uniformly among the ``k`` candidates, otherwise it is the greedy one. Logged propensities are exact:
 ``(1 - epsilon) / t + epsilon / k`` for one of the ``t`` tied greedy actions, ``epsilon / k`` for any
-other. The greedy score adds ``optimism / sqrt(1 + n_a)`` (``n_a`` = rewards learned for the action)
-so a new action is tried early instead of waiting for an epsilon draw.
+other. The greedy score is optimistic: ``p + optimism * sqrt(p (1 - p) / (1 + n_a))`` (``p`` the
+predicted click probability, floored at 1 % inside the square root; ``n_a`` the rewards learned for
+the action), a count-based upper confidence bound on the Bernoulli click, so a new action is tried
+early instead of waiting for an epsilon draw, and the bonus fades as its rewards come in.
 
 >>> import random
 >>> from engine.policies import Candidate
@@ -49,7 +51,7 @@ class CTRRanker:
     def __init__(
         self,
         epsilon: float = 0.05,
-        optimism: float = 0.05,
+        optimism: float = 1.0,
         model: Any = None,
         learning_rate: float = 0.05,
         l2: float = 0.0,
@@ -87,8 +89,9 @@ class CTRRanker:
             return empty_ranked()
         k = len(candidates)
         probs = self.predict(context, candidates)
+        counts = self._counts
         scores = [
-            p + self.optimism / math.sqrt(1.0 + self._counts.get(c.action_id, 0))
+            p + self.optimism * math.sqrt(max(p, 0.01) * (1.0 - p) / (1.0 + counts.get(c.action_id, 0)))
             for p, c in zip(probs, candidates, strict=True)
         ]
         best = max(scores)

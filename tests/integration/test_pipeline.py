@@ -173,3 +173,25 @@ def test_events_from_kcat_a_producer_we_did_not_write(stack: Stack, worker: obje
                     "-l", str(tmp_path / "events.txt")], check=True, timeout=60)
     wait_until(lambda: profile_of(stack.redis_url, visitor).counts.get("page_view") == 5, timeout=60,
                what="kcat events applied")
+
+
+def test_co_visitation_learned_in_the_stream_personalises_a_short_history(
+    stack: Stack, worker: object, api: str
+) -> None:
+    # the crowd who looks at a (not promoted) straw bag goes on to the sun hat
+    crowd = []
+    for i in range(30):
+        v = f"crowd-{uuid.uuid4().hex[:6]}-{i}"
+        crowd += [event("page_view", v, item_id="sku-straw-bag"), event("click", v, item_id="sku-hat-1")]
+    produce(stack.bootstrap, stack.events_topic, crowd)
+    newcomer = f"anon-{uuid.uuid4().hex[:6]}"
+    produce(stack.bootstrap, stack.events_topic, [event("page_view", newcomer, item_id="sku-straw-bag")])
+    body = {"anonymous_id": newcomer, "placement": "home_hero", "n": 3}
+
+    def hats_first() -> dict | None:
+        answer = httpx.post(f"{api}/v1/decide", json=body).json()
+        return answer if answer["actions"][0]["action_id"] == "promo-sun-hats" else None
+
+    # one page view, no category: only "people who saw this bag clicked the hat" can explain hats first
+    answer = wait_until(hats_first, timeout=40, interval=0.5, what="co-visitation to reach serving")
+    assert answer["personalised"] is True

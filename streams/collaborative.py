@@ -1,0 +1,37 @@
+"""Feeds item interactions to the co-visitation learner.
+
+Interactions go to the ``learning`` topic under one key, so exactly one learner owns the co-visitation
+model, as with a placement's model. Events reach the hook in per-visitor order (Kafka keys), which is
+what co-visitation needs: pairs are formed with the visitor's previous items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+
+from engine.config import EngineConfig
+from engine.recommend.signal import COVISIT_MODEL
+from schemas.events import Event
+from streams.pipeline import Record
+from streams.rewards import ExampleSink
+
+COVISIT_KEY = COVISIT_MODEL.encode()
+
+
+class CollaborativeFeed:
+    def __init__(self, config: EngineConfig, emit: ExampleSink) -> None:
+        self.weights = config.collaborative.weights if config.collaborative.enabled else {}
+        self.emit = emit
+
+    async def on_events(self, events: Sequence[tuple[Record, Event]]) -> None:
+        if not self.weights:
+            return
+        for _, ev in events:
+            w = self.weights.get(ev.type)
+            item = ev.properties.get("item_id")
+            if w and item:
+                await self.emit(COVISIT_KEY, orjson.dumps(
+                    {"kind": "interaction", "visitor": ev.visitor_id, "item": str(item), "weight": w,
+                     "ts": ev.timestamp}))
