@@ -70,8 +70,10 @@ def parse_decide_request(body: bytes, config: EngineConfig) -> DecideRequest:
         unknown = [c for c in candidates if c not in config.actions]
         if unknown:
             raise DecideRequestError(f"candidates: unknown action ids {unknown[:5]}")
-    context = data.get("context") or {}
-    if not isinstance(context, dict):
+    context = data.get("context")
+    if context is None:
+        context = {}
+    elif not isinstance(context, dict):
         raise DecideRequestError("context: must be an object")
     return DecideRequest(cid, anon, placement, n, candidates, context)
 
