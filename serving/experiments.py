@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from engine.stats import wilson
 from serving.services import Services
 from streams.learner import learned_policies
 
 router = APIRouter()
-
-
-def wilson(successes: float, n: float, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a rate (sound for small counts, unlike the normal interval)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def arm_summary(counters: dict[str, float]) -> dict[str, float | list[float]]:

@@ -95,17 +95,9 @@ for _, ev in ipairs(batch) do
         elseif ts > last then
           redis.call('HSET', h, 'sess_last', ts)
         end
-      elseif c == 'z' then
-        -- ["z", key_index, member, weight, ts, half_life_s, top_k, landmark_field]
-        local zkey = KEYS[op[2]]
-        local e = rescale(zkey, op[8], op[5], op[6])
-        redis.call('ZINCRBY', zkey, op[4] * 2 ^ e, op[3])
-        local n = redis.call('ZCARD', zkey)
-        if n > op[7] then
-          redis.call('ZREMRANGEBYRANK', zkey, 0, n - op[7] - 1)
-        end
-      elseif c == 'zm' then
-        -- merge a decayed score from another profile: ["zm", key_index, member, score_at_ts, ts, hl, k, lf]
+      elseif c == 'z' or c == 'zm' then
+        -- ["z", key_index, member, weight, ts, half_life_s, top_k, landmark_field]; "zm" merges a
+        -- score from another profile re-expressed at ts (identify), which is the same operation
         local zkey = KEYS[op[2]]
         local e = rescale(zkey, op[8], op[5], op[6])
         redis.call('ZINCRBY', zkey, op[4] * 2 ^ e, op[3])
