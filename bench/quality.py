@@ -1,6 +1,6 @@
 """Learning-quality benchmark: replay on real logged data, plus policy speed and snapshot cost.
 
-``python -m bench.quality [--quick] [--no-speed] [--out bench/results/quality.json]``
+``python -m bench.quality [--quick] [--no-speed | --only-speed] [--no-movielens] [--out FILE]``
 
 * Open Bandit Dataset sample (``bench.quality_obd.run_obd``): replay / IPS / SNIPS for every policy;
 * MovieLens (``bench.movielens.run_movielens``, if that module is importable);
@@ -52,6 +52,7 @@ def machine() -> dict[str, Any]:
         except md.PackageNotFoundError:
             versions[pkg] = None
     return {
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "cores": os.cpu_count(),
         "memory_gb": round(mem_kb / 1024 / 1024, 1) if mem_kb else None,
         "cpu": platform.processor() or platform.machine(),
@@ -121,7 +122,7 @@ def run_speed(quick: bool = False, n_candidates: int = 30) -> dict[str, Any]:
         ("ctr_ranker (river LogisticRegression)", CTRRanker()),
     ]
     out: dict[str, Any] = {"n_candidates": n_candidates, "n_warm": n_warm, "n_rank": n_rank, "n_learn": n_learn,
-                           "policies": {}}
+                           "loadavg_1m_before": os.getloadavg()[0], "policies": {}}
     for label, pol in policies:
         rng = random.Random(0)
         out["policies"][label] = _measure(
@@ -143,6 +144,7 @@ def run_speed(quick: bool = False, n_candidates: int = 30) -> dict[str, Any]:
     except Exception as exc:  # pragma: no cover - depends on the installed River
         out["river_error"] = f"{type(exc).__name__}: {exc}"
     out["snapshot"] = snapshot_cost(quick)
+    out["loadavg_1m_after"] = os.getloadavg()[0]  # > cores means other work competed: timings inflated
     return out
 
 
@@ -209,11 +211,24 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _print_speed(sp: dict[str, Any]) -> None:
+    print(f"\nspeed ({sp['n_candidates']} candidates, rank returns top 3; 1-min load average "
+          f"{sp['loadavg_1m_before']:.1f} -> {sp['loadavg_1m_after']:.1f} on {os.cpu_count()} cores):")
+    print(f"  {'policy':<44} {'learn_one/s':>12} {'rank p50 us':>12} {'rank p99 us':>12}")
+    for label, m in sp["policies"].items():
+        print(f"  {label:<44} {m['learn_one_per_s']:>12,.0f} {m['rank_p50_us']:>12.0f} {m['rank_p99_us']:>12.0f}")
+    s = sp["snapshot"]
+    print(f"  snapshot {s['policy']}, {s['n_actions']} actions: {s['bytes']:,} bytes, "
+          f"dump {s['dump_ms']:.2f} ms, load {s['load_ms']:.2f} ms")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description="Learning-quality benchmark (OBD replay, MovieLens, speed).")
     ap.add_argument("--quick", action="store_true", help="subsample everything (for tests / smoke runs)")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed and snapshot measurements")
     ap.add_argument("--no-movielens", action="store_true", help="skip bench.movielens even if importable")
+    ap.add_argument("--only-speed", action="store_true",
+                    help="only re-measure speed and snapshot cost; updates the speed section of --out")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
     args = ap.parse_args(argv)
 
@@ -225,9 +240,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     rows: list[dict[str, Any]] = []
 
+    if args.only_speed:  # re-measure speed only, updating that section of an existing report
+        speed = run_speed(quick=args.quick)
+        _print_speed(speed)
+        if args.out.exists():
+            old = json.loads(args.out.read_text())
+            old["speed"] = speed
+            old["speed_measured_at"] = report["generated_at"]
+            old.setdefault("machine", report["machine"])
+            _write(args.out, old)
+        return {**report, "speed": speed}
+
     obd = run_obd(quick=args.quick)
     report["datasets"]["obd"] = obd
-    rows += _normalise([{"dataset": "obd", "policy": k, "metric": "on-policy ctr", **v}
+    rows += _normalise([{"dataset": "obd", "policy": k, "metric": "on-policy ctr", "value": v["ctr"],
+                         "ci95": v["ci95"], "n": v["n"], "clicks": v["clicks"]}
                         for k, v in obd["reference"].items()], "obd")
     rows += _normalise(obd["results"], "obd")
 
@@ -259,21 +286,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if "skipped" in ml:
             print("- movielens:", ml["skipped"])
     if "speed" in report:
-        sp = report["speed"]
-        print(f"\nspeed ({sp['n_candidates']} candidates, rank returns top 3):")
-        print(f"  {'policy':<44} {'learn_one/s':>12} {'rank p50 us':>12} {'rank p99 us':>12}")
-        for label, m in sp["policies"].items():
-            print(f"  {label:<44} {m['learn_one_per_s']:>12,.0f} {m['rank_p50_us']:>12.0f} {m['rank_p99_us']:>12.0f}")
-        s = sp["snapshot"]
-        print(f"  snapshot {s['policy']}, {s['n_actions']} actions: {s['bytes']:,} bytes, "
-              f"dump {s['dump_ms']:.2f} ms, load {s['load_ms']:.2f} ms")
+        _print_speed(report["speed"])
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    tmp.replace(args.out)
-    print(f"\nwrote {args.out}")
+    _write(args.out, report)
     return report
+
+
+def _write(out: Path, report: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    tmp.replace(out)
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

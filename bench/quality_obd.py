@@ -44,8 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.datasets import BEHAVIORS, CAMPAIGNS, OBP_VERSION, ObdLog, iter_obd
+from bench.datasets import BEHAVIORS, CAMPAIGNS, OBP_VERSION, OBP_WHEEL_SHA256, ObdLog, iter_obd
 from engine.policies import CTRRanker, LinearThompson, LinUCB, Policy, PopularityPolicy, RandomPolicy
+from engine.stats import wilson
 
 __all__ = ["run_obd", "default_specs", "wilson", "PolicySpec"]
 
@@ -75,26 +76,11 @@ def default_specs() -> list[PolicySpec]:
         PolicySpec("popularity_seg", PopularityPolicy, {"prior_ctr": 0.005, "prior_strength": 200.0, "bonus": 1.0}),
         PolicySpec("linucb", LinUCB, {"alpha": 0.05, "context_dims": 64, "shared_dims": 32}),
         PolicySpec("linear_thompson", LinearThompson, {"v": 0.05, "context_dims": 64, "shared_dims": 32}),
-        PolicySpec("ctr_ranker", CTRRanker, {"epsilon": 0.05, "optimism": 0.01, "learning_rate": 0.05}),
+        PolicySpec("ctr_ranker", CTRRanker, {"epsilon": 0.05, "optimism": 0.1, "learning_rate": 0.1}),
     ]
 
 
 # -- statistics ----------------------------------------------------------------------------------
-def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a proportion (well-behaved with few successes).
-
-    >>> [round(v, 4) for v in wilson(2, 400)]
-    [0.0014, 0.018]
-    """
-    if n <= 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def bootstrap_ips(
     weights: np.ndarray, rewards: np.ndarray, n_events: int, n_boot: int, rng: np.random.Generator
 ) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -273,7 +259,8 @@ def run_obd(
 
     return {
         "dataset": "obd",
-        "source": {"package": f"obp=={OBP_VERSION}", "campaigns": list(campaigns), "behaviors": list(BEHAVIORS),
+        "source": {"package": f"obp=={OBP_VERSION}", "wheel_sha256": OBP_WHEEL_SHA256,
+                   "campaigns": list(campaigns), "behaviors": list(BEHAVIORS),
                    "events_per_log": limit or "all", "n_boot": n_boot, "seed": seed},
         "params": {s.label: {"class": s.factory.__name__, **s.params} for s in specs},
         "reference": {f"logged_{b}": v for b, v in reference.items()},

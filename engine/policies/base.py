@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Candidate", "Ranked", "Policy", "Features", "tie_break_top", "order_rest"]
+__all__ = ["Candidate", "Ranked", "Policy", "Features", "tie_break_top", "order_rest", "empty_ranked"]
 
 Features = Mapping[str, float]
 

@@ -3,8 +3,9 @@
 Each (context, candidate) pair becomes a sparse hashed feature dict (``FeatureHasher.cross_sparse``):
 context features, action features, the action id, ``context x action`` crosses (including
 ``context x action id``, i.e. per-action weights) and match features. One
-``river.linear_model.LogisticRegression`` (or any River binary classifier passed as ``model``, e.g.
-``river.facto.FMClassifier``) predicts the click probability.
+``river.linear_model.LogisticRegression`` trained with AdaGrad (per-feature step sizes suit sparse
+hashed crosses far better than one constant SGD rate), or any River binary classifier passed as
+``model`` (e.g. ``river.facto.FMClassifier``), predicts the click probability.
 
 Exploration is epsilon-greedy over the *top* slot: with probability ``epsilon`` the top action is drawn
 uniformly among the ``k`` candidates, otherwise it is the greedy one. Logged propensities are exact:
@@ -37,23 +38,22 @@ from typing import Any
 from river import linear_model, optim
 
 from engine.policies.base import Candidate, Features, Ranked, empty_ranked, order_rest
+from engine.policies.features import FeatureHasher
 
 __all__ = ["CTRRanker"]
 
-from engine.policies.features import FeatureHasher
-
 
 class CTRRanker:
-    """Logistic-regression CTR model + epsilon-greedy exploration with exact propensities."""
+    """Logistic-regression CTR model + optimistic epsilon-greedy exploration with exact propensities."""
 
     name = "ctr_ranker"
 
     def __init__(
         self,
         epsilon: float = 0.05,
-        optimism: float = 1.0,
+        optimism: float = 2.0,
         model: Any = None,
-        learning_rate: float = 0.05,
+        learning_rate: float = 0.1,
         l2: float = 0.0,
         hash_dims: int = 1 << 20,
         seed: int = 0,
@@ -64,7 +64,7 @@ class CTRRanker:
         self.optimism = optimism
         self.model = (
             model if model is not None
-            else linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=l2)
+            else linear_model.LogisticRegression(optimizer=optim.AdaGrad(learning_rate), l2=l2)
         )
         self.n_updates = 0
         self._hasher = FeatureHasher(hash_dims, seed=seed)
@@ -79,7 +79,7 @@ class CTRRanker:
         return [predict(x).get(True, 0.0) for x in self._features(context, candidates)]
 
     def learn_one(self, context: Features, candidate: Candidate, reward: float) -> None:
-        x = self._features(context, [candidate])[0]
+        x = self._hasher.cross_sparse_one(context, candidate, with_ids=True, with_context=True)
         self.model.learn_one(x, reward > 0)
         self._counts[candidate.action_id] = self._counts.get(candidate.action_id, 0) + 1
         self.n_updates += 1

@@ -92,6 +92,17 @@ def _squash_array(v: np.ndarray) -> np.ndarray:
     return np.where(a <= 1.0, v, np.copysign(1.0 + np.log(np.maximum(a, 1.0)), v))
 
 
+_MASK64 = (1 << 64) - 1
+_GOLDEN_INT = 0x9E3779B97F4A7C15
+
+
+def _mix_int(h: int) -> int:
+    """:func:`_mix` for one Python int (same result as the vectorised version)."""
+    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return h ^ (h >> 31)
+
+
 def _mix(h: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser, vectorised (uint64 arithmetic wraps around on purpose)."""
     h = (h ^ (h >> np.uint64(30))) * _M1
@@ -114,7 +125,7 @@ class FeatureHasher:
     (1.0, [1.0, 1.693])
     """
 
-    __slots__ = ("dims", "seed", "max_cache", "_cache", "_actions")
+    __slots__ = ("dims", "seed", "max_cache", "_cache", "_slot_cache", "_actions")
 
     def __init__(self, dims: int, seed: int = 0, max_cache: int = 1 << 17) -> None:
         if dims < 2:
@@ -123,6 +134,7 @@ class FeatureHasher:
         self.seed = seed
         self.max_cache = max_cache
         self._cache: dict[str, int] = {}
+        self._slot_cache: dict[str | tuple[str, str], tuple[int, float]] = {}
         self._actions: dict[str, tuple] = {}
 
     def __getstate__(self) -> dict:
@@ -132,6 +144,7 @@ class FeatureHasher:
     def __setstate__(self, state: dict) -> None:
         self.dims, self.seed, self.max_cache = state["dims"], state["seed"], state["max_cache"]
         self._cache = {}
+        self._slot_cache = {}
         self._actions = {}
 
     def raw(self, name: str) -> int:
@@ -168,24 +181,36 @@ class FeatureHasher:
         self._actions[cand.action_id] = entry
         return entry
 
+    def slot(self, name: str) -> tuple[int, float]:
+        """(slot, sign) of a feature name, cached (slot 0, the bias, is never returned)."""
+        hit = self._slot_cache.get(name)
+        if hit is None:
+            h = _mix_int(self.raw(name))
+            hit = (h % (self.dims - 1) + 1, -1.0 if h >> 63 else 1.0)
+            if len(self._slot_cache) >= self.max_cache:
+                self._slot_cache.clear()
+            self._slot_cache[name] = hit
+        return hit
+
     def vector(self, features: Mapping[str, float]) -> np.ndarray:
         """Dense ``(dims,)`` vector: bias + hashed features."""
-        out = np.zeros(self.dims)
+        out = [0.0] * self.dims
         out[0] = 1.0
-        if features:
-            hashes, values = self._encode(features)
-            idx, sign = self._slots(_mix(hashes))
-            out += np.bincount(idx, weights=sign * values, minlength=self.dims)
-        return out
+        slot = self.slot
+        for k, v in features.items():
+            if v:
+                i, sign = slot(k)
+                out[i] += sign * (v if -1.0 <= v <= 1.0 else squash(v))
+        return np.array(out)
 
     def sparse(self, features: Mapping[str, float]) -> dict[int, float]:
         """Sparse ``{slot: value}`` version of :meth:`vector`."""
         out = {0: 1.0}
-        if features:
-            hashes, values = self._encode(features)
-            idx, sign = self._slots(_mix(hashes))
-            for i, v in zip(idx.tolist(), (sign * values).tolist(), strict=True):
-                out[i] = out.get(i, 0.0) + v
+        slot = self.slot
+        for k, v in features.items():
+            if v:
+                i, sign = slot(k)
+                out[i] = out.get(i, 0.0) + sign * squash(v)
         return out
 
     def _pair_arrays(
@@ -233,6 +258,61 @@ class FeatureHasher:
             parts_h.append(np.tile(ch, k))
             parts_v.append(np.tile(cv, k))
         return np.concatenate(parts_r), _mix(np.concatenate(parts_h)), np.concatenate(parts_v)
+
+    def _pair_slot(self, ctx_name: str, action_name: str) -> tuple[int, float]:
+        key = (ctx_name, action_name)
+        hit = self._slot_cache.get(key)  # type: ignore[call-overload]
+        if hit is None:
+            h = _mix_int((self.raw(action_name) + self.raw(ctx_name) * _GOLDEN_INT) & _MASK64)
+            hit = (h % (self.dims - 1) + 1, -1.0 if h >> 63 else 1.0)
+            if len(self._slot_cache) >= self.max_cache:
+                self._slot_cache.clear()
+            self._slot_cache[key] = hit  # type: ignore[index]
+        return hit
+
+    def _cross_items(
+        self, context: Mapping[str, float], candidate: Candidate, with_ids: bool, with_context: bool
+    ) -> list[tuple[int, float]]:
+        """(slot, signed value) pairs of one (context, candidate), in plain Python with cached slots."""
+        ctx = [(k, float(v) if -1.0 <= v <= 1.0 else squash(v)) for k, v in context.items() if v]
+        feats = candidate.features
+        acts = [(k, float(v) if -1.0 <= v <= 1.0 else squash(v)) for k, v in feats.items() if v]
+        acts += [(k, squash(v)) for k, v in match_features(context, feats).items()]
+        if with_ids:
+            acts.append((_ID_PREFIX + candidate.action_id, 1.0))
+        slot, pair = self.slot, self._pair_slot
+        out: list[tuple[int, float]] = []
+        for an, av in acts:
+            i, sg = slot(an)
+            out.append((i, sg * av))
+            for cn, cv in ctx:
+                i, sg = pair(cn, an)
+                out.append((i, sg * av * cv))
+        if with_context:
+            for cn, cv in ctx:
+                i, sg = slot(cn)
+                out.append((i, sg * cv))
+        return out
+
+    def cross_vector(
+        self, context: Mapping[str, float], candidate: Candidate, with_ids: bool = False, with_context: bool = False
+    ) -> np.ndarray:
+        """One row of :meth:`cross_matrix`, computed in plain Python with cached slots (faster for a
+        single candidate, e.g. in ``learn_one``)."""
+        out = [0.0] * self.dims
+        out[0] = 1.0
+        for i, v in self._cross_items(context, candidate, with_ids, with_context):
+            out[i] += v
+        return np.array(out)
+
+    def cross_sparse_one(
+        self, context: Mapping[str, float], candidate: Candidate, with_ids: bool = True, with_context: bool = True
+    ) -> dict[int, float]:
+        """One dict of :meth:`cross_sparse`, by the single-candidate fast path."""
+        out = {0: 1.0}
+        for i, v in self._cross_items(context, candidate, with_ids, with_context):
+            out[i] = out.get(i, 0.0) + v
+        return out
 
     def cross_matrix(
         self,
