@@ -21,6 +21,7 @@ from engine.layout import (
     OwnerKeys,
     aliases_key,
     customer_keys,
+    dedup_token,
     identity_key,
     offset_field,
     popularity_keys,
@@ -116,7 +117,8 @@ class ProfileStore:
         else:
             merge = []
         batch = self.customer_batch(customer_id, topic, partition)
-        batch.events.append([offset, event_id, ts, merge + self.extractor.ops_for("identify", ts, {}, {}), 0])
+        ops = merge + self.extractor.ops_for("identify", ts, {}, {})
+        batch.events.append([offset, dedup_token(event_id), ts, ops, 0])
         await self.apply([batch])
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(identity_key(anonymous_id), customer_id, ex=self._ttl)

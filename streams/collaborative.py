@@ -26,12 +26,14 @@ class CollaborativeFeed:
         self.emit = emit
 
     async def on_events(self, events: Sequence[tuple[Record, Event]]) -> None:
+        """One message per batch (not per event): a Kafka send per event cost more than the features."""
         if not self.weights:
             return
+        rows = []
         for _, ev in events:
             w = self.weights.get(ev.type)
             item = ev.properties.get("item_id")
             if w and item:
-                await self.emit(COVISIT_KEY, orjson.dumps(
-                    {"kind": "interaction", "visitor": ev.visitor_id, "item": str(item), "weight": w,
-                     "ts": ev.timestamp}))
+                rows.append([ev.visitor_id, str(item), w, ev.timestamp])
+        if rows:
+            await self.emit(COVISIT_KEY, orjson.dumps({"kind": "interactions", "rows": rows}))

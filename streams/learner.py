@@ -64,12 +64,12 @@ class PlacementLearner:
 
     def learn(self, example: Mapping[str, Any]) -> bool:
         """Route an example: item interactions to co-visitation, settled decisions to placements."""
-        if example.get("kind") == "interaction":
+        if example.get("kind") == "interactions":  # a batch of [visitor, item, weight, ts] rows
             if self.covisit is None:
                 return False
-            self.covisit.learn_interaction(example["visitor"], example["item"], float(example["weight"]),
-                                           example.get("ts"))
-            self.covisit_state.updates_since_snapshot += 1
+            for visitor, item, weight, ts in example["rows"]:
+                self.covisit.learn_interaction(visitor, item, float(weight), ts)
+            self.covisit_state.updates_since_snapshot += len(example["rows"])
             return True
         return self.learn_one(example)
 

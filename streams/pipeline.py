@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from engine.layout import dedup_token
 from engine.profile_store import OwnerBatch, ProfileStore
 from schemas.events import Event, InvalidEvent, parse_event
 
@@ -102,7 +103,8 @@ class BatchProcessor:
             if batch is None:
                 batch = owners[key] = self.store.customer_batch(owner, rec.topic, rec.partition)
             ops = self.extractor.ops_for(ev.type, ev.timestamp, ev.properties, ev.context)
-            batch.events.append([rec.offset, ev.event_id, ev.timestamp, ops, 1 if ev.type == "consent" else 0])
+            is_consent = 1 if ev.type == "consent" else 0
+            batch.events.append([rec.offset, dedup_token(ev.event_id), ev.timestamp, ops, is_consent])
             pop_ops = self.extractor.popularity_ops_for(ev.type, ev.timestamp, ev.properties)
             if pop_ops:
                 pkey = (rec.topic, rec.partition)

@@ -141,7 +141,7 @@ def test_identify_merges_anonymous_history(stack: Stack, worker: object, api: st
                what="post-identify anonymous event on the customer")
     answer = httpx.post(f"{api}/v1/decide", json={"anonymous_id": anon, "placement": "home_hero"}).json()
     assert answer["personalised"] is True
-    assert answer["actions"][0]["action_id"] == "promo-winter-jackets"
+    assert answer["actions"][0]["action_id"] == "promo-winter-jackets", answer
     # right to be forgotten
     assert httpx.delete(f"{api}/v1/profiles/{customer}").json()["keys_deleted"] > 0
     assert not profile_of(stack.redis_url, customer).exists
