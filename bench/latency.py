@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import collections
 import contextlib
 import gc
 import random
@@ -47,6 +48,8 @@ from bench.common import (
     RssSampler,
     bench_config,
     config_summary,
+    content_length,
+    exit_cleanly_on_signals,
     http_request,
     log,
     populate_profiles,
@@ -92,9 +95,7 @@ class _Conn(asyncio.Protocol):
                 end = buf.find(b"\r\n\r\n")
                 if end < 0:
                     return
-                head = bytes(buf[:end]).lower()
-                i = head.find(b"content-length:")
-                length = int(head[i + 15:head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None]) if i >= 0 else 0
+                length = content_length(bytes(buf[:end + 2]))
                 self.status = int(buf[9:12])
                 self.body_at = end + 4
                 self.need = end + 4 + length
@@ -124,7 +125,8 @@ class OpenLoop:
         self.done = array.array("d", bytes(8 * self.n))
         self.status = array.array("h", [-1]) * self.n
         self.degraded = bytearray(self.n)
-        self.free: list[_Conn] = []
+        # FIFO: every connection is used in turn, so none sits idle long enough for the server to close it
+        self.free: collections.deque[_Conn] = collections.deque()
         self.backlog: list[int] = []  # indexes waiting for a connection (FIFO via head pointer)
         self._bhead = 0
         self.n_done = 0
@@ -153,12 +155,7 @@ class OpenLoop:
         self.degraded[i] = degraded
         self.n_done += 1
         conn.idx = -1
-        if self._bhead < len(self.backlog):
-            j = self.backlog[self._bhead]
-            self._bhead += 1
-            self._send(conn, j)
-        else:
-            self.free.append(conn)
+        self._give(conn)
 
     def lost(self, conn: _Conn) -> None:
         if conn in self.free:
@@ -177,7 +174,7 @@ class OpenLoop:
             self._give(await self._open())
 
     def _give(self, conn: _Conn) -> None:
-        """A new connection takes the oldest waiting request, or joins the free pool."""
+        """A free connection takes the oldest waiting request, or joins the free pool."""
         if self._bhead < len(self.backlog):
             j = self.backlog[self._bhead]
             self._bhead += 1
@@ -203,7 +200,7 @@ class OpenLoop:
                 while i < due:
                     self.dispatched[i] = now
                     if self.free:
-                        self._send(self.free.pop(), i)
+                        self._send(self.free.popleft(), i)
                     else:
                         self.backlog.append(i)
                     i += 1
@@ -253,16 +250,17 @@ class OpenLoop:
             "generator_lag_ms": summarise_ms(lag),
             "generator_cpu_share": round(cpu_s / max(self.duration + self.warmup, 1e-9), 3),
             "connections": self.connections, "reconnects": self.reconnects,
+            "answered_incl_warmup": sum(1 for i in range(self.n) if self.status[i] > 0),
         }
 
 
 def run_open_loop(base_url: str, bodies: Sequence[bytes], rate: float, duration: float, warmup: float,
-                  connections: int = 64) -> dict[str, Any]:
+                  connections: int = 64, grace: float = 3.0) -> dict[str, Any]:
     import uvloop
 
     host, port = base_url.split("://", 1)[1].rsplit(":", 1)
     reqs = [http_request("POST", "/v1/decide", b, f"{host}:{port}") for b in bodies]
-    gen = OpenLoop(host, int(port), reqs, rate, duration, warmup, connections)
+    gen = OpenLoop(host, int(port), reqs, rate, duration, warmup, connections, grace)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(gen.run())
 
@@ -314,7 +312,8 @@ def make_bodies(known_customers: Sequence[str], known_anonymous: Sequence[str], 
 # closed loop (wrk) and the Redis floor
 
 
-def run_wrk(base_url: str, bodies_file: Path, seconds: float, connections: int = 32, threads: int = 2) -> dict[str, Any]:
+def run_wrk(base_url: str, bodies_file: Path, seconds: float, connections: int = 32, threads: int = 2
+            ) -> dict[str, Any]:
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "2s",
             "-s", str(WRK_DIR / "decide.lua"), base_url, "--", str(bodies_file)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
@@ -383,8 +382,8 @@ def decision_counters(base_url: str) -> dict[str, float]:
 
 def run(infra: Infra) -> dict[str, Any]:
     quick = infra.quick
-    duration, warmup = (2.0, 1.0) if quick else (15.0, 3.0)
-    wrk_seconds = 3 if quick else 10
+    duration, warmup, grace = (1.0, 0.5, 1.0) if quick else (15.0, 3.0, 3.0)
+    wrk_seconds = 2 if quick else 10
     n_customers, n_anon = (400, 100) if quick else (2400, 600)
     ev_lo, ev_hi = (10, 30) if quick else (10, 60)
     stack = infra.stack()
@@ -412,20 +411,23 @@ def run(infra: Infra) -> dict[str, Any]:
     try:
         log("latency: warming up both servers")
         for url in (api_url, bare_url):
-            run_open_loop(url, bodies, 300, 1.0, 0.5, connections=16)
+            run_open_loop(url, bodies, 200, 0.5 if quick else 2.0, 0.0, connections=16, grace=grace)
         with RssSampler({"api": api.proc.pid, "bare": bare.proc.pid}) as rss:
             for rate in RATES:
                 for name, url, proc in (("bare", bare_url, bare), ("ours", api_url, api)):
                     before = decision_counters(url) if name == "ours" else {}
                     cpu = CpuMeter({"server": proc.proc.pid, "redis": redis_pid}).start()
-                    r = run_open_loop(url, bodies, rate, duration, warmup)
+                    r = run_open_loop(url, bodies, rate, duration, warmup, grace=grace)
                     r["cpu"] = cpu.stop()
-                    r["server_cpu_ms_per_request"] = round(
-                        1000 * r["cpu"]["server_cpu_s"] / max(1, int(rate * (duration + warmup))), 3)
+                    answered = r["answered_incl_warmup"]
                     if name == "ours":
                         after = decision_counters(url)
                         r["server_counters"] = {k: after[k] - before.get(k, 0.0) for k in after
                                                 if after[k] != before.get(k, 0.0)}
+                        answered = int(sum(v for k, v in r["server_counters"].items()
+                                           if k.startswith("decisions_total:")) or answered)
+                    # CPU per request the server answered (an overloaded server answers fewer than were sent)
+                    r["server_cpu_ms_per_request"] = round(1000 * r["cpu"]["server_cpu_s"] / max(1, answered), 3)
                     results["rates"].setdefault(str(rate), {})[name] = r
                     lat = r["latency_ms"]
                     log(f"latency: {name:4} @ {rate:>5}/s -> achieved {r['achieved_rate']:>7}/s  p50 {lat.get('p50')} "
@@ -435,17 +437,20 @@ def run(infra: Infra) -> dict[str, Any]:
                 cpu = CpuMeter({"server": proc.proc.pid, "redis": redis_pid}).start()
                 w = run_wrk(url, bodies_file, wrk_seconds)
                 w["cpu"] = cpu.stop()
+                w["server_cpu_ms_per_request"] = round(1000 * w["cpu"]["server_cpu_s"] / max(1, w["requests"]), 3)
+                w["redis_cpu_us_per_request"] = round(1e6 * w["cpu"]["redis_cpu_s"] / max(1, w["requests"]), 1)
                 results["saturation"][name] = w
-                log(f"latency: wrk -c32 {name}: {w['rate']} req/s, p99 {w['latency_ms']['p99']} ms, errors {w['errors']}")
+                log(f"latency: wrk -c32 {name}: {w['rate']} req/s, p99 {w['latency_ms']['p99']} ms, "
+                    f"errors {w['errors']}")
         results["rss"] = rss.summary()
 
         if infra.profile:
             log("latency: profiling the API with py-spy at 1000 req/s")
-            prof_s = 5.0 if quick else 15.0
+            prof_s = 3.0 if quick else 15.0
             out = infra.results_file("profile-api", "txt")
             with pyspy_record(api.proc.pid, prof_s + 1, out) as rec:
                 time.sleep(0.5)
-                under = run_open_loop(api_url, bodies, TARGET_RATE, prof_s, 0.5)
+                under = run_open_loop(api_url, bodies, TARGET_RATE, prof_s, 0.5, grace=grace)
             results["profile"] = {"file": str(out.relative_to(infra.repo)), "load": {
                 "rate": TARGET_RATE, "latency_ms": under["latency_ms"]}, **summarise_profile(rec.path, rec.rate)}
     finally:
@@ -453,7 +458,7 @@ def run(infra: Infra) -> dict[str, Any]:
         bare.stop()
         bodies_file.unlink(missing_ok=True)
 
-    floor_n = 2000 if quick else 10000
+    floor_n = 1000 if quick else 10000
     results["redis_floor"] = asyncio.run(redis_floor(stack.redis_url, customers, floor_n))
 
     # headline figures
@@ -491,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also profile the API with py-spy")
     args = ap.parse_args(argv)
+    exit_cleanly_on_signals()
     with Infra.started(args.quick, args.profile) as infra:
         res = run(infra)
     print(write_result("latency", res, args.quick))

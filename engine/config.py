@@ -89,7 +89,7 @@ class CollaborativeSettings:
         default_factory=lambda: {"page_view": 0.5, "click": 1.0, "add_to_cart": 1.5, "purchase": 2.0}
     )
     params: Mapping[str, Any] = field(default_factory=dict)
-    snapshot_every_updates: int = 1000
+    snapshot_every_updates: int = 50_000
     snapshot_every_seconds: float = 5.0
 
 
