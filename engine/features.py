@@ -201,21 +201,19 @@ def decode(customer_id: str, raw: RawProfile, config: EngineConfig, now: float) 
         landmark = float(h.get(f"L:{f.name}", now))
         factor = 2.0 ** ((landmark - now) / (f.half_life_hours * 3600.0))
         affinities[f.name] = {m: s * factor for m, s in pairs}
-    windows: dict[str, dict[str, int]] = {}
-    for wf in config.windows:
-        out: dict[str, int] = {}
-        for w in wf.windows:
-            width, n = WINDOWS[w]
-            current = int(now // width)
-            total = 0
-            for slot in range(n):
-                val = raw.windows.get(f"{wf.name}:{w}:{slot}")
-                if val:
-                    bucket, _, count = val.partition(":")
-                    if current - n < int(bucket) <= current:
-                        total += int(count)
-            out[w] = total
-        windows[wf.name] = out
+    # one pass over the stored slots (not one lookup per possible slot): this runs on every decision
+    totals: dict[str, int] = {}
+    for fld, val in raw.windows.items():
+        prefix = fld.rpartition(":")[0]
+        w = prefix.rpartition(":")[2]
+        spec = WINDOWS.get(w)
+        if spec is None:
+            continue
+        bucket, _, count = val.partition(":")
+        current = int(now // spec[0])
+        if current - spec[1] < int(bucket) <= current:
+            totals[prefix] = totals.get(prefix, 0) + int(count)
+    windows = {wf.name: {w: totals.get(f"{wf.name}:{w}", 0) for w in wf.windows} for wf in config.windows}
     sess_start = _float(h.get("sess_start"))
     sess_last = _float(h.get("sess_last"))
     session = {
