@@ -67,7 +67,7 @@ class WindowFeature:
 class ProfileSettings:
     ttl_days: float = 90.0
     session_timeout_minutes: float = 30.0
-    dedup_window: int = 100
+    dedup_window: int = 64
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,8 +62,8 @@ def worker_stats_key() -> str:
 
 def dedup_token(event_id: str) -> str:
     """What the dedup zset stores for an event id: 12 hex chars (48 bits) instead of a 32-36 char id,
-    so a customer's last 100 ids fit Redis's compact listpack encoding (<= 128 entries, small members).
-    A false duplicate needs two of one customer's last 100 ids to collide: about 2e-11."""
+    so a customer's last 64 ids fit Redis's compact listpack encoding (<= 128 entries, small members).
+    A false duplicate needs two of one customer's last 64 ids to collide: about 2e-11."""
     return hashlib.blake2b(event_id.encode(), digest_size=6).hexdigest()
 
 

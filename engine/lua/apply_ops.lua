@@ -61,7 +61,8 @@ for _, ev in ipairs(batch) do
   local off = ev[1]
   local fresh = off > stored
   if fresh and dedup_idx > 0 and ev[2] ~= '' then
-    fresh = redis.call('ZADD', KEYS[dedup_idx], 'NX', ev[3], ev[2]) == 1
+    -- whole seconds as the score: listpack stores small integers in a few bytes
+    fresh = redis.call('ZADD', KEYS[dedup_idx], 'NX', math.floor(ev[3]), ev[2]) == 1
   end
   if fresh and ev[5] ~= 1 and redis.call('HGET', h, 'consent_personalisation') == '0' then
     fresh = false
