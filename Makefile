@@ -31,8 +31,12 @@ demo: install deps
 bench: install deps
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-bench-quality: install
+# offline quality (OBD replay, MovieLens prequential), then the simulator driving the whole system
+# (with off-policy estimates from its own decision logs) and the learner's speed
+bench-quality: install deps
 	$(PY) -m bench.quality $(BENCH_ARGS)
+	$(PY) -m bench.simulator $(BENCH_ARGS)
+	$(PY) -m bench.learning_speed $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

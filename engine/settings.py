@@ -38,7 +38,7 @@ class Settings:
     worker_data_dir: str = field(default_factory=lambda: _env("WORKER_DATA_DIR", str(REPO_ROOT / ".cache" / "faust")))
     #: Events taken from the stream per batch, and the longest wait to fill a batch (seconds).
     worker_batch_size: int = field(default_factory=lambda: int(_env("WORKER_BATCH_SIZE", "500")))
-    worker_batch_timeout: float = field(default_factory=lambda: float(_env("WORKER_BATCH_TIMEOUT", "0.02")))
+    worker_batch_timeout: float = field(default_factory=lambda: float(_env("WORKER_BATCH_TIMEOUT", "0.005")))
     #: How long the group waits for a silent worker before handing its partitions to others (seconds).
     worker_session_timeout: float = field(default_factory=lambda: float(_env("WORKER_SESSION_TIMEOUT", "10")))
     #: Hard time budget of one /v1/decide call; past it the answer is non-personalised and degraded.

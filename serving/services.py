@@ -60,6 +60,8 @@ class Services:
         redis = aioredis.from_url(
             settings.redis_url, decode_responses=True, socket_timeout=max(budget_s, 0.5),
             socket_connect_timeout=max(budget_s, 0.5), health_check_interval=0,
+            # redis-py's default pool (100) raises past 100 concurrent decides instead of waiting
+            max_connections=1000,
         )
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,

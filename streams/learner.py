@@ -34,6 +34,9 @@ from engine.snapshots import SnapshotError, dump_model, load_model
 
 #: Learned decision ids remembered per placement, so a replayed example is not learned twice.
 RECENT_DECISIONS = 100_000
+#: Serving looks for new snapshots every 0.5 s (serving.services.MODEL_REFRESH_S); publishing more
+#: often only costs the learner: 25-70 dumps/s capped it below 5,000 rewards/s (bench/learning_speed.py).
+MIN_SNAPSHOT_INTERVAL_S = 0.5
 
 
 def model_name(placement: str, policy: str) -> str:
@@ -120,7 +123,8 @@ class PlacementLearner:
         for placement, st in self.state.items():
             ls = self.config.placements[placement].learning
             if st.updates_since_snapshot and (
-                force or st.updates_since_snapshot >= ls.snapshot_every_updates
+                force or (st.updates_since_snapshot >= ls.snapshot_every_updates
+                          and now - st.last_snapshot >= MIN_SNAPSHOT_INTERVAL_S)
                 or now - st.last_snapshot >= ls.snapshot_every_seconds
             ):
                 due.append(placement)

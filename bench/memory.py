@@ -1,0 +1,148 @@
+"""Memory: Redis bytes per typical customer profile, and the RSS of the worker and the API under load.
+
+* **Redis.** Profiles with a realistic history (50 events each over the last week: page views, clicks,
+  searches, carts, purchases, in sessions) are written through the worker's own ``BatchProcessor``; then
+  ``MEMORY USAGE <key> SAMPLES 0`` is summed over every key of each profile (``engine.layout`` names them),
+  with a breakdown per key and its encoding. The growth of ``used_memory`` per profile is reported too
+  (it includes the keyspace's own overhead: dict entries, expiry entries).
+* **Processes.** RSS from ``/proc/<pid>/status`` sampled every 250 ms while the other benchmarks load them:
+  the API during the open-loop runs (up to 4000 req/s), the worker while it drains the throughput topic.
+
+``python -m bench.memory [--quick]`` runs the Redis part alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from bench.common import (
+    EventFactory,
+    Infra,
+    bench_config,
+    exit_cleanly_on_signals,
+    log,
+    median,
+    percentile,
+    populate_profiles,
+    write_result,
+)
+
+EVENTS_PER_PROFILE = 50
+BYTES_TARGET = 2048
+
+
+async def measure(redis_url: str, customers: list[str]) -> dict[str, Any]:
+    import redis.asyncio as aioredis
+
+    from engine.config import load_config
+    from engine.layout import aliases_key, customer_keys
+
+    cfg = load_config(bench_config())
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        per_profile: list[int] = []
+        per_key: dict[str, list[int]] = {}
+        encodings: dict[str, dict[str, int]] = {}
+        sizes: dict[str, list[int]] = {}
+        for cid in customers:
+            keys = [*customer_keys(cid, cfg).keys, aliases_key(cid)]
+            pipe = client.pipeline(transaction=False)
+            for k in keys:
+                pipe.memory_usage(k, samples=0)
+                pipe.object("encoding", k)
+                pipe.type(k)
+            res = await pipe.execute()
+            total = 0
+            pipe = client.pipeline(transaction=False)
+            present = []
+            for i, k in enumerate(keys):
+                used, enc, typ = res[3 * i], res[3 * i + 1], res[3 * i + 2]
+                if not used:
+                    continue
+                total += used
+                role = k.split("}", 1)[1].lstrip(":") or "hash"
+                per_key.setdefault(role, []).append(used)
+                encodings.setdefault(role, {})
+                encodings[role][enc] = encodings[role].get(enc, 0) + 1
+                present.append((role, typ))
+                {"hash": pipe.hlen, "zset": pipe.zcard, "list": pipe.llen, "set": pipe.scard}.get(typ, pipe.exists)(k)
+            counts = await pipe.execute()
+            for (role, _), n in zip(present, counts, strict=True):
+                sizes.setdefault(role, []).append(int(n))
+            per_profile.append(total)
+        per_profile.sort()
+        return {
+            "profiles": len(per_profile),
+            "bytes_per_profile": {"median": median(per_profile), "p10": percentile(per_profile, 10),
+                                  "p90": percentile(per_profile, 90), "max": per_profile[-1]},
+            "by_key": {role: {"median_bytes": median(v), "share_pct": round(100 * sum(v) / sum(per_profile), 1),
+                              "median_entries": median(sizes.get(role, [0])), "encodings": encodings[role]}
+                       for role, v in sorted(per_key.items(), key=lambda kv: -sum(kv[1]))},
+        }
+    finally:
+        await client.aclose()
+
+
+async def used_memory(redis_url: str) -> int:
+    import redis.asyncio as aioredis
+
+    c = aioredis.from_url(redis_url)
+    try:
+        return int((await c.info("memory"))["used_memory"])
+    finally:
+        await c.aclose()
+
+
+def run(infra: Infra, others: dict[str, Any] | None = None) -> dict[str, Any]:
+    n = 100 if infra.quick else 500
+    url = infra.redis_url()
+    log(f"memory: {n} profiles x {EVENTS_PER_PROFILE} events through BatchProcessor")
+    f = EventFactory(77)
+    now_ms = int(time.time() * 1000)
+    customers = [f"c-mem-{i}" for i in range(n)]
+    histories = [f.history(c, EVENTS_PER_PROFILE, customer=True, end_ms=now_ms, span_s=7 * 86400) for c in customers]
+    # the popularity owner is global, not per profile: create it first so it is not counted in the growth
+    warm = [f.history("c-mem-warm", EVENTS_PER_PROFILE, customer=True, end_ms=now_ms, span_s=7 * 86400)]
+    asyncio.run(populate_profiles(url, warm, topic="bench-memory-warm"))
+    before = asyncio.run(used_memory(url))
+    asyncio.run(populate_profiles(url, histories, topic="bench-memory"))
+    after = asyncio.run(used_memory(url))
+    res = asyncio.run(measure(url, customers))
+    res["events_per_profile"] = EVENTS_PER_PROFILE
+    res["used_memory_growth_per_profile"] = round((after - before) / n)
+    res["target_bytes"] = BYTES_TARGET
+    log(f"memory: median {res['bytes_per_profile']['median']:.0f} B per profile (MEMORY USAGE), "
+        f"{res['used_memory_growth_per_profile']} B used_memory growth per profile")
+    if others:
+        rss: dict[str, Any] = {}
+        lat = others.get("latency", {}).get("rss", {})
+        if lat:
+            rss["api_under_open_loop"] = lat.get("api")
+            rss["bare_endpoint_under_open_loop"] = lat.get("bare")
+        thr = others.get("throughput", {})
+        if thr.get("one_worker", {}).get("rss"):
+            rss["worker_draining_topic"] = thr["one_worker"]["rss"].get("worker0")
+        fr = others.get("freshness", {}).get("rss", {})
+        if fr:
+            rss["worker_under_background_load"] = fr.get("worker")
+            rss["api_during_freshness"] = fr.get("api")
+        res["rss_mib"] = rss
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    exit_cleanly_on_signals()
+    with Infra.started(args.quick) as infra:
+        res = run(infra)
+    print(write_result("memory", res, args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
