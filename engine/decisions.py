@@ -65,9 +65,14 @@ def action_features(action: Action, affinities: Sequence[AffinityFeature]) -> di
 
 
 def request_context_features(context: Mapping[str, Any]) -> dict[str, float]:
-    """Numeric features from the page context the website sends with a decide request."""
+    """Numeric features from the page context the website sends with a decide request.
+
+    >>> request_context_features({"channel": "web", "segment": "vip", "url": "https://x"})
+    {'channel:web': 1.0, 'segment:vip': 1.0}
+    """
     out: dict[str, float] = {}
-    for key in ("channel", "locale", "device"):
+    # "segment" lets a site pass its own segment (e.g. from its CRM) for per-segment popularity
+    for key in ("channel", "locale", "device", "segment"):
         v = context.get(key)
         if isinstance(v, str) and v:
             out[f"{key}:{v}"] = 1.0

@@ -121,3 +121,19 @@ def test_decide_answers_degraded_when_redis_is_down(kafka: local.KafkaService, l
             api.stop()
     finally:
         own_redis.close()
+
+
+def test_make_demo_runs_end_to_end_and_shows_a_changed_decision() -> None:
+    import subprocess
+    import sys
+
+    from engine.settings import REPO_ROOT
+
+    out = subprocess.run([sys.executable, "-m", "infra.demo", "--exit", "--visitors", "200"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    before = next(line for line in out.stdout.splitlines() if "before any click" in line)
+    after = next(line for line in out.stdout.splitlines() if "a moment later" in line)
+    assert "personalised=False" in before and "personalised=True" in after
+    assert "promo-sun-hats" in after.split(":", 1)[1].split(",")[0]  # the clicked category now leads
+    assert "events/s" in out.stdout and "p99" in out.stdout
