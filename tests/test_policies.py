@@ -285,3 +285,28 @@ def test_single_candidate_fast_path_hashes_exactly_like_the_batched_one() -> Non
                     sparse = h.cross_sparse(ctx, [cand], with_ids, with_context)[0]
                     one = h.cross_sparse_one(ctx, cand, with_ids, with_context)
                     assert set(one) == set(sparse) and all(one[k] == pytest.approx(sparse[k]) for k in one)
+
+
+def test_thompson_epsilon_floor_keeps_every_action_loggable() -> None:
+    import random as _random
+
+    from engine.policies import Candidate as _Candidate
+    from engine.policies import LinearThompson as _LinearThompson
+
+    policy = _LinearThompson(v=0.1, epsilon=0.2)
+    cands = [_Candidate(f"a{i}", {f"cat:{i}": 1.0}) for i in range(4)]
+    for _ in range(400):  # a converged posterior: a0 always wins
+        for c in cands:
+            policy.learn_one({"bias": 1.0}, c, 1.0 if c.action_id == "a0" else 0.0)
+    rng = _random.Random(1)
+    tops, props = [], []
+    for _ in range(4000):
+        r = policy.rank({"bias": 1.0}, cands, 1, rng)
+        tops.append(r.top)
+        props.append(r.propensity)
+    assert min(props) >= 0.2 / 4 - 1e-12
+    # shown-first frequencies agree with the logged propensities (what IPS relies on)
+    for aid in ("a0", "a1"):
+        freq = tops.count(aid) / len(tops)
+        mean_p = sum(p for t, p in zip(tops, props, strict=True) if t == aid) / max(1, tops.count(aid))
+        assert abs(freq - mean_p) < 0.03

@@ -247,10 +247,16 @@ class LinearThompson(_LinearBandit):
         ridge: float = 1.0,
         propensity_samples: int = 100,
         seed: int = 0,
+        epsilon: float = 0.0,
     ) -> None:
         super().__init__(context_dims=context_dims, shared_dims=shared_dims, ridge=ridge, seed=seed)
+        if not 0.0 <= epsilon < 1.0:
+            raise ValueError("epsilon must be in [0, 1)")
         self.v = v
         self.propensity_samples = propensity_samples
+        # a uniform floor: every candidate keeps probability >= epsilon / K of being shown first, so
+        # off-policy estimates from these logs stay sound even after the posterior has converged
+        self.epsilon = epsilon
 
     def rank(self, context: Features, candidates: Sequence[Candidate], n: int, rng: random.Random) -> Ranked:
         if not candidates or n <= 0:
@@ -262,6 +268,12 @@ class LinearThompson(_LinearBandit):
         draws = mean + sd * gen.standard_normal((self.propensity_samples + 1, K))
         scores = draws[0]
         top, n_tied = tie_break_top(scores.tolist(), rng)
+        eps = getattr(self, "epsilon", 0.0)  # snapshots pickled before the parameter existed
+        if eps > 0.0 and K > 1:
+            if rng.random() < eps:
+                top = rng.randrange(K)
+            p_ts = np.count_nonzero(np.argmax(draws, axis=1) == top) / (1 + self.propensity_samples)
+            return self._answer(candidates, scores, mean, top, min(n, K), (1.0 - eps) * p_ts + eps / K)
         if n_tied > 1 or K == 1:  # degenerate (zero variance): deterministic with ties
             propensity = 1.0 / n_tied
         else:
