@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import uuid
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from infra import local
 from infra.probe import kafka_ready, redis_ping, split_hostport
 from infra.topics import default_topic_names, ensure_topics
+from tests.support import start_or_fail
 
 INFRA = Path(local.__file__).resolve().parent
 
@@ -60,21 +60,12 @@ def test_probes_say_no_when_nothing_listens() -> None:
     assert not redis_ping(f"redis://127.0.0.1:{port}/0", timeout=0.5)
 
 
-def _start(kind: str, starter):  # type: ignore[no-untyped-def]
-    try:
-        return starter()
-    except Exception as exc:
-        if os.environ.get("CI") == "true":
-            raise RuntimeError(f"could not start {kind} (CI=true: failing, not skipping): {exc}") from exc
-        pytest.skip(f"{kind} could not be started here: {exc}")
-
-
 @pytest.mark.integration
 def test_local_kafka_creates_topics_and_round_trips_a_message() -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient
 
-    kafka = _start("Kafka", lambda: local.start_kafka(partitions=4))
+    kafka = start_or_fail("Kafka", lambda: local.start_kafka(partitions=4))
     data_dir = getattr(kafka, "data_dir", None)
     topic = f"infra-test-{uuid.uuid4().hex[:8]}"
 
@@ -118,7 +109,7 @@ def test_local_kafka_creates_topics_and_round_trips_a_message() -> None:
 def test_local_redis_survives_stop_and_start_on_the_same_port() -> None:
     import redis
 
-    server = _start("Redis", local.start_redis)
+    server = start_or_fail("Redis", local.start_redis)
     data_dir = getattr(server, "data_dir", None)
     try:
         url = server.url

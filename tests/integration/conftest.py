@@ -7,35 +7,25 @@ started fails the run: these tests never skip for missing infrastructure.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from infra import local
-from tests.support import Stack, api_process, free_port, wait_http_ready, worker_process
-
-
-def _start(kind: str, starter):  # type: ignore[no-untyped-def]
-    try:
-        return starter()
-    except Exception as exc:
-        if os.environ.get("CI") == "true":
-            raise RuntimeError(f"could not start {kind} (CI=true: failing, not skipping): {exc}") from exc
-        pytest.skip(f"{kind} could not be started here: {exc}")
+from tests.support import Stack, api_process, free_port, start_or_fail, wait_http_ready, worker_process
 
 
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[local.KafkaService]:
-    svc = _start("Kafka", local.start_kafka)
+    svc = start_or_fail("Kafka", local.start_kafka)
     yield svc
     svc.close()
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[local.RedisService]:
-    svc = _start("Redis", local.start_redis)
+    svc = start_or_fail("Redis", local.start_redis)
     yield svc
     svc.close()
 
