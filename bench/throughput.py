@@ -273,10 +273,16 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
                 env: dict[str, str] | None = None) -> dict[str, Any]:
     """Start ``count`` workers on a fresh group and Redis database; time them until all ``n`` events are
     received or ``limit`` seconds after the first one (then the rate is over what was done by then)."""
+    from infra.topics import ensure_topics
+
     redis_url = infra.redis_url()
     tag = uuid.uuid4().hex[:6]
+    # fresh side topics too: a new group would otherwise learn every earlier run's co-visitation messages
+    side = {"LEARNING_TOPIC": f"learning-{tag}", "DLQ_TOPIC": f"events.dlq-{tag}",
+            "DECISIONS_TOPIC": f"decisions-{tag}"}
+    asyncio.run(ensure_topics(stack.bootstrap, 8, list(side.values())))
     extra = {"REDIS_URL": redis_url, "WORKER_APP_ID": f"pulse-bench-{tag}",
-             "WORKER_DATA_DIR": f"/tmp/pulse-faust-bench-{tag}", **(env or {})}
+             "WORKER_DATA_DIR": f"/tmp/pulse-faust-bench-{tag}", **side, **(env or {})}
     _redis_cmdstats(redis_url, reset=True)
     workers = [start_worker(infra, stack, name=f"worker-{tag}-{i}", **extra) for i in range(count)]
     t_start = time.monotonic()

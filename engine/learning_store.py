@@ -67,45 +67,77 @@ class LearningStore:
         self.redis = redis
         self._sha: str | None = None
 
-    async def _eval(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    # -- the join -----------------------------------------------------------------------------
+    async def _eval_many(self, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Several script calls in one pipelined round trip, executed by Redis in this order."""
+        if not calls:
+            return []
         for attempt in (0, 1):
             if self._sha is None:
                 self._sha = await self.redis.script_load(REWARD_JOIN_LUA)
+            pipe = self.redis.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self._sha, len(keys), *keys, *args)
             try:
-                return await self.redis.evalsha(self._sha, len(keys), *keys, *args)
-            except NoScriptError:
+                return await pipe.execute()
+            except NoScriptError:  # Redis restarted or flushed its scripts: every call failed, none applied
                 self._sha = None
                 if attempt:
                     raise
         raise AssertionError("unreachable")
 
-    # -- the join -----------------------------------------------------------------------------
-    async def decision_logged(self, record: dict[str, Any], settings: RewardSettings, now: float) -> JoinOutcome:
+    @staticmethod
+    def _decision_call(record: dict[str, Any], settings: RewardSettings) -> tuple[list[str], list[Any]]:
         did = record["decision_id"]
         expires_at = record["timestamp"] / 1000.0 + settings.window_seconds
         ttl = int(settings.window_seconds + LATE_GRACE_S)
-        status, reward, clicked, converted, _ = await self._eval(
-            [decision_key(did), due_key(decision_slot(did))],
-            ["decision", did, orjson.dumps(record), expires_at, ttl, settings.aggregation],
-        )
+        return ([decision_key(did), due_key(decision_slot(did))],
+                ["decision", did, orjson.dumps(record), expires_at, ttl, settings.aggregation])
+
+    @staticmethod
+    def _decision_outcome(record: dict[str, Any], reply: Sequence[Any]) -> JoinOutcome:
+        status, reward, clicked, converted, _ = reply
         out = JoinOutcome(status, record=record, new_click=clicked == "1", new_conversion=converted == "1")
         if status == "final":
             out.finalised = Finalised(record, float(reward), clicked == "1", converted == "1", False)
         return out
 
-    async def reward_received(self, reward: Reward, event_id: str, value: float,
-                              settings: RewardSettings) -> JoinOutcome:
+    async def decision_logged(self, record: dict[str, Any], settings: RewardSettings, now: float) -> JoinOutcome:
+        return (await self.decisions_logged([(record, settings)], now))[0]
+
+    async def decisions_logged(self, items: Sequence[tuple[dict[str, Any], RewardSettings]], now: float
+                               ) -> list[JoinOutcome]:
+        """``decision_logged`` for a batch of decision records: one pipeline, applied in order."""
+        replies = await self._eval_many([self._decision_call(r, s) for r, s in items])
+        return [self._decision_outcome(r, reply) for (r, _), reply in zip(items, replies, strict=True)]
+
+    @staticmethod
+    def _reward_call(reward: Reward, event_id: str, value: float, settings: RewardSettings
+                     ) -> tuple[list[str], list[Any]]:
         did = reward.decision_id
         ttl = int(settings.window_seconds + LATE_GRACE_S)
-        status, agg, clicked, converted, record, new_click, new_conv = await self._eval(
-            [decision_key(did), due_key(decision_slot(did))],
-            ["reward", did, event_id, value, reward.kind, ttl, settings.aggregation],
-        )
+        return ([decision_key(did), due_key(decision_slot(did))],
+                ["reward", did, event_id, value, reward.kind, ttl, settings.aggregation])
+
+    @staticmethod
+    def _reward_outcome(reply: Sequence[Any]) -> JoinOutcome:
+        status, agg, clicked, converted, record, new_click, new_conv = reply
         rec = orjson.loads(record) if record else None
         out = JoinOutcome(status, record=rec, new_click=new_click == "1", new_conversion=new_conv == "1")
         if status == "final" and rec is not None:
             out.finalised = Finalised(rec, float(agg), clicked == "1", converted == "1", False)
         return out
+
+    async def reward_received(self, reward: Reward, event_id: str, value: float,
+                              settings: RewardSettings) -> JoinOutcome:
+        return (await self.rewards_received([(reward, event_id, value, settings)]))[0]
+
+    async def rewards_received(self, items: Sequence[tuple[Reward, str, float, RewardSettings]]
+                               ) -> list[JoinOutcome]:
+        """``reward_received`` for a batch of rewards: one pipeline, applied in order (so a duplicate
+        within the batch is still counted once)."""
+        replies = await self._eval_many([self._reward_call(*item) for item in items])
+        return [self._reward_outcome(reply) for reply in replies]
 
     async def expire_due(self, now: float, default_reward: dict[str, float], limit: int = 500) -> list[Finalised]:
         """Settle every decision whose window ended: its aggregated reward, or the placement's default."""

@@ -39,6 +39,12 @@ class Settings:
     #: Events taken from the stream per batch, and the longest wait to fill a batch (seconds).
     worker_batch_size: int = field(default_factory=lambda: int(_env("WORKER_BATCH_SIZE", "500")))
     worker_batch_timeout: float = field(default_factory=lambda: float(_env("WORKER_BATCH_TIMEOUT", "0.005")))
+    #: Consumer group of the worker's batch loop over events and decisions (default ``<worker_app_id>-stream``;
+    #: the Faust app, which only consumes ``learning``, keeps ``worker_app_id`` as its group).
+    worker_stream_group: str = field(default_factory=lambda: _env("WORKER_STREAM_GROUP", ""))
+    #: Offsets of applied batches are committed at most this often (seconds), and on rebalance and shutdown:
+    #: a crash replays at most that much, which the idempotent Lua scripts absorb.
+    worker_commit_interval: float = field(default_factory=lambda: float(_env("WORKER_COMMIT_INTERVAL", "1.0")))
     #: How long the group waits for a silent worker before handing its partitions to others (seconds).
     worker_session_timeout: float = field(default_factory=lambda: float(_env("WORKER_SESSION_TIMEOUT", "10")))
     #: Hard time budget of one /v1/decide call; past it the answer is non-personalised and degraded.

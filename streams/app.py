@@ -1,8 +1,11 @@
-"""The Faust application: the agents of the write side.
+"""The worker: a Faust application hosting the write side.
 
-* ``ingest``: ``events`` in batches -> profile features in Redis (+ rewards into the join);
-* ``join_decisions``: ``decisions`` -> reward windows opened, impressions counted;
-* ``learn``: ``learning`` (keyed by placement) -> River/numpy models -> signed snapshots in Redis;
+* ``StreamService``: ``events`` and ``decisions`` in batches on a plain aiokafka group consumer
+  (``streams/consumer.py``; Faust's per-event stream cost more CPU than our whole feature pipeline):
+  events -> profile features in Redis (+ rewards into the join, interactions to co-visitation),
+  decisions -> reward windows opened, impressions counted; offsets committed by hand after the batch's
+  Redis writes and Kafka sends are done;
+* ``learn`` (a Faust agent): ``learning`` (keyed by placement) -> River/numpy models -> signed snapshots;
 * a timer settles decisions whose reward window ended (default reward).
 
 Run a worker with ``python -m streams worker -l info`` (or ``faust -A streams.app worker``); scale by
@@ -14,18 +17,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
+import mode
 import orjson
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
 
 from engine.config import load_config
 from engine.learning_store import LearningStore
 from engine.profile_store import ProfileStore
 from engine.settings import load_settings
 from streams.collaborative import CollaborativeFeed
+from streams.consumer import BatchLoop, Outbox
 from streams.learner import PlacementLearner
 from streams.pipeline import BatchProcessor, Record
 from streams.rewards import RewardJoiner
@@ -57,34 +63,35 @@ def raw_topic(name: str) -> faust.TopicT:
     return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
-events_topic = raw_topic(settings.events_topic)
-dlq_topic = raw_topic(settings.dlq_topic)
-decisions_topic = raw_topic(settings.decisions_topic)
 learning_topic = raw_topic(settings.learning_topic)
 
 
-async def send_dead_letter(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-    # Faust flushes its producer before committing offsets, so a dead letter is durable before the
-    # offset of the bad record is committed.
-    await dlq_topic.send(key=key, value=value, headers=headers)
-
-
-async def send_learning_example(key: bytes, value: bytes) -> None:
-    await learning_topic.send(key=key, value=value)
-
-
 class Components:
-    """Created on first use inside the worker's event loop (Redis clients bind to a loop)."""
+    """Created on first use inside the worker's event loop (Redis and Kafka clients bind to a loop)."""
 
     def __init__(self) -> None:
         self.redis = aioredis.from_url(settings.redis_url, decode_responses=True)
         self.learning_store = LearningStore(self.redis)
-        self.joiner = RewardJoiner(self.learning_store, config, send_learning_example, send_dead_letter)
-        self.processor = BatchProcessor(ProfileStore(self.redis, config), send_dead_letter,
+        # dead letters and learning examples: a commit waits for their acknowledgements (streams/consumer.py)
+        self.outbox = Outbox(settings.kafka_bootstrap)
+        self.joiner = RewardJoiner(self.learning_store, config, self.send_learning_example, self.send_dead_letter)
+        self.processor = BatchProcessor(ProfileStore(self.redis, config), self.send_dead_letter,
                                         hooks=[self.joiner.on_events,
-                                               CollaborativeFeed(config, send_learning_example).on_events])
+                                               CollaborativeFeed(config, self.send_learning_example).on_events])
         self.learner = PlacementLearner(config)
         self.restored = False
+        self._ready = asyncio.Lock()
+
+    async def ready(self) -> Components:
+        async with self._ready:
+            await self.outbox.start()
+        return self
+
+    async def send_dead_letter(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        await self.outbox.send(settings.dlq_topic, key, value, headers)
+
+    async def send_learning_example(self, key: bytes, value: bytes) -> None:
+        await self.outbox.send(settings.learning_topic, key, value)
 
 
 _components: Components | None = None
@@ -95,11 +102,6 @@ def components() -> Components:
     if _components is None:
         _components = Components()
     return _components
-
-
-def to_records(events: Any) -> list[Record]:
-    return [Record(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
-            for e in events]
 
 
 async def retry_forever(what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -114,25 +116,65 @@ async def retry_forever(what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
             delay = min(delay * 2, 5.0)
 
 
-@app.agent(events_topic)
-async def ingest(stream: faust.StreamT) -> None:
-    c = components()
-    async for events in stream.take_events(settings.worker_batch_size, within=settings.worker_batch_timeout):
-        records = to_records(events)
-        await retry_forever("ingest", lambda records=records: c.processor.process(records))
+def stream_consumer() -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.worker_stream_group or f"{settings.worker_app_id}-stream",
+        client_id=f"{settings.worker_app_id}-stream",
+        enable_auto_commit=False,  # committed by BatchLoop after the batch is applied and its sends acked
+        auto_offset_reset="earliest",
+        max_poll_records=settings.worker_batch_size,
+        session_timeout_ms=int(settings.worker_session_timeout * 1000),
+        heartbeat_interval_ms=int(min(3.0, settings.worker_session_timeout / 3) * 1000),
+    )
 
 
-@app.agent(decisions_topic)
-async def join_decisions(stream: faust.StreamT) -> None:
-    c = components()
-    async for events in stream.take_events(settings.worker_batch_size, within=settings.worker_batch_timeout):
-        records = to_records(events)
-        await retry_forever("decisions", lambda records=records: c.joiner.on_decisions(records, time.time()))
+def quiet_root_logger() -> None:
+    """Faust's start-up spinner (``-l warn``) sets the root logger to DEBUG, so every ``log.debug`` of aiokafka
+    and Faust would build a record: put the root level back to the console handler's once started."""
+    root = logging.getLogger()
+    levels = [h.level for h in root.handlers if type(h).__name__ != "SpinnerHandler" and h.level > logging.NOTSET]
+    if root.level < logging.INFO:
+        root.setLevel(min(levels) if levels else logging.WARNING)
+
+
+@app.service
+class StreamService(mode.Service):
+    """Runs the batch loop over ``events`` and ``decisions`` for the lifetime of the worker."""
+
+    loop_: BatchLoop | None = None
+
+    async def on_start(self) -> None:
+        c = await components().ready()
+
+        async def events(records: Sequence[Record]) -> None:
+            prepared = await c.processor.prepare(records)  # no Redis: parsed and dead-lettered once
+            await retry_forever("ingest", lambda: c.processor.apply(prepared))
+
+        async def decisions(records: Sequence[Record]) -> None:
+            logged = await c.joiner.prepare_decisions(records)
+            await retry_forever("decisions", lambda: c.joiner.apply_decisions(logged, time.time()))
+
+        handlers = {settings.events_topic: events, settings.decisions_topic: decisions}
+        self.loop_ = BatchLoop(stream_consumer, [settings.events_topic, settings.decisions_topic], handlers, c.outbox,
+                               max_records=settings.worker_batch_size,
+                               commit_interval=settings.worker_commit_interval)
+        await self.loop_.start()
+        quiet_root_logger()
+
+    @mode.Service.task
+    async def _run(self) -> None:
+        assert self.loop_ is not None
+        await self.loop_.run()
+
+    async def on_stop(self) -> None:
+        if self.loop_ is not None:
+            await self.loop_.stop()
 
 
 @app.agent(learning_topic)
 async def learn(stream: faust.StreamT) -> None:
-    c = components()
+    c = await components().ready()
     if not c.restored:
         await retry_forever("model restore", lambda: c.learner.restore(c.learning_store, signing_key))
         c.restored = True
@@ -148,7 +190,7 @@ async def learn(stream: faust.StreamT) -> None:
 
 @app.timer(interval=1.0)
 async def settle_expired_rewards() -> None:
-    c = components()
+    c = await components().ready()
     await retry_forever("reward expiry", lambda: c.joiner.expire(time.time()))
     # time-based snapshots also happen when no new example arrives
     for placement in c.learner.due_snapshots():

@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from engine.config import EngineConfig
-from engine.decisions import reward_of, reward_value
+from engine.config import EngineConfig, RewardSettings
+from engine.decisions import Reward, reward_of, reward_value
 from engine.learning_store import Finalised, LearningStore
 from schemas.decision import validate_decision
 from schemas.events import Event, InvalidEvent
@@ -59,6 +59,7 @@ class RewardJoiner:
                  dead_letters: DeadLetterSink) -> None:
         self.store, self.config, self.emit, self.dead_letters = store, config, emit, dead_letters
         self.stats = JoinStats()
+        self._default_placement = next(iter(config.placements.values()), None)
 
     async def _settle(self, finalised: Sequence[Finalised]) -> None:
         increments = []
@@ -72,7 +73,12 @@ class RewardJoiner:
         await self.store.count(increments)
 
     async def on_decisions(self, records: Sequence[Record], now: float) -> None:
-        settled, increments = [], []
+        await self.apply_decisions(await self.prepare_decisions(records), now)
+
+    async def prepare_decisions(self, records: Sequence[Record]) -> list[tuple[dict[str, Any], RewardSettings]]:
+        """Decode and validate decision records (invalid ones are dead-lettered); no Redis."""
+        logged: list[tuple[dict[str, Any], RewardSettings]] = []
+        placements = self.config.placements
         for rec in records:
             try:
                 record = orjson.loads(rec.value)
@@ -82,38 +88,54 @@ class RewardJoiner:
                 await self.dead_letters(rec.key, rec.value, [("dlq.reason", reason.encode()),
                                         ("dlq.source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode())])
                 continue
-            placement = self.config.placements.get(record["placement"])
+            placement = placements.get(record["placement"])
             if placement is None:
                 self.stats.unknown_placement += 1
                 continue
-            out = await self.store.decision_logged(record, placement.learning.reward, now)
+            logged.append((record, placement.learning.reward))
+        return logged
+
+    async def apply_decisions(self, logged: Sequence[tuple[dict[str, Any], RewardSettings]], now: float) -> None:
+        """Open the reward windows of a batch of decisions: one pipeline of reward-join calls, counters in one more."""
+        if not logged:
+            return
+        settled, increments = [], []
+        for (record, _), out in zip(logged, await self.store.decisions_logged(logged, now), strict=True):
             if out.status == "duplicate":
                 continue
             self.stats.decisions += 1
-            arm = record["holdout_arm"]
-            increments.append((placement.id, arm, "impressions", 1))
+            pid, arm = record["placement"], record["holdout_arm"]
+            increments.append((pid, arm, "impressions", 1))
             if out.new_click:
-                increments.append((placement.id, arm, "clicks", 1))
+                increments.append((pid, arm, "clicks", 1))
             if out.new_conversion:
-                increments.append((placement.id, arm, "conversions", 1))
+                increments.append((pid, arm, "conversions", 1))
             if out.finalised:
                 settled.append(out.finalised)
         await self.store.count(increments)
         await self._settle(settled)
 
     async def on_events(self, events: Sequence[tuple[Record, Event]]) -> None:
-        """The events pipeline hook: rewards carried by events."""
-        settled, increments = [], []
+        """The events pipeline hook: rewards carried by events (one pipeline of reward-join calls per batch)."""
+        rewards: list[tuple[Reward, str, float, RewardSettings]] = []
+        placements = self.config.placements
         for _, ev in events:
-            reward = reward_of(ev.type, ev.properties)
+            props = ev.properties
+            if "decision_id" not in props:  # most events carry no reward: skip them cheaply
+                continue
+            reward = reward_of(ev.type, props)
             if reward is None:
                 continue
             # the placement is known from the decision record; until it arrives use the first
             # placement's settings only for the value, which depends on the kind alone by default
-            record_placement = ev.properties.get("placement")
-            placement = self.config.placements.get(record_placement) if record_placement else None
-            settings = (placement or next(iter(self.config.placements.values()))).learning.reward
-            out = await self.store.reward_received(reward, ev.event_id, reward_value(reward, settings), settings)
+            record_placement = props.get("placement")
+            placement = placements.get(record_placement) if record_placement else None
+            settings = (placement or self._default_placement).learning.reward
+            rewards.append((reward, ev.event_id, reward_value(reward, settings), settings))
+        if not rewards:
+            return
+        settled, increments = [], []
+        for out in await self.store.rewards_received(rewards):
             self.stats.rewards += 1
             if out.status == "duplicate":
                 self.stats.duplicates += 1
