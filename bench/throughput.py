@@ -8,10 +8,12 @@
    operations, the Lua applier; no Faust, no reward/collaborative hooks) - what our feature logic costs.
    **Bare Faust**: a Faust app with the worker's settings whose agent only takes batches, decodes and
    counts - what Faust itself costs per event.
-3. **One worker**: the real worker (``python -m streams worker``) on a fresh consumer group and a fresh Redis
-   database, timed until the counters it keeps in ``stats:{worker}`` say every event was received (or a
-   time limit after its first event: then over what it did by then); the rate is the steady one (10% ->
-   90% of the events), so start-up and group join are not counted (they are reported separately).
+3. **One worker**: the real worker (``python -m streams worker``: a Faust app whose ``events`` and ``decisions``
+   are read by a plain aiokafka batch loop, ``streams/consumer.py``) on fresh consumer groups, a fresh Redis
+   database and fresh ``learning``/``decisions``/dead-letter topics (no run learns an earlier run's messages),
+   timed until the counters it keeps in ``stats:{worker}`` say every event was received (or a time limit
+   after its first event: then over what it did by then); the rate is the steady one (10% -> 90% of the
+   events), so start-up and group join are not counted (they are reported separately).
 4. **Two workers** on the same topic, fresh group and database: scaling.
 
 CPU seconds of the worker(s), Redis and Kafka are recorded for every run, and Redis ``INFO commandstats``

@@ -91,6 +91,44 @@ def test_invalid_events_reach_the_dead_letter_topic_and_the_worker_carries_on(
     assert all(dict(m.headers)["dlq.source"].decode().startswith(stack.events_topic) for m in letters)
 
 
+def test_invalid_decision_records_are_dead_lettered_and_valid_ones_still_open_windows(
+    stack: Stack, worker: object
+) -> None:
+    import redis
+
+    from engine.decisions import new_decision_id
+    from engine.learning_store import decision_key
+
+    record = orjson.loads((Path(__file__).parents[2] / "schemas/examples/decision.v1.example.json").read_bytes())
+    good = dict(record, decision_id=new_decision_id(), timestamp=int(time.time() * 1000))
+    bad = [b"{not json", orjson.dumps({**record, "decision_id": new_decision_id(), "propensity": "high"})]
+    produce(stack.bootstrap, stack.decisions_topic, [*bad, orjson.dumps(good)])
+    r = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    try:
+        wait_until(lambda: r.hexists(decision_key(good["decision_id"]), "record"), timeout=60,
+                   what="the valid decision record to open its reward window")
+    finally:
+        r.close()
+
+    async def read_dlq() -> list:
+        consumer = AIOKafkaConsumer(stack.dlq_topic, bootstrap_servers=stack.bootstrap,
+                                    auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        try:
+            got: list = []
+            deadline = time.monotonic() + 30
+            while len(got) < len(bad) and time.monotonic() < deadline:
+                for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                    got += [m for m in msgs if dict(m.headers)["dlq.source"].decode().startswith(stack.decisions_topic)]
+            return got
+        finally:
+            await consumer.stop()
+
+    letters = asyncio.run(read_dlq())
+    assert sorted(m.value for m in letters) == sorted(bad)
+    assert all(dict(m.headers)["dlq.reason"] for m in letters)
+
+
 def test_collector_round_trip(stack: Stack, worker: object, api: str) -> None:
     visitor = f"anon-{uuid.uuid4().hex[:6]}"
     batch = [event("page_view", visitor, category="books", item_id="sku-book-1") for _ in range(3)]

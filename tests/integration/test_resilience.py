@@ -91,6 +91,42 @@ def test_worker_killed_mid_stream_restarts_to_exact_counts(kafka: local.KafkaSer
         worker.stop()
 
 
+def test_a_stopped_worker_commits_what_it_applied_and_its_successor_reads_nothing_twice(
+    kafka: local.KafkaService, redis_server: local.RedisService, log_dir: Path
+) -> None:
+    # a Redis database of its own: the worker counters (stats:{worker}) are exact here
+    stack = Stack(kafka.bootstrap, redis_server.url.rsplit("/", 1)[0] + "/7")
+    stack.create_topics()
+    with_store(stack.redis_url, lambda store: store.redis.flushdb())
+    visitors = [f"stop-{stack.tag}-{i}" for i in range(20)]
+    first = [event("page_view", v, category="books") for _ in range(25) for v in visitors]
+
+    def received() -> int:
+        async def get(store):  # type: ignore[no-untyped-def]
+            return int((await store.read_worker_counters()).get("events_received", 0))
+        return with_store(stack.redis_url, get)
+
+    produce(stack.bootstrap, stack.events_topic, first)
+    # no periodic commit: only the commit on shutdown can spare the successor a replay
+    worker = worker_process(stack, log_dir, name=f"stop-worker-{stack.tag}", WORKER_COMMIT_INTERVAL="3600").start()
+    try:
+        wait_until(lambda: received() >= len(first), timeout=90, interval=0.1, what=f"events\n{worker.log_tail()}")
+    finally:
+        worker.stop()  # SIGTERM: the batch loop commits what it applied before leaving the group
+    assert worker.proc is not None and worker.proc.returncode == 0, worker.log_tail()
+    second = [event("click", v, category="books") for v in visitors]
+    produce(stack.bootstrap, stack.events_topic, second)
+    worker = worker_process(stack, log_dir, name=f"stop-worker2-{stack.tag}").start()
+    try:
+        wait_until(lambda: received() >= len(first) + len(second), timeout=90, interval=0.1,
+                   what=f"the successor to read the new events\n{worker.log_tail()}")
+        time.sleep(2.0)  # a replay of the first worker's events would show up now
+        assert received() == len(first) + len(second)
+        assert all(profile_of(stack.redis_url, v).counts == {"page_view": 25, "click": 1} for v in visitors)
+    finally:
+        worker.stop()
+
+
 def test_decide_answers_degraded_when_redis_is_down(kafka: local.KafkaService, log_dir: Path) -> None:
     own_redis = local.start_redis()
     try:
