@@ -127,6 +127,33 @@ def test_a_stopped_worker_commits_what_it_applied_and_its_successor_reads_nothin
         worker.stop()
 
 
+def test_worker_waits_out_a_redis_outage_and_loses_nothing(kafka: local.KafkaService, log_dir: Path) -> None:
+    own_redis = local.start_redis()
+    try:
+        stack = Stack(kafka.bootstrap, own_redis.url)
+        stack.create_topics()
+        visitors = [f"outage-{stack.tag}-{i}" for i in range(10)]
+        worker = worker_process(stack, log_dir, name=f"outage-worker-{stack.tag}").start()
+        try:
+            produce(stack.bootstrap, stack.events_topic, [event("page_view", v, category="books") for v in visitors])
+            wait_until(lambda: all(profile_of(stack.redis_url, v).counts.get("page_view") == 1 for v in visitors),
+                       timeout=90, what=f"events before the outage\n{worker.log_tail()}")
+            own_redis.stop()  # a clean shutdown: the AOF has everything applied so far
+            produce(stack.bootstrap, stack.events_topic,
+                    [event("page_view", v, category="books") for _ in range(5) for v in visitors])
+            time.sleep(3.0)  # the worker retries the batch (and commits nothing) while Redis is away
+            assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
+            own_redis.start()
+            wait_until(lambda: all(profile_of(stack.redis_url, v).counts.get("page_view") == 6 for v in visitors),
+                       timeout=90, what=f"events during the outage\n{worker.log_tail()}")
+            time.sleep(1.0)
+            assert [profile_of(stack.redis_url, v).counts["page_view"] for v in visitors] == [6] * len(visitors)
+        finally:
+            worker.stop()
+    finally:
+        own_redis.close()
+
+
 def test_decide_answers_degraded_when_redis_is_down(kafka: local.KafkaService, log_dir: Path) -> None:
     own_redis = local.start_redis()
     try:
