@@ -3,8 +3,11 @@
 * **Redis.** Profiles with a realistic history (50 events each over the last week: page views, clicks,
   searches, carts, purchases, in sessions) are written through the worker's own ``BatchProcessor``; then
   ``MEMORY USAGE <key> SAMPLES 0`` is summed over every key of each profile (``engine.layout`` names them),
-  with a breakdown per key and its encoding. The growth of ``used_memory`` per profile is reported too
-  (it includes the keyspace's own overhead: dict entries, expiry entries).
+  with a breakdown per key and its encoding, and per section of the profile hash (bytes of field names and
+  values, by the field's first character). The growth of ``used_memory`` per profile is reported too (it
+  includes the keyspace's own overhead: dict entries, expiry entries), and the Redis commands and their
+  ``INFO commandstats`` microseconds per event while the profiles were written (``evalsha`` includes the
+  commands the script runs).
 * **Processes.** RSS from ``/proc/<pid>/status`` sampled every 250 ms while the other benchmarks load them:
   the API during the open-loop runs (up to 4000 req/s), the worker while it drains the throughput topic.
 
@@ -32,6 +35,9 @@ from bench.common import (
 
 EVENTS_PER_PROFILE = 50
 BYTES_TARGET = 2048
+#: profile hash sections by the first character of a field (see engine.layout)
+SECTIONS = {"a": "affinities", "d": "dedup", "w": "windows", "r": "recent", "c": "counts", "C": "cart",
+            "k": "consent", "L": "landmarks", "o": "offsets"}
 
 
 async def measure(redis_url: str, customers: list[str]) -> dict[str, Any]:
@@ -47,7 +53,15 @@ async def measure(redis_url: str, customers: list[str]) -> dict[str, Any]:
         per_key: dict[str, list[int]] = {}
         encodings: dict[str, dict[str, int]] = {}
         sizes: dict[str, list[int]] = {}
+        sections: dict[str, list[int]] = {}
         for cid in customers:
+            fields = await client.hgetall(customer_keys(cid, cfg).keys[0])
+            by: dict[str, int] = {}
+            for k, v in fields.items():
+                sec = SECTIONS.get(k[0], "scalars")
+                by[sec] = by.get(sec, 0) + len(k.encode()) + len(v.encode())
+            for sec, n in by.items():
+                sections.setdefault(sec, []).append(n)
             keys = [*customer_keys(cid, cfg).keys, aliases_key(cid)]
             pipe = client.pipeline(transaction=False)
             for k in keys:
@@ -81,9 +95,38 @@ async def measure(redis_url: str, customers: list[str]) -> dict[str, Any]:
             "by_key": {role: {"median_bytes": median(v), "share_pct": round(100 * sum(v) / sum(per_profile), 1),
                               "median_entries": median(sizes.get(role, [0])), "encodings": encodings[role]}
                        for role, v in sorted(per_key.items(), key=lambda kv: -sum(kv[1]))},
+            "hash_sections_payload_bytes": {sec: {"median": median(v), "profiles_with": len(v)}
+                                            for sec, v in sorted(sections.items(), key=lambda kv: -sum(kv[1]))},
         }
     finally:
         await client.aclose()
+
+
+async def reset_stats(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    c = aioredis.from_url(redis_url)
+    try:
+        await c.config_resetstat()
+    finally:
+        await c.aclose()
+
+
+async def command_stats(redis_url: str, events: int) -> dict[str, Any]:
+    """Calls and microseconds per event of each Redis command since ``reset_stats``."""
+    import redis.asyncio as aioredis
+
+    c = aioredis.from_url(redis_url)
+    try:
+        stats = await c.info("commandstats")
+    finally:
+        await c.aclose()
+    per = {k.removeprefix("cmdstat_"): {"calls_per_event": round(v["calls"] / events, 3),
+                                         "usec_per_event": round(v["usec"] / events, 2)}
+           for k, v in stats.items() if not k.startswith("cmdstat_config")}
+    top = dict(sorted(per.items(), key=lambda kv: -kv[1]["usec_per_event"]))
+    # evalsha's time includes the commands its script runs (they are listed too, with their own time)
+    return {"commands": top, "script_usec_per_event": per.get("evalsha", {}).get("usec_per_event", 0.0)}
 
 
 async def used_memory(redis_url: str) -> int:
@@ -108,9 +151,12 @@ def run(infra: Infra, others: dict[str, Any] | None = None) -> dict[str, Any]:
     warm = [f.history("c-mem-warm", EVENTS_PER_PROFILE, customer=True, end_ms=now_ms, span_s=7 * 86400)]
     asyncio.run(populate_profiles(url, warm, topic="bench-memory-warm"))
     before = asyncio.run(used_memory(url))
+    asyncio.run(reset_stats(url))
     asyncio.run(populate_profiles(url, histories, topic="bench-memory"))
+    stats = asyncio.run(command_stats(url, n * EVENTS_PER_PROFILE))
     after = asyncio.run(used_memory(url))
     res = asyncio.run(measure(url, customers))
+    res["redis_per_event_while_writing"] = stats
     res["events_per_profile"] = EVENTS_PER_PROFILE
     res["used_memory_growth_per_profile"] = round((after - before) / n)
     res["target_bytes"] = BYTES_TARGET

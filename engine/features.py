@@ -1,8 +1,9 @@
 """Per-customer features: what the stream writes (``ops_for``) and what serving reads (``decode``).
 
-Both sides import this module, so the meaning of every stored field is defined exactly once.
-``ops_for`` turns one event into a short list of primitive operations that ``lua/apply_ops.lua``
-applies atomically; it is pure, so the feature logic is unit-tested without Redis.
+Both sides import this module, so the meaning of every stored field (see ``engine.layout``) is defined
+exactly once. ``ops_for`` turns one event into a short list of primitive operations that
+``lua/apply_ops.lua`` applies atomically to the customer's one hash; it is pure, so the feature logic is
+unit-tested without Redis.
 
 >>> from engine.config import parse_config
 >>> cfg = parse_config({"feature": [{"name": "category", "kind": "affinity", "field": "category",
@@ -10,7 +11,7 @@ applies atomically; it is pure, so the feature logic is unit-tested without Redi
 >>> fx = FeatureExtractor(cfg)
 >>> ops = fx.ops_for("page_view", 1_000.0, {"category": "shoes"}, {})
 >>> [op[0] for op in ops]
-['i', 'min', 'max', 'sess', 'i', 'z']
+['i', 'min', 'max', 'sess', 'i', 'a']
 """
 
 from __future__ import annotations
@@ -21,11 +22,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.config import WINDOWS, EngineConfig
-from engine.layout import OwnerKeys, customer_keys, popularity_keys
+from engine.layout import (
+    CONSENT_CODES,
+    COUNT_CODES,
+    RECENT_SEP,
+    OwnerKeys,
+    consent_field,
+    count_field,
+    popularity_keys,
+    profile_fields,
+)
 
 Op = list[Any]
 #: Global popularity keeps more values than a single profile does.
 POPULARITY_TOP_K = 2000
+#: Consent flags the stream records besides personalisation.
+CONSENT_KINDS = ("analytics", "marketing")
+_COUNT_NAMES = {code: name for name, code in COUNT_CODES.items()}
+_CONSENT_NAMES = {code: name for name, code in CONSENT_CODES.items()}
 
 
 def _values(field_name: str, properties: Mapping[str, Any]) -> list[str]:
@@ -34,124 +48,189 @@ def _values(field_name: str, properties: Mapping[str, Any]) -> list[str]:
     v = properties.get(field_name)
     if v is not None and v != "":
         out.append(str(v))
-    for item in properties.get("items") or ():
-        if isinstance(item, Mapping):
-            iv = item.get(field_name)
-            if iv is not None and iv != "":
-                out.append(str(iv))
+    items = properties.get("items")
+    if items:
+        for item in items:
+            if isinstance(item, Mapping):
+                iv = item.get(field_name)
+                if iv is not None and iv != "":
+                    out.append(str(iv))
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one event type feeds, compiled once per type."""
+
+    count: str
+    #: (property, prefix, weight, half-life s, top_k, landmark field)
+    affinities: tuple[tuple[str, str, float, float, int, str], ...]
+    #: (property, prefix, size)
+    recents: tuple[tuple[str, str, int], ...]
+    #: (field, bucket width s, slots)
+    windows: tuple[tuple[str, int, int], ...]
+
+
 class FeatureExtractor:
-    """Compiles the declared features into operations on one customer's keys and on popularity."""
+    """Compiles the declared features into operations on one customer's hash and on popularity."""
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        # Key indexes are the same for every customer, so compute them once from a placeholder.
-        self._idx: OwnerKeys = customer_keys("_", config)
+        self.fields = profile_fields(config)
         self._pop_idx: OwnerKeys = popularity_keys(config)
-        self._session_timeout = config.profile.session_timeout_minutes * 60.0
+        self._session_timeout_ms = int(config.profile.session_timeout_minutes * 60_000)
+        self._plans: dict[str, _Plan] = {}
+        self._pop_hl = config.scoring.popularity_half_life_hours * 3600.0
+        self._pop_plans: dict[str, tuple[tuple[str, int, float, str], ...]] = {}
+
+    def _plan(self, event_type: str) -> _Plan:
+        cfg, fl = self.config, self.fields
+        plan = _Plan(
+            count_field(event_type),
+            tuple((f.field, fl.affinity[f.name], f.weights[event_type], f.half_life_hours * 3600.0, f.top_k,
+                   fl.landmark[f.name]) for f in cfg.affinities if f.weights.get(event_type)),
+            tuple((r.field, fl.recent[r.name], r.size) for r in cfg.recents if event_type in r.events),
+            tuple((fl.window[wf.name, w], *WINDOWS[w]) for wf in cfg.windows if event_type in wf.events
+                  for w in wf.windows),
+        )
+        self._plans[event_type] = plan
+        return plan
 
     def ops_for(
         self, event_type: str, ts: float, properties: Mapping[str, Any], context: Mapping[str, Any]
     ) -> list[Op]:
-        """Operations for one event on its customer's profile."""
-        cfg, idx = self.config, self._idx
+        """Operations for one event on its customer's profile (times as integer milliseconds)."""
         if event_type == "consent":
             allowed = bool(properties.get("personalisation", True))
-            ops: list[Op] = [["set", "consent_personalisation", 1 if allowed else 0]]
-            for k in ("analytics", "marketing"):
+            ops: list[Op] = [["set", "kp", 1 if allowed else 0]]
+            for k in CONSENT_KINDS:
                 if k in properties:
-                    ops.append(["set", f"consent_{k}", 1 if properties[k] else 0])
+                    ops.append(["set", consent_field(k), 1 if properties[k] else 0])
             if not allowed:
                 ops.append(["wipe"])  # withdrawing consent removes the behavioural profile
             return ops
-        ops = [["i", f"c:{event_type}", 1], ["min", "first_seen", ts], ["max", "last_seen", ts]]
-        if event_type in ("identify", "feedback"):
+        ms = round(ts * 1000)
+        plan = self._plans.get(event_type) or self._plan(event_type)
+        ops = [["i", plan.count, 1], ["min", "fs", ms], ["max", "ls", ms]]
+        if event_type == "identify" or event_type == "feedback":
             return ops
-        ops.append(["sess", ts, str(context.get("session_id") or ""), self._session_timeout])
+        ops.append(["sess", ms, str(context.get("session_id") or ""), self._session_timeout_ms])
         if event_type == "page_view":
-            ops.append(["i", "sess_pages", 1])
-        for f in cfg.affinities:
-            w = f.weights.get(event_type)
-            if w:
-                hl = f.half_life_hours * 3600.0
-                for v in _values(f.field, properties):
-                    ops.append(["z", idx.aff[f.name], v, w, ts, hl, f.top_k, f"L:{f.name}"])
-        for r in cfg.recents:
-            if event_type in r.events:
-                for v in _values(r.field, properties):
-                    ops.append(["r", idx.recent[r.name], v, r.size])
-        if event_type in ("add_to_cart", "remove_from_cart") and properties.get("item_id"):
-            q = int(properties.get("quantity") or 1)
-            ops.append(["cart", idx.cart, str(properties["item_id"]), q if event_type == "add_to_cart" else -q])
+            ops.append(["i", "sp", 1])
+        for prop, prefix, w, hl, top_k, lfield in plan.affinities:
+            for v in _values(prop, properties):
+                ops.append(["a", prefix, v, w, ts, hl, top_k, lfield])
+        for prop, prefix, size in plan.recents:
+            for v in _values(prop, properties):
+                if RECENT_SEP in v:
+                    v = v.replace(RECENT_SEP, " ")
+                ops.append(["r", prefix, v, size])
+        if event_type == "add_to_cart" or event_type == "remove_from_cart":
+            item = properties.get("item_id")
+            if item:
+                q = int(properties.get("quantity") or 1)
+                ops.append(["cart", f"C:{item}", q if event_type == "add_to_cart" else -q])
         elif event_type == "purchase":
-            ops.append(["cartclear", idx.cart])
-            ops.append(["f", "monetary", float(properties.get("value") or 0.0)])
-        for wf in cfg.windows:
-            if event_type in wf.events:
-                for w in wf.windows:
-                    width, n = WINDOWS[w]
-                    ops.append(["w", idx.win, f"{wf.name}:{w}", int(ts // width), n, 1])
+            ops.append(["cartclear"])
+            ops.append(["f", "m", float(properties.get("value") or 0.0)])
+        for fld, width, n in plan.windows:
+            ops.append(["w", fld, int(ts // width), n, 1])
         return ops
 
     def popularity_ops_for(self, event_type: str, ts: float, properties: Mapping[str, Any]) -> list[Op]:
         """Operations for one event on the global popularity owner (forward-decayed counts)."""
+        plan = self._pop_plans.get(event_type)
+        if plan is None:
+            plan = self._pop_plans[event_type] = tuple(
+                (f.field, self._pop_idx.aff[f.name], f.weights[event_type], f"L:{f.name}")
+                for f in self.config.affinities if f.weights.get(event_type))
         ops: list[Op] = []
-        hl = self.config.scoring.popularity_half_life_hours * 3600.0
-        for f in self.config.affinities:
-            w = f.weights.get(event_type)
-            if w:
-                for v in _values(f.field, properties):
-                    ops.append(["z", self._pop_idx.aff[f.name], v, w, ts, hl, POPULARITY_TOP_K, f"L:{f.name}"])
+        hl = self._pop_hl
+        for prop, idx, w, lfield in plan:
+            for v in _values(prop, properties):
+                ops.append(["z", idx, v, w, ts, hl, POPULARITY_TOP_K, lfield])
         return ops
 
     def merge_ops(self, raw: RawProfile, ts: float) -> list[Op]:
         """Operations that fold an anonymous profile (read raw) into a customer's profile."""
-        cfg, idx = self.config, self._idx
+        cfg, fl = self.config, self.fields
         h = raw.hash
         ops: list[Op] = []
+        affs = {fl.affinity[f.name]: f for f in cfg.affinities}
         for k, v in h.items():
-            if k.startswith("c:") or k == "sess_pages":
-                ops.append(["i", k, int(float(v))])
-            elif k == "monetary":
+            c = k[0]
+            if c == "c" or k == "sp":
+                ops.append(["i", k, int(v)])
+            elif k == "m":
                 ops.append(["f", k, float(v)])
-            elif k in ("first_seen",):
-                ops.append(["min", k, float(v)])
-            elif k in ("last_seen",):
-                ops.append(["max", k, float(v)])
-            elif k in ("sess_id", "sess_start", "sess_last") or k.startswith("consent_"):
+            elif k == "fs":
+                ops.append(["min", k, int(v)])
+            elif k == "ls":
+                ops.append(["max", k, int(v)])
+            elif k in ("si", "ss", "sl") or c == "k":
                 ops.append(["setnx", k, v])
-        for f in cfg.affinities:
-            landmark = float(h.get(f"L:{f.name}", ts))
-            hl = f.half_life_hours * 3600.0
-            for member, score in raw.affinities.get(f.name, ()):
-                # score is relative to the anonymous landmark; re-express it at ts
-                at_ts = score * 2.0 ** ((landmark - ts) / hl)
-                ops.append(["zm", idx.aff[f.name], member, at_ts, ts, hl, f.top_k, f"L:{f.name}"])
+            elif c == "C":
+                ops.append(["cart", k, int(v)])
+            elif c == "a":
+                prefix = k[: k.find(":") + 1]
+                f = affs.get(prefix)
+                if f is None:
+                    continue
+                hl = f.half_life_hours * 3600.0
+                landmark = float(h.get(fl.landmark[f.name], ts))
+                # the score is relative to the anonymous landmark; re-express it at ts
+                at_ts = float(v) * 2.0 ** ((landmark - ts) / hl)
+                ops.append(["a", prefix, k[len(prefix):], at_ts, ts, hl, f.top_k, fl.landmark[f.name]])
         for r in cfg.recents:
-            for v in raw.recent.get(r.name, ()):
-                ops.append(["ra", idx.recent[r.name], v, r.size])
-        for item, q in raw.cart.items():
-            ops.append(["cart", idx.cart, item, int(q)])
-        for fld, val in raw.windows.items():
-            prefix, _, _slot = fld.rpartition(":")
-            bucket, _, count = val.partition(":")
-            w = prefix.rpartition(":")[2]
-            if w in WINDOWS:
-                ops.append(["wm", idx.win, prefix, int(bucket), WINDOWS[w][1], int(count)])
+            for v in _recent(h, fl.recent[r.name]):
+                ops.append(["ra", fl.recent[r.name], v, r.size])
+        for (_, w), fld in fl.window.items():
+            val = h.get(fld)
+            if val:
+                newest, counts = _ring(val)
+                n = WINDOWS[w][1]
+                for i, cnt in enumerate(counts[:n]):
+                    if cnt:
+                        ops.append(["w", fld, newest - i, n, int(cnt)])
         return ops
+
+
+def _recent(h: Mapping[str, str], prefix: str) -> list[str]:
+    """The recent values stored in the chunks ``<prefix>0``, ``<prefix>1``, ...: most recent first."""
+    first = h.get(prefix + "0")
+    if first is None:
+        return []
+    chunks = [first]
+    i = 1
+    while (c := h.get(f"{prefix}{i}")) is not None:
+        chunks.append(c)
+        i += 1
+    return RECENT_SEP.join(chunks).split(RECENT_SEP)
+
+
+def _ring(value: str) -> tuple[int, list[str]]:
+    """A window ring ``<newest bucket>:<n0>,<n1>,...`` -> (newest bucket, counts newest first; '' = 0)."""
+    newest, _, counts = value.partition(":")
+    return int(newest), counts.split(",")
+
+
+def window_total(value: str | None, width: int, slots: int, now: float) -> int:
+    """Events in the buckets of a ring that fall in the window ending at ``now``."""
+    if not value:
+        return 0
+    newest, counts = _ring(value)
+    current = int(now // width)
+    # position i holds bucket newest - i; it is in the window if current - slots < newest - i <= current
+    lo = max(0, newest - current)
+    hi = min(len(counts), newest - current + slots)
+    return sum(int(c) for c in counts[lo:hi] if c)
 
 
 @dataclass(slots=True)
 class RawProfile:
-    """What one Redis pipeline returns for a customer, before decoding."""
+    """A customer's hash as Redis returns it (``HGETALL``), before decoding."""
 
     hash: dict[str, str] = field(default_factory=dict)
-    cart: dict[str, str] = field(default_factory=dict)
-    windows: dict[str, str] = field(default_factory=dict)
-    affinities: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
-    recent: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def exists(self) -> bool:
@@ -188,53 +267,91 @@ class Profile:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _DecodePlan:
+    #: affinity field code -> feature name
+    affinity_names: dict[str, str]
+    #: affinity feature name -> (landmark field, half-life s)
+    affinities: dict[str, tuple[str, float]]
+    #: (feature name, recent prefix)
+    recents: tuple[tuple[str, str], ...]
+    #: (feature name, window, field, width, slots)
+    windows: tuple[tuple[str, str, str, int, int], ...]
+    session_timeout_s: float
+
+
+_DECODE_PLANS: dict[int, tuple[EngineConfig, _DecodePlan]] = {}
+
+
+def _decode_plan(config: EngineConfig) -> _DecodePlan:
+    hit = _DECODE_PLANS.get(id(config))
+    if hit is not None and hit[0] is config:
+        return hit[1]
+    fl = profile_fields(config)
+    plan = _DecodePlan(
+        dict(fl.affinity_by_code),
+        {f.name: (fl.landmark[f.name], f.half_life_hours * 3600.0) for f in config.affinities},
+        tuple((r.name, fl.recent[r.name]) for r in config.recents),
+        tuple((wf.name, w, fl.window[wf.name, w], *WINDOWS[w]) for wf in config.windows for w in wf.windows),
+        config.profile.session_timeout_minutes * 60.0,
+    )
+    _DECODE_PLANS[id(config)] = (config, plan)
+    return plan
+
+
 def decode(customer_id: str, raw: RawProfile, config: EngineConfig, now: float) -> Profile:
     """Decode a raw profile into features as of ``now``."""
+    plan = _decode_plan(config)
     h = raw.hash
-    counts = {k[2:]: int(float(v)) for k, v in h.items() if k.startswith("c:")}
+    counts: dict[str, int] = {}
     affinities: dict[str, dict[str, float]] = {}
-    for f in config.affinities:
-        pairs = raw.affinities.get(f.name) or []
-        if not pairs:
-            affinities[f.name] = {}
-            continue
-        landmark = float(h.get(f"L:{f.name}", now))
-        factor = 2.0 ** ((landmark - now) / (f.half_life_hours * 3600.0))
-        affinities[f.name] = {m: s * factor for m, s in pairs}
-    # one pass over the stored slots (not one lookup per possible slot): this runs on every decision
-    totals: dict[str, int] = {}
-    for fld, val in raw.windows.items():
-        prefix = fld.rpartition(":")[0]
-        w = prefix.rpartition(":")[2]
-        spec = WINDOWS.get(w)
-        if spec is None:
-            continue
-        bucket, _, count = val.partition(":")
-        current = int(now // spec[0])
-        if current - spec[1] < int(bucket) <= current:
-            totals[prefix] = totals.get(prefix, 0) + int(count)
-    windows = {wf.name: {w: totals.get(f"{wf.name}:{w}", 0) for w in wf.windows} for wf in config.windows}
-    sess_start = _float(h.get("sess_start"))
-    sess_last = _float(h.get("sess_last"))
+    # per affinity code: (its decoded scores, the factor that decays a stored score to now)
+    by_code: dict[str, tuple[dict[str, float], float]] = {}
+    for code, name in plan.affinity_names.items():
+        lfield, hl = plan.affinities[name]
+        landmark = h.get(lfield)
+        affinities[name] = d = {}
+        by_code[code] = (d, 2.0 ** ((float(landmark) - now) / hl) if landmark is not None else 1.0)
+    cart: dict[str, int] = {}
+    consent: dict[str, bool] = {}
+    # one pass over the fields, dispatching on the first character (see engine.layout)
+    for k, v in h.items():
+        c = k[0]
+        if c == "a":
+            code, _, member = k[1:].partition(":")
+            hit = by_code.get(code)
+            if hit is not None:  # else a feature no longer declared
+                hit[0][member] = float(v) * hit[1]
+        elif c == "c":
+            code = k[1:]
+            counts[_COUNT_NAMES.get(code) or code[1:]] = int(v)
+        elif c == "C":
+            cart[k[2:]] = int(v)
+        elif c == "k":
+            code = k[1:]
+            consent[_CONSENT_NAMES.get(code) or code[1:]] = v == "1"
+    windows: dict[str, dict[str, int]] = {}
+    for name, w, fld, width, slots in plan.windows:
+        windows.setdefault(name, {})[w] = window_total(h.get(fld), width, slots, now)
+    sess_start = _ms(h.get("ss"))
+    sess_last = _ms(h.get("sl"))
     session = {
-        "id": h.get("sess_id"),
-        "pages": int(h.get("sess_pages", 0)),
+        "id": h.get("si"),
+        "pages": int(h.get("sp", 0)),
         "start": sess_start,
         "length_s": (sess_last - sess_start) if sess_start is not None and sess_last is not None else 0.0,
-        "active": sess_last is not None and now - sess_last <= config.profile.session_timeout_minutes * 60,
+        "active": sess_last is not None and now - sess_last <= plan.session_timeout_s,
     }
-    consent = {k[8:]: v == "1" for k, v in h.items() if k.startswith("consent_")}
     return Profile(
-        customer_id=customer_id, exists=raw.exists, counts=counts,
-        first_seen=_float(h.get("first_seen")), last_seen=_float(h.get("last_seen")),
-        session=session, affinities=affinities, recent=dict(raw.recent),
-        cart={k: int(v) for k, v in raw.cart.items()}, monetary=float(h.get("monetary", 0.0)),
-        windows=windows, consent=consent,
+        customer_id=customer_id, exists=bool(h), counts=counts,
+        first_seen=_ms(h.get("fs")), last_seen=_ms(h.get("ls")),
+        session=session, affinities=affinities, recent={name: _recent(h, p) for name, p in plan.recents},
+        cart=cart, monetary=float(h.get("m", 0.0)), windows=windows, consent=consent,
     )
 
 
-def _float(v: str | None) -> float | None:
-    return float(v) if v is not None else None
+def _ms(v: str | None) -> float | None:
+    return int(v) / 1000.0 if v is not None else None
 
 
 def context_features(profile: Profile, now: float) -> dict[str, float]:

@@ -1,39 +1,77 @@
-"""The Redis layout, in one place. Everything that names a Redis key goes through here.
+"""The Redis layout, in one place. Everything that names a Redis key or a profile field goes through here.
 
-Per customer (all keys share the hash tag ``{cid}`` so one customer lives in one Redis Cluster slot and
-one Lua script can update them atomically):
+A customer's profile is ONE hash, ``p:{cid}`` (the hash tag ``{cid}`` keeps it in one Redis Cluster slot).
+One key means one ``EXPIRE`` per applied batch and one ``HGETALL`` to read a profile. In a typical profile
+every field and value stays within Redis's default ``hash-max-listpack-value`` (64 bytes), so the hash keeps
+the compact listpack encoding: 1.8 KB for 50 events (``bench/memory.py``). A longer value (a very busy 24h
+window, a value id over 62 characters) only costs memory: Redis converts the hash to a hashtable.
+
+``<f>`` below is a feature's short code (``feature_codes``: 1-2 base-62 characters hashed from its name,
+never from its position, so reordering the configuration never makes one feature read another's fields).
+
+===========================  ==========================================================================
+field                        content
+===========================  ==========================================================================
+``c<e>``                     count of events of type ``<e>`` (``COUNT_CODES``: ``cv`` page views, ``ck``
+                             clicks...; another type is ``c:<type>``)
+``fs`` / ``ls``              first / last seen, integer epoch milliseconds
+``si ss sl sp``              session: id, start ms, last event ms, page views
+``m``                        monetary value of purchases
+``k<c>``                     consent flag ``1`` / ``0`` (``kp`` personalisation, ``ka`` analytics, ``km``
+                             marketing)
+``L<f>``                     forward-decay landmark of an affinity feature, integer epoch seconds
+``a<f>:<value>``             affinity score ``sum w * 2^((t - L)/half_life)``, 7 digits rounded down; at most
+                             ``top_k`` values per feature (a new value beyond it evicts the lowest score);
+                             ``L`` moves forward every 10 half-lives (scores rescaled) to keep them short
+``r<f>:<i>``                 recent values, most recent first, distinct, at most ``size``: joined by
+                             ``\x1f`` and cut into chunks ``i = 0, 1, ...`` of at most 64 bytes
+``C:<item>``                 cart: item -> quantity (removed at 0; all cleared by a purchase)
+``w<f>:<window>``            time-window ring ``<newest bucket>:<n0>,<n1>,...``: counts of the newest bucket
+                             first, then each older one (empty = 0, trailing zeros dropped); bucket =
+                             ``ts // width`` (1h: 12 x 5 min, 24h: 24 x 1 h, 7d: 7 x 1 day); a bucket older
+                             than the ring is dropped
+``d:<i>`` / ``d:n``          event-id de-duplication: ring of the last ``dedup_window`` (64) tokens of
+                             ``DEDUP_TOKEN_CHARS`` characters, 10 per chunk ``i``; ``d:n`` = next slot
+``off:<topic>:<partition>``  highest applied Kafka offset: a replay at or below it is skipped
+===========================  ==========================================================================
+
+Withdrawing consent deletes every field but ``k*``, ``off:*`` and ``d:*`` (so replays and duplicates of
+older events stay ignored). Other keys:
 
 =============================  ======  ==========================================================
 key                            type    content
 =============================  ======  ==========================================================
-``p:{cid}``                    hash    counters ``c:<event>``, ``first_seen``, ``last_seen``,
-                                       session ``sess_id/sess_start/sess_last/sess_pages``,
-                                       ``purchases``, ``monetary``, ``consent_*``, decay landmarks
-                                       ``L:<feature>``, applied offsets ``off:<topic>:<partition>``
-``p:{cid}:dedup``              zset    last N event id tokens (score = event time): de-duplication
-``p:{cid}:cart``               hash    item_id -> quantity
-``p:{cid}:win``                hash    ring buffers ``<feature>:<window>:<slot>`` = ``bucket:count``
-``p:{cid}:aff:<feature>``      zset    forward-decayed affinity: score = sum w * 2^((t - L)/half_life)
-``p:{cid}:recent:<feature>``   list    last N distinct values, most recent first
 ``p:{cid}:aliases``            set     anonymous ids merged into this customer (for erasure)
 ``id:{anon}``                  string  anonymous id -> customer id (identity map)
-``pop:{global}``               hash    landmarks and applied offsets of the popularity owner
-``pop:{global}:aff:<feature>`` zset    forward-decayed global popularity per affinity feature
+``pop:{global}``               hash    landmarks ``L:<feature>`` and applied offsets of the popularity owner
+``pop:{global}:aff:<feature>`` zset    forward-decayed global popularity per affinity feature (top 2000)
 ``model:{<placement>}``        hash    ``version``, ``blob`` (signed snapshot)
 ``stats:{worker}``             hash    worker counters (events received/applied, dead letters)
 =============================  ======  ==========================================================
 
-Every per-customer key gets the profile TTL on each write, so idle profiles expire; every list and
-zset is trimmed to a declared size, so nothing grows without bound.
+Every write sets the profile TTL, so idle profiles expire; every section of a profile is bounded
+(``top_k``, ``size``, ``dedup_window``, the windows' slots; a purchase clears the cart), so nothing grows
+without bound. Fields of a feature removed from the configuration are ignored and go with the TTL.
+Profiles of the previous layout (separate ``:dedup``, ``:cart``, ``:win``, ``:aff:*`` and ``:recent:*`` keys)
+are not read; erasure still deletes those keys (``legacy_keys``).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 
 from engine.config import EngineConfig
 
 GLOBAL_OWNER = "{global}"
+#: Characters per de-duplication token: 6 base64url characters = 36 bits.
+DEDUP_TOKEN_CHARS = 6
+#: Separator of the values in a recent-values chunk (never part of a stored value).
+RECENT_SEP = "\x1f"
+#: Maximum bytes of one chunk field value (Redis's default ``hash-max-listpack-value``).
+CHUNK_BYTES = 64
+#: Key suffixes of the previous layout (one key per section); erasure deletes them too.
+LEGACY_SUFFIXES = (":dedup", ":cart", ":win")
 
 
 def profile_key(customer_id: str) -> str:
@@ -46,6 +84,13 @@ def identity_key(anonymous_id: str) -> str:
 
 def aliases_key(customer_id: str) -> str:
     return f"p:{{{customer_id}}}:aliases"
+
+
+def legacy_keys(customer_id: str, config: EngineConfig) -> list[str]:
+    """The per-section keys of the previous layout (only ever deleted: erasure of old profiles)."""
+    base = profile_key(customer_id)
+    return [base + s for s in LEGACY_SUFFIXES] + [f"{base}:aff:{f.name}" for f in config.affinities] + [
+        f"{base}:recent:{r.name}" for r in config.recents]
 
 
 def popularity_hash() -> str:
@@ -61,37 +106,102 @@ def worker_stats_key() -> str:
 
 
 def dedup_token(event_id: str) -> str:
-    """What the dedup zset stores for an event id: 12 hex chars (48 bits) instead of a 32-36 char id,
-    so a customer's last 64 ids fit Redis's compact listpack encoding (<= 128 entries, small members).
-    A false duplicate needs two of one customer's last 64 ids to collide: about 2e-11."""
-    return hashlib.blake2b(event_id.encode(), digest_size=6).hexdigest()
+    """What the profile remembers of an event id: 6 base64url characters (36 bits of a blake2b hash).
+
+    A distinct event is wrongly taken for a duplicate only if its token equals one of the customer's last
+    ``dedup_window`` (64) tokens: probability 64 / 2^36 = 9.3e-10 per event, about one event in a billion.
+    The (partition, offset) guard does not depend on it: replays are always skipped exactly."""
+    return base64.urlsafe_b64encode(hashlib.blake2b(event_id.encode(), digest_size=6).digest())[
+        :DEDUP_TOKEN_CHARS].decode()
 
 
 def offset_field(topic: str, partition: int) -> str:
     return f"off:{topic}:{partition}"
 
 
-class OwnerKeys:
-    """The ordered key list of one owner as passed to the Lua script (``KEYS``), with the 1-based
-    index of each key, which is how operations address them."""
+#: Count fields ``c<code>`` of the event types of the envelope; another type is counted as ``c:<type>``.
+COUNT_CODES = {"page_view": "v", "click": "k", "search": "s", "add_to_cart": "a", "remove_from_cart": "r",
+               "purchase": "p", "identify": "i", "feedback": "f", "consent": "c"}
+#: Consent fields ``k<code>``; another kind of consent is stored as ``k:<name>``.
+CONSENT_CODES = {"personalisation": "p", "analytics": "a", "marketing": "m"}
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
-    __slots__ = ("keys", "dedup", "cart", "win", "aff", "recent")
+
+def count_field(event_type: str) -> str:
+    code = COUNT_CODES.get(event_type)
+    return "c" + code if code else "c:" + event_type
+
+
+def consent_field(kind: str) -> str:
+    code = CONSENT_CODES.get(kind)
+    return "k" + code if code else "k:" + kind
+
+
+def feature_codes(kind: str, names: list[str]) -> dict[str, str]:
+    """Short stable codes for the declared features of one kind: the first character(s) of a base-62 hash
+    of the name, as many as it takes to tell the names apart. A code depends only on the names (never on
+    their order), so a configuration change can orphan a feature's fields (ignored, and gone with the
+    TTL) but never make one feature read another's."""
+    digests = {}
+    for n in names:
+        x = int.from_bytes(hashlib.blake2b(f"{kind}:{n}".encode(), digest_size=8).digest(), "big")
+        d = []
+        for _ in range(10):
+            x, r = divmod(x, 62)
+            d.append(_B62[r])
+        digests[n] = "".join(d)
+    codes = {}
+    for n, d in digests.items():
+        k = 1
+        while any(o != n and od[:k] == d[:k] for o, od in digests.items()):
+            k += 1
+        codes[n] = d[:k]
+    return codes
+
+
+class ProfileFields:
+    """The field names of the declared features (see the table above), computed once per configuration."""
+
+    __slots__ = ("affinity", "landmark", "recent", "window", "affinity_by_code")
+
+    def __init__(self, config: EngineConfig) -> None:
+        aff = feature_codes("affinity", [f.name for f in config.affinities])
+        rec = feature_codes("recent", [r.name for r in config.recents])
+        win = feature_codes("window", [w.name for w in config.windows])
+        #: affinity feature -> field prefix ``a<code>:`` (the value follows)
+        self.affinity = {name: f"a{code}:" for name, code in aff.items()}
+        self.affinity_by_code = {code: name for name, code in aff.items()}
+        #: affinity feature -> landmark field ``L<code>``
+        self.landmark = {name: f"L{code}" for name, code in aff.items()}
+        #: recent feature -> chunk field prefix ``r<code>:`` (the chunk number follows)
+        self.recent = {name: f"r{code}:" for name, code in rec.items()}
+        #: (window feature, window) -> field ``w<code>:<window>``
+        self.window = {(wf.name, w): f"w{win[wf.name]}:{w}" for wf in config.windows for w in wf.windows}
+
+
+_FIELDS: dict[int, tuple[EngineConfig, ProfileFields]] = {}
+
+
+def profile_fields(config: EngineConfig) -> ProfileFields:
+    hit = _FIELDS.get(id(config))
+    if hit is None or hit[0] is not config:
+        hit = _FIELDS[id(config)] = (config, ProfileFields(config))
+    return hit[1]
+
+
+class OwnerKeys:
+    """The ordered key list of one owner as passed to the Lua script (``KEYS``). A customer is one hash;
+    the popularity owner also has one zset per affinity feature, addressed by its 1-based index."""
+
+    __slots__ = ("keys", "aff")
 
     def __init__(self, base: str, config: EngineConfig, *, per_customer: bool = True) -> None:
         keys = [base]
-        self.dedup = self.cart = self.win = 0
-        if per_customer:
-            keys += [f"{base}:dedup", f"{base}:cart", f"{base}:win"]
-            self.dedup, self.cart, self.win = 2, 3, 4
         self.aff: dict[str, int] = {}
-        for f in config.affinities:
-            keys.append(f"{base}:aff:{f.name}")
-            self.aff[f.name] = len(keys)
-        self.recent: dict[str, int] = {}
-        if per_customer:
-            for r in config.recents:
-                keys.append(f"{base}:recent:{r.name}")
-                self.recent[r.name] = len(keys)
+        if not per_customer:
+            for f in config.affinities:
+                keys.append(f"{base}:aff:{f.name}")
+                self.aff[f.name] = len(keys)
         self.keys = keys
 
     def key(self, index: int) -> str:

@@ -1,7 +1,7 @@
 """Reading and writing profiles in Redis: the only module that issues profile commands.
 
-Writes go through ``lua/apply_ops.lua`` (atomic and idempotent per owner); reads are one pipeline
-(one network round trip) per customer.
+Writes go through ``lua/apply_ops.lua`` (atomic and idempotent per owner); a profile is one hash, so
+reading it is one ``HGETALL``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from engine.layout import (
     customer_keys,
     dedup_token,
     identity_key,
+    legacy_keys,
     offset_field,
     popularity_keys,
+    profile_key,
     worker_stats_key,
 )
 
@@ -68,11 +70,11 @@ class ProfileStore:
             pipe = self.redis.pipeline(transaction=False)
             for b in batches:
                 keys = b.owner_keys.keys
-                ttl = self._ttl if b.dedup else 0
+                per_customer = b.dedup
                 pipe.evalsha(
                     sha, len(keys), *keys,
-                    offset_field(b.topic, b.partition), ttl,
-                    b.owner_keys.dedup if b.dedup else 0, self.config.profile.dedup_window,
+                    offset_field(b.topic, b.partition), self._ttl if per_customer else 0,
+                    self.config.profile.dedup_window if per_customer else 0,
                     orjson.dumps(b.events),
                 )
             try:
@@ -125,16 +127,18 @@ class ProfileStore:
         pipe.sadd(aliases_key(customer_id), anonymous_id)
         pipe.expire(aliases_key(customer_id), self._ttl)
         if anonymous_id != customer_id:
-            pipe.delete(*customer_keys(anonymous_id, self.config).keys)
+            pipe.delete(*customer_keys(anonymous_id, self.config).keys, *legacy_keys(anonymous_id, self.config))
         await pipe.execute()
 
     async def erase(self, customer_id: str) -> int:
         """Right to be forgotten: delete the profile, its aliases and their identity entries."""
         aliases = await self.redis.smembers(aliases_key(customer_id))
-        keys = list(customer_keys(customer_id, self.config).keys) + [aliases_key(customer_id)]
+        keys = [*customer_keys(customer_id, self.config).keys, *legacy_keys(customer_id, self.config),
+                aliases_key(customer_id)]
         for a in aliases:
             keys.append(identity_key(a))
             keys.extend(customer_keys(a, self.config).keys)
+            keys.extend(legacy_keys(a, self.config))
         return int(await self.redis.delete(*keys))
 
     async def incr_worker_counters(self, counters: dict[str, int]) -> None:
@@ -149,37 +153,19 @@ class ProfileStore:
 
     # -- reads --------------------------------------------------------------------------------
     def queue_read(self, pipe: Any, customer_id: str) -> None:
-        """Queue the commands that read one raw profile on a pipeline (see ``parse_read``)."""
-        k = customer_keys(customer_id, self.config)
-        pipe.hgetall(k.keys[0])
-        pipe.hgetall(k.key(k.cart))
-        pipe.hgetall(k.key(k.win))
-        for f in self.config.affinities:
-            pipe.zrevrange(k.key(k.aff[f.name]), 0, f.top_k - 1, withscores=True)
-        for r in self.config.recents:
-            pipe.lrange(k.key(k.recent[r.name]), 0, r.size - 1)
+        """Queue the command that reads one raw profile on a pipeline (see ``parse_read``)."""
+        pipe.hgetall(profile_key(customer_id))
 
     @property
     def read_width(self) -> int:
         """How many pipeline results ``queue_read`` produces."""
-        return 3 + len(self.config.affinities) + len(self.config.recents)
+        return 1
 
     def parse_read(self, results: Sequence[Any]) -> RawProfile:
-        cfg = self.config
-        raw = RawProfile(hash=results[0], cart=results[1], windows=results[2])
-        i = 3
-        for f in cfg.affinities:
-            raw.affinities[f.name] = results[i]
-            i += 1
-        for r in cfg.recents:
-            raw.recent[r.name] = results[i]
-            i += 1
-        return raw
+        return RawProfile(hash=results[0])
 
     async def read_raw(self, customer_id: str) -> RawProfile:
-        pipe = self.redis.pipeline(transaction=False)
-        self.queue_read(pipe, customer_id)
-        return self.parse_read(await pipe.execute())
+        return RawProfile(hash=await self.redis.hgetall(profile_key(customer_id)))
 
     async def read_popularity(self) -> tuple[dict[str, str], dict[str, list[tuple[str, float]]]]:
         """The popularity owner's landmarks and top values per affinity feature."""
