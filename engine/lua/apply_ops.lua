@@ -117,8 +117,26 @@ local function affinity(prefix, member, w, ts, hl, topk, lfield)
   aff_count[prefix] = n
 end
 
-local function rescale_zset(zkey, lfield, ts, hl)
+-- popularity: increments are summed per (zset, member) over the batch, then applied with one ZINCRBY per
+-- member and the zset trimmed to its top_k once
+local zpending = {}
+local function zflush(ki)
+  local p = zpending[ki]
+  if p == nil then return end
+  local zkey = KEYS[ki]
+  for member, inc in pairs(p.inc) do
+    redis.call('ZINCRBY', zkey, inc, member)
+  end
+  local n = redis.call('ZCARD', zkey)
+  if n > p.top_k then
+    redis.call('ZREMRANGEBYRANK', zkey, 0, n - p.top_k - 1)
+  end
+  zpending[ki] = nil
+end
+
+local function rescale_zset(ki, lfield, ts, hl)
   -- popularity zsets: move the landmark forward before doubles overflow
+  local zkey = KEYS[ki]
   local L = tonumber(H[lfield])
   if L == nil then
     set(lfield, int(floor(ts)))
@@ -126,6 +144,7 @@ local function rescale_zset(zkey, lfield, ts, hl)
   end
   local e = (ts - L) / hl
   if e > 400 then
+    zflush(ki)
     local members = redis.call('ZRANGE', zkey, 0, -1, 'WITHSCORES')
     local nl = floor(ts)
     local f = 2 ^ ((L - nl) / hl)
@@ -367,13 +386,13 @@ for _, ev in ipairs(batch) do
         if H[op[2]] == nil then set(op[2], tostring(op[3])) end
       elseif c == 'z' then
         -- popularity: ["z", key_index, member, weight, ts, half_life_s, top_k, landmark_field]
-        local zkey = KEYS[op[2]]
-        local e = rescale_zset(zkey, op[8], op[5], op[6])
-        redis.call('ZINCRBY', zkey, op[4] * 2 ^ e, op[3])
-        local n = redis.call('ZCARD', zkey)
-        if n > op[7] then
-          redis.call('ZREMRANGEBYRANK', zkey, 0, n - op[7] - 1)
+        local e = rescale_zset(op[2], op[8], op[5], op[6])
+        local p = zpending[op[2]]
+        if p == nil then
+          p = {inc = {}, top_k = op[7]}
+          zpending[op[2]] = p
         end
+        p.inc[op[3]] = (p.inc[op[3]] or 0) + op[4] * 2 ^ e
       elseif c == 'wipe' then
         -- consent withdrawn: drop every behavioural field; keep offsets, consent flags and dedup tokens
         for f, _ in pairs(H) do
@@ -387,6 +406,7 @@ for _, ev in ipairs(batch) do
   if off > max_off then max_off = off end
 end
 
+for ki, _ in pairs(zpending) do zflush(ki) end
 for prefix, r in pairs(recents) do write_recent(prefix, r) end
 if max_off > stored then set(off_field, int(max_off)) end
 
