@@ -70,8 +70,7 @@ class PlacementLearner:
         if example.get("kind") == "interactions":  # a batch of [visitor, item, weight, ts] rows
             if self.covisit is None:
                 return False
-            for visitor, item, weight, ts in example["rows"]:
-                self.covisit.learn_interaction(visitor, item, float(weight), ts)
+            self.covisit.learn_many(example["rows"])  # one pass over the batch (CoVisitation.learn_many)
             self.covisit_state.updates_since_snapshot += len(example["rows"])
             return True
         return self.learn_one(example)

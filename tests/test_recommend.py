@@ -234,6 +234,82 @@ def test_learn_history_matches_learn_one_without_storing_visitors() -> None:
     assert kept.score(history) == stateless.score(history)
 
 
+def _noisy_stream(
+    seed: int, n: int = 4000, n_users: int = 150, n_items: int = 300
+) -> list[tuple[str, str, float, float]]:
+    """Skewed visitors and items, repeated items in histories, some non-positive weights, rising time."""
+    rng = np.random.default_rng(seed)
+    users = (n_users * rng.random(n) ** 2).astype(int)
+    items = np.minimum(rng.pareto(1.0, n).astype(int), n_items)
+    weights = rng.choice([0.5, 1.0, 1.5, 2.0, 0.0, -1.0], size=n, p=[0.4, 0.2, 0.15, 0.15, 0.05, 0.05])
+    ts = np.cumsum(rng.random(n) * 5.0)
+    return [(f"u{u}", f"i{i}", float(w), float(t)) for u, i, w, t in zip(users, items, weights, ts, strict=True)]
+
+
+def _assert_same_model(a: CoVisitation, b: CoVisitation) -> None:
+    size = a.state_size()["rows"]
+    assert b.state_size()["rows"] == size
+    np.testing.assert_array_equal(a._nbr[:size], b._nbr[:size])  # same slots: same prunings
+    np.testing.assert_array_equal(a._w[:size], b._w[:size])  # bit for bit
+    np.testing.assert_array_equal(a._pop[:size], b._pop[:size])
+    assert (a.n_prunes, a.n_evicted_items) == (b.n_prunes, b.n_evicted_items)
+    assert a.items == b.items
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"top_k": 6, "history_size": 10}, {"top_k": 3, "prune_to": 0.34}, {"top_k": 12, "half_life": 2.0}, {}],
+)
+def test_learn_many_is_learning_one_by_one(params: dict) -> None:
+    """learn_many (grouped per batch) against the one-interaction path (learn_history with the same
+    histories): identical arrays under heavy pruning, repeated history items, decay rescales."""
+    stream = _noisy_stream(seed=len(params))
+    batched, reference = CoVisitation(**params), CoVisitation(**params)
+    rng = np.random.default_rng(1)
+    start = 0
+    while start < len(stream):
+        size = int(rng.choice([1, 5, 60, 400]))
+        batched.learn_many(stream[start : start + size])
+        start += size
+        if rng.random() < 0.1:  # a snapshot and a restore in between change nothing
+            batched = pickle.loads(pickle.dumps(batched))
+    hist: dict[str, list[tuple[str, float]]] = {}
+    for user, item, weight, ts in stream:
+        recent = hist.setdefault(user, [])[-reference.history_size :]
+        reference.learn_history([i for i, _ in recent], item, weight, ts, [w for _, w in recent])
+        if weight > 0:
+            hist[user].append((item, weight))
+    if params.get("top_k", 200) < 20:
+        assert reference.n_prunes > 100
+    _assert_same_model(batched, reference)
+    assert batched.history("u0") == [(i, w) for i, w in hist["u0"][-batched.history_size :]]
+
+
+def test_learn_many_with_max_items_evicts_as_learn_one() -> None:
+    stream = _noisy_stream(seed=5, n=2000)
+    batched, one = CoVisitation(top_k=6, max_items=40), CoVisitation(top_k=6, max_items=40)
+    batched.learn_many(stream)
+    for row in stream:
+        one.learn_one(*row)
+    assert batched.n_evicted_items > 20
+    _assert_same_model(batched, one)
+
+
+def test_snapshot_state_has_no_learning_cache() -> None:
+    """The pickled state is the model's arrays and histories only (as before learn_many): the per-row
+    lookup dicts are rebuilt after a restore."""
+    model = CoVisitation(top_k=4)
+    model.learn_many(_noisy_stream(seed=2, n=300))
+    state = model.__getstate__()
+    assert not set(CoVisitation._CACHE) & set(state)
+    assert {"_nbr", "_w", "_pop", "_users", "_index", "_decay"} <= set(state)
+    clone = pickle.loads(pickle.dumps(model))
+    more = _noisy_stream(seed=3, n=300)
+    clone.learn_many(more)
+    model.learn_many(more)
+    _assert_same_model(clone, model)
+
+
 def test_scores_recommend_and_snapshot() -> None:
     model = CoVisitation()
     for u, items in enumerate(["ab", "abc", "bc"]):

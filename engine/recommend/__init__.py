@@ -4,7 +4,8 @@
   recent history per visitor ("people who engaged with X engage with Y");
 * :class:`Popularity`: (decayed) popularity, the baseline and the cold-start fallback.
 
-Both follow River's conventions (``learn_one``; scoring returns ``{item: score}``) and add numpy
+Both follow River's conventions (``learn_one``, and ``CoVisitation.learn_many`` for a batch; scoring returns
+``{item: score}``) and add numpy
 ``score_array`` variants for ranking whole catalogues quickly.
 """
 

@@ -32,8 +32,10 @@ pair reached 0.207.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -143,6 +145,7 @@ class CoVisitation:
         self._users: OrderedDict[Hashable, History] = OrderedDict()
         self.n_prunes = 0
         self.n_evicted_items = 0
+        self._reset_cache()
 
     # ------------------------------------------------------------------ introspection
 
@@ -196,17 +199,220 @@ class CoVisitation:
     def learn_one(self, user_id: Hashable, item_id: Hashable, weight: float = 1.0, ts: float | None = None) -> None:
         """Learn that ``user_id`` interacted with ``item_id`` at time ``ts``; ``weight`` is the
         interaction's strength (e.g. 1 for a purchase, 0.5 for a view); ``weight <= 0`` is ignored."""
-        if weight <= 0:
+        self._learn_each(((user_id, item_id, weight, ts),))  # (learn_many's batch set-up costs more for one)
+
+    def learn_many(self, interactions: Iterable[tuple[Hashable, Hashable, float, float | None]]) -> None:
+        """Learn ``(user_id, item_id, weight, ts)`` interactions in order: the same model as
+        :meth:`learn_one` on each in turn (same weights, bit for bit, same prunings), several times
+        cheaper per interaction on a stream's batch.
+
+        Pairs are looked up in per-row Python dicts (item row -> slot, built the first time a row is
+        learned, not pickled) and the weight updates of the whole batch are applied with one
+        ``np.add.at`` in their original order (a row is brought up to date before it is pruned).
+
+        >>> batched, one_by_one = CoVisitation(top_k=4), CoVisitation(top_k=4)
+        >>> stream = [("ann", "a", 1.0, 1.0), ("ann", "b", 0.5, 2.0), ("bob", "a", 1.0, 3.0),
+        ...           ("bob", "b", 2.0, 4.0), ("bob", "c", 1.0, 5.0)]
+        >>> batched.learn_many(stream)
+        >>> for user, item, weight, ts in stream:
+        ...     one_by_one.learn_one(user, item, weight, ts)
+        >>> batched.neighbours("b") == one_by_one.neighbours("b") == [("a", 2.5), ("c", 2.0)]
+        True
+        """
+        if self.max_items is not None:  # an eviction can happen at any item: one interaction at a time
+            self._learn_each(interactions)
             return
-        hist = self._users.get(user_id)
-        if hist is None:
-            hist = self._users[user_id] = deque(maxlen=self.history_size)
-            if self.max_users is not None and len(self._users) > self.max_users:
-                self._users.popitem(last=False)
-        else:
-            self._users.move_to_end(user_id)
-        self._learn(hist, item_id, weight, ts)
-        hist.append((item_id, float(weight)))
+        users, max_users, size = self._users, self.max_users, self.history_size
+        decay, of = self._decay, self._index._of
+        pop_at, pop_add = self._pending[4], self._pending[5]
+        seg: tuple[list[int], list[float], list[int], list[tuple[Hashable, float]]] = ([], [], [], [])
+        js, wgs, lens, flat = seg
+        try:
+            for user_id, item_id, weight, ts in interactions:
+                if weight <= 0:
+                    continue
+                hist = users.get(user_id)
+                if hist is None:
+                    hist = users[user_id] = deque(maxlen=size)
+                    if max_users is not None and len(users) > max_users:
+                        users.popitem(last=False)
+                else:
+                    users.move_to_end(user_id)
+                weight = float(weight)
+                gain = 1.0
+                if decay.half_life is not None:
+                    if decay.needs_rescale(ts):
+                        seg, (js, wgs, lens, flat) = ([], [], [], []), seg
+                        self._learn_pairs(js, wgs, lens, flat)
+                        js, wgs, lens, flat = seg
+                        self._flush()
+                        factor = decay.move_landmark()
+                        self._pop *= factor
+                        self._w *= factor
+                    gain = decay.gain(ts)
+                j = of.get(item_id)
+                if j is None:
+                    j = self._add_item(item_id)
+                wg = weight * gain
+                pop_at.append(j)
+                pop_add.append(wg)
+                js.append(j)
+                wgs.append(wg)
+                lens.append(len(hist))
+                flat.extend(hist)
+                hist.append((item_id, weight))
+        finally:
+            seg, (js, wgs, lens, flat) = ([], [], [], []), seg
+            self._learn_pairs(js, wgs, lens, flat)
+            self._flush()
+
+    def _learn_each(self, interactions: Iterable[tuple[Hashable, Hashable, float, float | None]]) -> None:
+        users, max_users, size = self._users, self.max_users, self.history_size
+        try:
+            for user_id, item_id, weight, ts in interactions:
+                if weight <= 0:
+                    continue
+                hist = users.get(user_id)
+                if hist is None:
+                    hist = users[user_id] = deque(maxlen=size)
+                    if max_users is not None and len(users) > max_users:
+                        users.popitem(last=False)
+                else:
+                    users.move_to_end(user_id)
+                weight = float(weight)
+                self._learn(hist, item_id, weight, ts)
+                hist.append((item_id, weight))
+        finally:
+            self._flush()
+
+    def _learn_pairs(
+        self, js: list[int], wgs: list[float], lens: list[int], flat: list[tuple[Hashable, float]]
+    ) -> None:
+        """The pair updates of a run of interactions (item rows ``js``, weights x gains ``wgs``), each
+        with the ``lens[t]`` history entries that ``flat`` holds for it; no item is evicted meanwhile.
+
+        The same updates as :meth:`_learn` one interaction at a time: per interaction its distinct
+        history rows (in history order, or ascending if one repeats: as ``np.unique``) with summed
+        additions, neighbour ``j`` added to each of their rows, then them to row ``j``. Grouping and
+        summing are vectorised; pairs that exist are looked up in one pass, and only new pairs (slots,
+        prunings) are handled one at a time, in order."""
+        if not flat:
+            return
+        of = self._index._of
+        rows = np.array([of.get(h, -1) for h, _ in flat], dtype=np.int64)  # -1: evicted
+        ws = np.array([wh for _, wh in flat], dtype=np.float64)
+        m = len(js)
+        inter = np.repeat(np.arange(m), lens)
+        ja = np.array(js, dtype=np.int64)
+        valid = (rows >= 0) & (rows != ja[inter]) & (ws > 0)
+        if not valid.all():
+            rows, ws, inter = rows[valid], ws[valid], inter[valid]
+            if not rows.size:
+                return
+        adds = ws * np.array(wgs, dtype=np.float64)[inter]
+        size = self._index.size
+        uniq, first, inv = np.unique(inter * size + rows, return_index=True, return_inverse=True)
+        sums = np.bincount(inv.ravel(), weights=adds, minlength=uniq.size)
+        g_inter, g_row = np.divmod(uniq, size)
+        dup = np.bincount(inter, minlength=m) > np.bincount(g_inter, minlength=m)
+        order = np.lexsort((np.where(dup[g_inter], g_row, first), g_inter))
+        g_inter, g_row, sums = g_inter[order], g_row[order], sums[order]
+        g_j = ja[g_inter]
+        # cells in order: per interaction, j in each history row (A), then the history rows in row j (B)
+        order = np.argsort(np.concatenate([2 * g_inter, 2 * g_inter + 1]), kind="stable")
+        c_key = np.concatenate([2 * g_inter, 2 * g_inter + 1])[order]
+        c_row = np.concatenate([g_row, g_j])[order]
+        c_nbr = np.concatenate([g_j, g_row])[order]
+        c_add = np.concatenate([sums, sums])[order]
+        slot_of, k = self._slot_of, self.top_k
+        for r in np.unique(c_row).tolist():
+            if slot_of[r] is None:
+                self._row(r)
+        rl, nl = c_row.tolist(), c_nbr.tolist()
+        S: list[int | None] = [slot_of[r].get(n) for r, n in zip(rl, nl, strict=True)]  # type: ignore[union-attr]
+        if None not in S:
+            np.add.at(self._w.reshape(-1), c_row * k + np.array(S, dtype=np.int64), c_add)
+            return
+        keys = 2 * np.arange(m) + 1  # where each interaction's block of row-j cells starts and ends
+        lo, hi = np.searchsorted(c_key, keys, side="left"), np.searchsorted(c_key, keys, side="right")
+        self._new_pairs(S, rl, nl, c_row, c_key.tolist(), c_add, lo.tolist(), hi.tolist())
+
+    def _new_pairs(
+        self, S: list[int | None], rl: list[int], nl: list[int], c_row: np.ndarray, c_key: list[int],
+        c_add: np.ndarray, block_lo: list[int], block_hi: list[int],
+    ) -> None:
+        """Finish :meth:`_learn_pairs` when some cells are new pairs: ``S[p]`` is cell ``p``'s slot
+        (``None``: not in its row yet, ``-1``: nothing left to add). Weights are added in cell order, up
+        to a cell whose row must be pruned first."""
+        slot_of, k, w = self._slot_of, self.top_k, self._w.reshape(-1)
+        nbr_at, nbr_val = self._pending[2], self._pending[3]
+        heap = [p for p, s in enumerate(S) if s is None]
+        applied = 0
+
+        def apply_upto(end: int) -> None:
+            nonlocal applied
+            if end > applied:
+                sl = np.array(S[applied:end], dtype=np.int64)
+                use = sl >= 0
+                np.add.at(w, (c_row[applied:end] * k + sl)[use], c_add[applied:end][use])
+                applied = end
+
+        def prune(r: int, after: int) -> None:
+            self._prune(r)  # flushes the pending slot writes
+            d = slot_of[r]
+            for q in (np.flatnonzero(c_row[after:] == r) + after).tolist():
+                if S[q] is not None and S[q] >= 0 and nl[q] not in d:  # type: ignore[operator,operator]
+                    S[q] = None
+                    heapq.heappush(heap, q)
+
+        while heap:
+            p = heapq.heappop(heap)
+            if S[p] is not None:
+                continue
+            r, key = rl[p], c_key[p]
+            d = slot_of[r]
+            assert d is not None
+            if not key & 1:  # j into a history item's row
+                s = d.get(nl[p])
+                if s is None:
+                    if self._fill[r] >= k and not self._holes[r]:
+                        apply_upto(p)
+                        prune(r, p + 1)
+                    s = d[nl[p]] = self._take_slot(r)
+                    nbr_at.append(r * k + s)
+                    nbr_val.append(nl[p])
+                S[p] = s
+                continue
+            # the history items of one interaction into row j, together (as _learn)
+            lo, hi = block_lo[key >> 1], block_hi[key >> 1]
+            new = []
+            for q in range(lo, hi):
+                if S[q] is None:
+                    s = d.get(nl[q])
+                    if s is None:
+                        new.append(q)
+                    else:
+                        S[q] = s
+            if self._free_slots(r) < len(new):
+                apply_upto(lo)
+                hits = [q for q in range(lo, hi) if S[q] is not None]
+                if hits:
+                    np.add.at(w, [r * k + S[q] for q in hits], c_add[hits])  # type: ignore[operator]
+                    for q in hits:
+                        S[q] = -1
+                prune(r, hi)
+                free = self._free_slots(r)
+                if free < len(new):  # more newcomers than a pruned row has room for: heaviest first
+                    new = sorted(new, key=lambda q: -c_add[q])
+                    for q in new[free:]:
+                        S[q] = -1
+                    new = new[:free]
+            for q in new:
+                s = d[nl[q]] = self._take_slot(r)
+                nbr_at.append(r * k + s)
+                nbr_val.append(nl[q])
+                S[q] = s
+        apply_upto(len(S))
 
     def learn_history(
         self,
@@ -231,7 +437,74 @@ class CoVisitation:
             pairs: Sequence[tuple[Hashable, float]] = [(h, 1.0) for h in history]
         else:
             pairs = list(zip(history, history_weights, strict=True))
-        self._learn(pairs, item_id, weight, ts)
+        try:
+            self._learn(pairs, item_id, float(weight), ts)
+        finally:
+            self._flush()
+
+    # Learning state that is derived from the arrays (rebuilt after a restore, never pickled):
+    # _slot_of[r]: {neighbour row: slot} of row r (None until row r is first learned), with its free
+    # slots: every slot >= _fill[r], and _holes[r] below it (descending, so pop() gives the lowest);
+    # _pending: array writes not applied yet (flat indices into _w/_nbr, rows of _pop), in order.
+    _CACHE = ("_slot_of", "_fill", "_holes", "_pending")
+
+    def _reset_cache(self) -> None:
+        self._slot_of: list[dict[int, int] | None] = [None] * self._index.size
+        self._fill: list[int] = [0] * self._index.size
+        self._holes: list[list[int]] = [[] for _ in range(self._index.size)]
+        self._pending: tuple[list[int], list[float], list[int], list[int], list[int], list[float]] = (
+            [], [], [], [], [], [])
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._flush()
+        state = self.__dict__.copy()
+        for name in self._CACHE:
+            state.pop(name, None)
+        return state  # the attributes of snapshots taken before learn_many existed: both load either way
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_cache()
+
+    def _flush(self) -> None:
+        """Apply the pending array writes, in the order they were made (``np.add.at`` is unbuffered, so
+        a weight sums its additions exactly as ``+=`` one at a time would)."""
+        w_at, w_add, nbr_at, nbr_val, pop_at, pop_add = self._pending
+        if nbr_at:
+            self._nbr.reshape(-1)[nbr_at] = nbr_val
+            nbr_at.clear()
+            nbr_val.clear()
+        if w_at:
+            np.add.at(self._w.reshape(-1), w_at, w_add)
+            w_at.clear()
+            w_add.clear()
+        if pop_at:
+            np.add.at(self._pop, pop_at, pop_add)
+            pop_at.clear()
+            pop_add.clear()
+
+    def _row(self, r: int) -> dict[int, int]:
+        """Row ``r``'s neighbour -> slot dict (built from the arrays the first time)."""
+        d = self._slot_of[r]
+        if d is None:
+            nbr = self._nbr[r].tolist()
+            d = self._slot_of[r] = {n: s for s, n in enumerate(nbr) if n >= 0}
+            fill = max(d.values(), default=-1) + 1
+            self._fill[r] = fill
+            self._holes[r] = [s for s in range(fill - 1, -1, -1) if nbr[s] < 0]
+        return d
+
+    def _free_slots(self, r: int) -> int:
+        return self.top_k - self._fill[r] + len(self._holes[r])
+
+    def _take_slot(self, r: int) -> int:
+        """The lowest free slot of row ``r`` (which must have one)."""
+        holes = self._holes[r]
+        if holes:
+            return holes.pop()
+        s = self._fill[r]
+        self._fill[r] = s + 1
+        return s
 
     def _learn(
         self,
@@ -240,40 +513,99 @@ class CoVisitation:
         weight: float,
         ts: float | None,
     ) -> None:
-        if self._decay.needs_rescale(ts):
-            factor = self._decay.move_landmark()
-            self._pop *= factor
-            self._w *= factor
-        gain = self._decay.gain(ts)
+        decay = self._decay
+        if decay.half_life is None:
+            gain = 1.0
+        else:
+            if decay.needs_rescale(ts):
+                self._flush()
+                factor = decay.move_landmark()
+                self._pop *= factor
+                self._w *= factor
+            gain = decay.gain(ts)
         j = self._add_item(item_id)
-        self._pop[j] += weight * gain
-        recent = list(history)[-self.history_size :]
-        rows, ws = [], []
-        for (_, wh), r in zip(recent, self._index.rows(h for h, _ in recent), strict=True):
-            if r is not None and r != j and wh > 0:
-                rows.append(r)
-                ws.append(wh)
+        wg = weight * gain
+        w_at, w_add, nbr_at, nbr_val, pop_at, pop_add = self._pending
+        pop_at.append(j)
+        pop_add.append(wg)
+        recent = list(history)[-self.history_size :] if len(history) > self.history_size else history
+        of = self._index._of
+        rows = [of.get(h) for h, _ in recent]
+        ws = [wh for _, wh in recent]
+        if None in rows or j in rows or min(ws, default=1.0) <= 0:  # unknown (evicted) items, j itself
+            keep = [(r, wh) for r, wh in zip(rows, ws, strict=True) if r is not None and r != j and wh > 0]
+            rows = [r for r, _ in keep]
+            ws = [wh for _, wh in keep]
         if not rows:
             return
-        hs = np.asarray(rows, dtype=np.int64)
-        add = np.asarray(ws, dtype=np.float64) * (weight * gain)
-        if len(set(rows)) < len(rows):
-            hs, inv = np.unique(hs, return_inverse=True)
-            add = np.bincount(inv, weights=add)
-        self._add_to_rows(hs, j, add)
-        self._add_to_row(j, hs, add)
+        adds = [wh * wg for wh in ws]
+        if len(set(rows)) < len(rows):  # a repeated history item: its additions summed first, rows in order
+            acc: dict[int, float] = {}
+            for r, a in zip(rows, adds, strict=True):
+                acc[r] = acc[r] + a if r in acc else a
+            rows = sorted(acc)
+            adds = [acc[r] for r in rows]
+        k = self.top_k
+        slot_of = self._slot_of
+        # neighbour j in each history item's row (list comprehensions: most pairs exist already)
+        dicts = [self._row(r) if (d := slot_of[r]) is None else d for r in rows]
+        slots = [d.get(j) for d in dicts]
+        if None in slots:
+            for n, (r, d, s) in enumerate(zip(rows, dicts, slots, strict=True)):
+                if s is None:
+                    if self._fill[r] >= k and not self._holes[r]:
+                        self._prune(r)
+                    s = slots[n] = d[j] = self._take_slot(r)
+                    nbr_at.append(r * k + s)
+                    nbr_val.append(j)
+        w_at.extend([r * k + s for r, s in zip(rows, slots, strict=True)])
+        w_add.extend(adds)
+        # the history items in row j: known ones first, then newcomers into the lowest free slots
+        d = slot_of[j]
+        if d is None:
+            d = self._row(j)
+        base = j * k
+        slots = list(map(d.get, rows))
+        if None not in slots:
+            w_at.extend([base + s for s in slots])
+            w_add.extend(adds)
+            return
+        new = []
+        for r, a, s in zip(rows, adds, slots, strict=True):
+            if s is None:
+                new.append((r, a))
+            else:
+                w_at.append(base + s)
+                w_add.append(a)
+        if self._free_slots(j) < len(new):
+            self._prune(j)
+            free = self._free_slots(j)
+            if free < len(new):  # more newcomers than a pruned row has room for: heaviest first
+                new = sorted(new, key=lambda p: -p[1])[:free]
+        for r, a in new:
+            s = d[r] = self._take_slot(j)
+            nbr_at.append(base + s)
+            nbr_val.append(r)
+            w_at.append(base + s)
+            w_add.append(a)
 
     def _add_item(self, item_id: Hashable) -> int:
         r = self._index.get(item_id)
         if r is not None:
             return r
         if self.max_items is not None and len(self._index) >= self.max_items:
+            self._flush()
             self._evict_least_popular()
         r = self._index.add(item_id)
         size = self._index.size
-        self._pop = grow(self._pop, size)
-        self._nbr = grow(self._nbr, size, fill=-1)
-        self._w = grow(self._w, size)
+        if size > self._pop.shape[0]:
+            self._pop = grow(self._pop, size)
+            self._nbr = grow(self._nbr, size, fill=-1)
+            self._w = grow(self._w, size)
+        if size > len(self._slot_of):
+            self._slot_of.append(None)
+            self._fill.append(0)
+            self._holes.append([])
         return r
 
     def _evict_least_popular(self) -> None:
@@ -286,55 +618,24 @@ class CoVisitation:
         refs = self._nbr[:size] == r
         self._nbr[:size][refs] = -1
         self._w[:size][refs] = 0.0
+        for row in (r, *np.flatnonzero(refs.any(axis=1)).tolist()):  # rebuilt from the arrays when next learned
+            self._slot_of[row] = None
         self.n_evicted_items += 1
 
-    def _prune(self, rows: np.ndarray) -> None:
-        """Keep the ``prune_to`` fraction of heaviest neighbours of each of ``rows`` (distinct)."""
-        drop = np.argpartition(-self._w[rows], self._keep, axis=1)[:, self._keep :]
-        r = np.repeat(rows, drop.shape[1])
-        self._w[r, drop.ravel()] = 0.0
-        self._nbr[r, drop.ravel()] = -1
-        self.n_prunes += rows.size
-
-    def _add_to_rows(self, hs: np.ndarray, j: int, add: np.ndarray) -> None:
-        """Add neighbour ``j`` with weight ``add[k]`` to each row ``hs[k]`` (rows are distinct)."""
-        match = self._nbr[hs] == j
-        found = match.any(axis=1)
-        f = np.flatnonzero(found)
-        if f.size:
-            self._w[hs[f], match[f].argmax(axis=1)] += add[f]
-        n = np.flatnonzero(~found)
-        if n.size:
-            rows = hs[n]
-            free = self._nbr[rows] < 0
-            full = ~free.any(axis=1)
-            if full.any():
-                self._prune(rows[full])
-                free = self._nbr[rows] < 0
-            slots = free.argmax(axis=1)
-            self._w[rows, slots] = add[n]
-            self._nbr[rows, slots] = j
-
-    def _add_to_row(self, j: int, hs: np.ndarray, add: np.ndarray) -> None:
-        """Add neighbours ``hs`` (distinct) with weights ``add`` to row ``j``."""
-        nbr, w = self._nbr[j], self._w[j]  # views
-        match = hs[:, None] == nbr[None, :]
-        found = match.any(axis=1)
-        f = np.flatnonzero(found)
-        if f.size:
-            w[match[f].argmax(axis=1)] += add[f]
-        n = np.flatnonzero(~found)
-        if not n.size:
-            return
-        free = np.flatnonzero(nbr < 0)
-        if free.size < n.size:
-            self._prune(np.array([j]))
-            free = np.flatnonzero(nbr < 0)
-            if free.size < n.size:  # more newcomers than a pruned row has room for: heaviest first
-                n = n[np.argsort(-add[n], kind="stable")][: free.size]
-        slots = free[: n.size]
-        w[slots] = add[n]
-        nbr[slots] = hs[n]
+    def _prune(self, r: int) -> None:
+        """Keep the ``prune_to`` fraction of the heaviest neighbours of row ``r``."""
+        self._flush()
+        drop = np.argpartition(-self._w[[r]], self._keep, axis=1)[0, self._keep :]
+        d = self._slot_of[r]
+        assert d is not None
+        for n in self._nbr[r, drop].tolist():
+            if n >= 0:
+                del d[n]
+        self._w[r, drop] = 0.0
+        self._nbr[r, drop] = -1
+        self._fill[r] = self.top_k
+        self._holes[r] = np.flatnonzero(self._nbr[r] < 0)[::-1].tolist()
+        self.n_prunes += 1
 
     # ------------------------------------------------------------------ scoring
 

@@ -37,6 +37,18 @@ class CollaborativeSignal:
         self.model.learn_one(visitor, item, weight, ts)
         self.n_updates += 1
 
+    def learn_many(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Learn a batch of ``(visitor, item, weight, ts)`` interactions in order (what the stream sends
+        per batch); the same model as :meth:`learn_interaction` on each, several times cheaper.
+
+        >>> sig = CollaborativeSignal()
+        >>> sig.learn_many([["u1", "boots", 1.0, 0.0], ["u1", "socks", 0.5, 1.0]])
+        >>> sig.n_updates, sig.candidate_scores(["boots"], ["socks"])
+        (2, {'socks': 1.0})
+        """
+        self.model.learn_many(rows)  # type: ignore[arg-type]
+        self.n_updates += len(rows)
+
     def candidate_scores(self, recent_first: Sequence[str], items: Sequence[str]) -> dict[str, float]:
         """Scores of ``items`` for a visitor whose recent items are given most recent first,
         normalised so the best is 1.0; empty when the history says nothing."""
