@@ -55,6 +55,19 @@ class AffinityPopularityScorer:
 
     def __init__(self, weights: ScoringSettings) -> None:
         self.w = weights
+        # popularity prior per action id, for the snapshot it was computed from (snapshots are immutable and
+        # replaced as a whole, about once a second): not recomputed per request
+        self._priors_of: PopularitySnapshot | None = None
+        self._priors: dict[str, float] = {}
+
+    def _prior(self, a: Action, popularity: PopularitySnapshot) -> float:
+        if popularity is not self._priors_of:
+            self._priors_of, self._priors = popularity, {}
+        p = self._priors.get(a.id)
+        if p is None:
+            p = self._priors[a.id] = 1.0 + math.log1p(
+                popularity.get("item", a.item_id) + 0.5 * popularity.get("category", a.category))
+        return p
 
     def score(self, actions: Sequence[Action], affinities: Affinities | None,
               popularity: PopularitySnapshot, collaborative: Mapping[str, float] | None = None) -> list[float]:
@@ -62,8 +75,14 @@ class AffinityPopularityScorer:
         cat = _normalised((affinities or {}).get("category"))
         item = _normalised((affinities or {}).get("item"))
         out: list[float] = []
+        if popularity is not self._priors_of:
+            self._priors_of, self._priors = popularity, {}
+        priors, prior_of = self._priors, self._prior
         for a in actions:
-            prior = 1.0 + math.log1p(popularity.get("item", a.item_id) + 0.5 * popularity.get("category", a.category))
+            prior = priors.get(a.id) or prior_of(a, popularity)
+            if not (cat or item or collaborative):
+                out.append(prior)
+                continue
             personal = 1.0
             if cat or item:
                 personal += self.w.category_weight * cat.get(a.category or "", 0.0)
@@ -71,7 +90,7 @@ class AffinityPopularityScorer:
                 if a.tags and cat:
                     personal += self.w.tag_weight * sum(cat.get(t, 0.0) for t in a.tags) / len(a.tags)
             if collaborative:
-                personal += self.w.covisit_weight * collaborative.get(a.id, 0.0)
+                personal += self.w.covisit_weight * float(collaborative.get(a.id, 0.0))
             out.append(prior * personal)
         return out
 

@@ -112,9 +112,14 @@ def worker_process(stack: Stack, log_dir: Path, name: str = "worker", **env: str
 
 
 def api_process(stack: Stack, log_dir: Path, port: int, **env: str) -> ManagedProcess:
+    # uvloop + httptools (what "auto" picks when installed, stated so a missing one fails loudly), no access
+    # log (a log call with its formatted arguments per request); one numpy/OpenBLAS thread: the policies'
+    # products are small, and idle BLAS threads spin on a core the other processes need
     return ManagedProcess(
         "api", [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1",
-                "--port", str(port), "--log-level", "warning"], stack.env(**env), log_dir)
+                "--port", str(port), "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",
+                "--no-access-log", "--backlog", "4096"],
+        stack.env(**{"OPENBLAS_NUM_THREADS": "1", **env}), log_dir)
 
 
 def wait_http_ready(base_url: str, proc: ManagedProcess, timeout: float = 30.0) -> None:

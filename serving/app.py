@@ -34,4 +34,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+#: What uvicorn serves: ``POST /v1/decide`` is answered in front of FastAPI (no middleware stack, routing,
+#: ``Request``/``Response`` objects per call); everything else, and the lifespan, is the FastAPI app.
+app = decide.DecideFastPath(create_app())

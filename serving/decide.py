@@ -5,6 +5,10 @@
 3. filter the placement's eligible actions, score, rank, cut to ``n``;
 4. answer. If Redis is slow or down the answer is the non-personalised ranking with
    ``"degraded": true`` - never a 5xx.
+
+The request is served by :class:`DecideFastPath` (plain ASGI, before FastAPI's routing), the answer's static
+parts (each action's id, title, category and payload) are encoded once per action, and the decision record
+is buffered for a batched send (:mod:`serving.decision_log`).
 """
 
 from __future__ import annotations
@@ -102,10 +106,6 @@ async def read_profile(svc: Services, req: DecideRequest, now: float) -> Profile
     else:
         raw = store.parse_read(results[: store.read_width])
     return decode(subject, raw, svc.config, now)
-
-
-def _answer(status: int, payload: dict[str, Any]) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
 DECIDE_OPENAPI: dict[str, Any] = {
@@ -219,62 +219,99 @@ def decision_record(decision_id: str, req: DecideRequest, ranking: Ranking, cont
 
 @router.post("/v1/decide", openapi_extra=DECIDE_OPENAPI, summary="Rank actions for a visitor")
 async def decide(request: Request) -> Response:
-    svc: Services = request.app.state.services
+    """The documented route. Requests normally never reach it: :class:`DecideFastPath` answers
+    ``POST /v1/decide`` before FastAPI's routing; both run :func:`decide_bytes`."""
+    status, body = await decide_bytes(request.app.state.services, await request.body())
+    return Response(body, status_code=status, media_type="application/json")
+
+
+async def decide_bytes(svc: Services, body: bytes) -> tuple[int, bytes]:
+    """From request bytes to (HTTP status, answer bytes); never raises for Redis or Kafka trouble."""
+    metrics = svc.metrics
     started = time.perf_counter()
     now = time.time()
     try:
-        req = parse_decide_request(await request.body(), svc.config)
+        req = parse_decide_request(body, svc.config)
     except DecideRequestError as exc:
-        svc.metrics.decisions.inc("rejected")
-        return _answer(400, {"error": str(exc)})
+        metrics.decisions.inc("rejected")
+        return 400, orjson.dumps({"error": str(exc)})
 
     degraded = False
     profile: Profile | None = None
-    remaining = svc.settings.decide_budget_ms / 1000.0 - (time.perf_counter() - started)
-    try:
-        # asyncio.timeout, not wait_for: on 3.11 wait_for creates a task per request (seen in profiles)
-        async with asyncio.timeout(max(remaining, 0.001)):
-            profile = await read_profile(svc, req, now)
-    except Exception as exc:  # timeout, connection refused, anything: fall back, never 5xx
-        degraded = True
-        svc.metrics.errors.inc(f"profile_read:{type(exc).__name__}")
+    if req.customer_id is not None or req.anonymous_id is not None:
+        remaining = svc.settings.decide_budget_ms / 1000.0 - (time.perf_counter() - started)
+        try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for creates a task per request (seen in profiles)
+            async with asyncio.timeout(max(remaining, 0.001)):
+                profile = await read_profile(svc, req, now)
+        except Exception as exc:  # timeout, connection refused, anything: fall back, never 5xx
+            degraded = True
+            metrics.errors.inc(f"profile_read:{type(exc).__name__}")
 
     personalised = profile is not None and profile.exists and profile.personalisation_allowed
     ranking, context = rank(svc, req, profile, personalised, now, _rng)
     decision_id = new_decision_id()
-    payload = {
+    parts = svc.answer_parts
+    actions = b",".join([parts[a.id][0] + orjson.dumps(round(float(s), 6)) + parts[a.id][1]
+                         for a, s in ranking.actions])
+    answer = orjson.dumps({
         "decision_id": decision_id,
         "placement": req.placement,
-        "actions": [
-            {"action_id": a.id, "score": round(s, 6), "title": a.title, "category": a.category,
-             "payload": a.payload}
-            for a, s in ranking.actions
-        ],
+        "actions": orjson.Fragment(b"[" + actions + b"]"),
         "policy": ranking.policy,
         "model_version": ranking.model_version,
         "holdout_arm": ranking.arm,
-        "propensity": ranking.propensity,
+        "propensity": float(ranking.propensity),
         "personalised": personalised,
         "degraded": degraded,
-    }
-    if ranking.actions and (req.customer_id or req.anonymous_id):
+    })
+    visitor = req.customer_id or req.anonymous_id
+    if ranking.actions and visitor:
         candidates = req.candidates if req.candidates is not None else svc.placement_action_ids[req.placement]
         record = decision_record(decision_id, req, ranking, context, candidates, degraded, now)
-        await publish_decision(svc, req.customer_id or req.anonymous_id or "", record)
-    svc.metrics.decisions.inc("degraded" if degraded else "ok")
-    svc.metrics.decide_latency.observe(time.perf_counter() - started)
-    return _answer(200, payload)
+        publish_decision(svc, visitor, record)
+    metrics.decisions.inc("degraded" if degraded else "ok")
+    metrics.decide_latency.observe(time.perf_counter() - started)
+    return 200, answer
 
 
-async def publish_decision(svc: Services, visitor: str, record: dict[str, Any]) -> None:
-    """Enqueue the decision record; delivery is confirmed in the background, never awaited here."""
+def publish_decision(svc: Services, visitor: str, record: dict[str, Any]) -> None:
+    """Buffer the decision record: :class:`serving.decision_log.DecisionLog` sends it with others in one
+    batch per partition within a few ms; delivery is confirmed in the background, never awaited here."""
     try:
-        delivery = await svc.producer.send(svc.settings.decisions_topic, orjson.dumps(record), key=visitor.encode())
+        value = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
     except Exception:
         svc.metrics.errors.inc("decision_log")
         return
-    delivery.add_done_callback(lambda f: f.cancelled() or f.exception() is None
-                               or svc.metrics.errors.inc("decision_log_delivery"))
+    assert svc.decision_log is not None
+    svc.decision_log.publish(visitor.encode(), value)
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class DecideFastPath:
+    """The ASGI app uvicorn serves: ``POST /v1/decide`` is answered here, before FastAPI - no middleware
+    stack (FastAPI's telemetry middleware alone looks up a tracer per request), no routing over every route,
+    no ``Request``, dependency solving or ``Response`` objects per call. Everything else, including the
+    lifespan, goes to the FastAPI ``app`` (whose documented ``/v1/decide`` route runs the same code)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/decide" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        message = await receive()
+        body = message.get("body", b"")
+        while message.get("more_body"):
+            message = await receive()
+            body += message.get("body", b"")
+        status, answer = await decide_bytes(self.app.state.services, body)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
 
 
 _rng = random.Random()

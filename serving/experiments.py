@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from engine.stats import wilson
-from serving.services import Services
+from serving.services import REDIS_CALL_TIMEOUT_S, Services
 from streams.learner import learned_policies
 
 router = APIRouter()
@@ -33,7 +35,8 @@ async def experiment(placement: str, request: Request) -> Response:
         return Response(orjson.dumps({"error": f"unknown placement {placement!r}"}), status_code=404,
                         media_type="application/json")
     learning = svc.config.placements[placement].learning
-    counters = await svc.learning.arm_counters(placement)
+    async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+        counters = await svc.learning.arm_counters(placement)
     body = {
         "placement": placement,
         "policy": learning.policy, "holdout_policy": learning.holdout_policy,

@@ -59,7 +59,7 @@ class ModelRegistry:
             if blob is None:
                 continue
             try:
-                policy, loaded_version = await asyncio.to_thread(load_model, blob, self.key)
+                policy, loaded_version = await asyncio.to_thread(_load_and_prepare, blob, self.key)
             except SnapshotError as exc:
                 self.metrics.errors.inc("model_load")
                 log.warning("model %s v%s rejected, keeping v%s: %s", name, version, current.version, exc)
@@ -67,3 +67,12 @@ class ModelRegistry:
             self.models[name] = LoadedModel(policy, loaded_version)
             swapped += 1
         return swapped
+
+
+def _load_and_prepare(blob: bytes, key: bytes) -> tuple[Policy, int]:
+    """Verify and unpickle a snapshot, and compute its request-independent products (off the event loop)."""
+    policy, version = load_model(blob, key)
+    prepare = getattr(policy, "prepare", None)
+    if prepare is not None:
+        prepare()
+    return policy, version

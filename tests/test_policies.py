@@ -310,3 +310,32 @@ def test_thompson_epsilon_floor_keeps_every_action_loggable() -> None:
         freq = tops.count(aid) / len(tops)
         mean_p = sum(p for t, p in zip(tops, props, strict=True) if t == aid) / max(1, tops.count(aid))
         assert abs(freq - mean_p) < 0.03
+
+
+def test_disjoint_posterior_from_precomputed_products_matches_the_statistics() -> None:
+    """Serving ranks disjoint models with per-model-version products (theta, packed A^-1); they must give the
+    posterior of the stored statistics, and be rebuilt after learning and after unpickling."""
+    import pickle
+
+    policy = LinearThompson(shared_dims=0, context_dims=16)
+    env = random.Random(4)
+    for _ in range(300):
+        ctx, _ = _context(env)
+        policy.learn_one(ctx, ACTIONS[env.randrange(len(ACTIONS))], float(env.random() < 0.3))
+
+    def brute(p: LinearThompson, ctx: dict) -> tuple[np.ndarray, np.ndarray]:
+        x = p._x_hasher.vector(ctx)
+        rows = [p._slots.get(c.action_id, 0) for c in [*ACTIONS, Candidate("unseen")]]
+        return (np.array([x @ p._Ainv[i] @ p._b[i] for i in rows]),
+                np.array([x @ p._Ainv[i] @ x for i in rows]))
+
+    cands = [*ACTIONS, Candidate("unseen")]
+    for p in (policy, pickle.loads(pickle.dumps(policy))):
+        ctx, _ = _context(env)
+        mean, var = p.posterior(ctx, cands)
+        want_mean, want_var = brute(p, ctx)
+        assert np.allclose(mean, want_mean, atol=1e-9) and np.allclose(var, want_var, rtol=1e-4, atol=1e-5)
+    policy.learn_one(ctx, ACTIONS[0], 1.0)  # a new state: the products are recomputed
+    mean, var = policy.posterior(ctx, cands)
+    want_mean, want_var = brute(policy, ctx)
+    assert np.allclose(mean, want_mean, atol=1e-9) and np.allclose(var, want_var, rtol=1e-4, atol=1e-5)

@@ -49,3 +49,111 @@ def test_openapi_documents_the_final_shapes() -> None:
     resp = decide["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
     assert {"decision_id", "actions", "policy", "model_version", "degraded", "holdout_arm", "propensity"} <= set(resp)
     assert {"202", "422", "503"} <= set(spec["paths"]["/v1/events"]["post"]["responses"])
+
+
+# -- decision records in batches, and the fast path in front of FastAPI -----------------------------------
+
+
+class _FakeBatch:
+    def __init__(self, capacity: int) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+        self.capacity = capacity
+
+    def append(self, *, timestamp: object, key: bytes, value: bytes) -> object:
+        if len(self.records) >= self.capacity:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
+class _FakeProducer:
+    """What DecisionLog uses of AIOKafkaProducer: metadata, create_batch, send_batch."""
+
+    def __init__(self, partitions: int, fail_partition: int | None = None, capacity: int = 3) -> None:
+        import types
+
+        self.client = types.SimpleNamespace(cluster=types.SimpleNamespace(
+            partitions_for_topic=lambda topic: set(range(partitions))))
+        self.sent: list[tuple[int, list[tuple[bytes, bytes]]]] = []
+        self.fail_partition, self.capacity = fail_partition, capacity
+
+    def create_batch(self) -> _FakeBatch:
+        return _FakeBatch(self.capacity)
+
+    async def send_batch(self, batch: _FakeBatch, topic: str, *, partition: int) -> object:
+        import asyncio
+
+        self.sent.append((partition, batch.records))
+        delivery = asyncio.get_running_loop().create_future()
+        if partition == self.fail_partition:
+            delivery.set_exception(RuntimeError("broker said no"))
+        else:
+            delivery.set_result(None)
+        return delivery
+
+
+def test_decision_records_go_in_batches_one_record_per_decision_on_the_key_partition() -> None:
+    import asyncio
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from serving.decision_log import DecisionLog
+    from serving.metrics import ServingMetrics
+
+    producer, metrics = _FakeProducer(partitions=4, fail_partition=None), ServingMetrics()
+    records = [(f"visitor-{i % 5}".encode(), f'{{"n":{i}}}'.encode()) for i in range(23)]
+
+    async def run() -> None:
+        log = DecisionLog(producer, "decisions", metrics, flush_interval=0.001)
+        for key, value in records:
+            log.publish(key, value)
+        assert producer.sent == []  # nothing sent from the request path
+        await asyncio.sleep(0.05)
+        await log.close()
+
+    asyncio.run(run())
+    sent = [(p, r) for p, batch in producer.sent for r in batch]
+    assert sorted(r for _, r in sent) == sorted(records)  # every decision once, one record each
+    for partition, (key, _) in sent:  # the producer's own partitioner: a visitor stays on one partition
+        assert partition == DefaultPartitioner()(key, [0, 1, 2, 3], [0, 1, 2, 3])
+    for key in {k for k, _ in records}:  # and in order
+        assert [v for _, (k, v) in sent if k == key] == [v for k, v in records if k == key]
+    assert all(len(batch) <= 3 for _, batch in producer.sent)  # a full batch is shipped, another started
+    assert not metrics.errors.values
+
+
+def test_failed_deliveries_and_a_full_buffer_are_counted() -> None:
+    import asyncio
+
+    from serving.decision_log import DecisionLog
+    from serving.metrics import ServingMetrics
+
+    producer, metrics = _FakeProducer(partitions=1, fail_partition=0, capacity=100), ServingMetrics()
+
+    async def run() -> None:
+        log = DecisionLog(producer, "decisions", metrics, flush_interval=0.001, max_buffered=4)
+        for i in range(6):
+            log.publish(b"v", str(i).encode())
+        await asyncio.sleep(0.05)
+        await log.close()
+
+    asyncio.run(run())
+    assert metrics.errors.values["decision_log_overflow"] == 2
+    assert metrics.errors.values["decision_log_delivery"] == 4
+
+
+def test_the_fast_path_answers_decide_and_passes_everything_else_on() -> None:
+    import asyncio
+
+    from serving.decide import DecideFastPath
+
+    seen: list[str] = []
+
+    async def inner(scope: dict, receive: object, send: object) -> None:
+        seen.append(scope["type"] + " " + scope.get("path", ""))
+
+    app = DecideFastPath(inner)
+    for scope in ({"type": "lifespan"}, {"type": "http", "path": "/v1/decide", "method": "GET"},
+                  {"type": "http", "path": "/metrics", "method": "GET"}):
+        asyncio.run(app(scope, None, None))
+    assert seen == ["lifespan ", "http /v1/decide", "http /metrics"]

@@ -196,10 +196,11 @@ class FeatureHasher:
         """Dense ``(dims,)`` vector: bias + hashed features."""
         out = [0.0] * self.dims
         out[0] = 1.0
-        slot = self.slot
+        cached = self._slot_cache.get
         for k, v in features.items():
             if v:
-                i, sign = slot(k)
+                hit = cached(k)
+                i, sign = hit if hit is not None else self.slot(k)
                 out[i] += sign * (v if -1.0 <= v <= 1.0 else squash(v))
         return np.array(out)
 

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.policies.base import Candidate, Features, Ranked, empty_ranked, order_rest, tie_break_top
+from engine.policies.base import Candidate, Features, Ranked, empty_ranked, tie_break_top
 from engine.policies.features import FeatureHasher
 
 __all__ = ["LinUCB", "LinearThompson"]
@@ -77,6 +77,7 @@ class _LinearBandit:
         self._A0inv = np.eye(k) / ridge
         self._beta = np.zeros(k)
         self._shared_dirty = False
+        self._serving: tuple | None = None  # request-independent products, see _serving_state
 
     # -- storage ---------------------------------------------------------------------------------
     def _grow(self, capacity: int) -> None:
@@ -104,10 +105,41 @@ class _LinearBandit:
     def __getstate__(self) -> dict:
         self._refresh_shared()  # a loaded snapshot never has to invert anything on its first rank
         state = self.__dict__.copy()
+        state.pop("_serving", None)  # derived data, rebuilt on the first rank after loading
+        state.pop("_gen", None)  # each process draws its own random numbers
         used = len(self._slots) + 1  # don't ship the unused capacity in snapshots
         for key in ("_Ainv", "_b", "_B", "_counts"):
             state[key] = state[key][:used].copy()
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._serving = None
+        self._gen = None
+
+    def prepare(self) -> None:
+        """Compute the request-independent products now (serving calls this when a model is loaded),
+        so the first request after a reload does not pay for them."""
+        self._serving_state()
+
+    def _serving_state(self) -> tuple:
+        """Per model state (it changes only with ``learn_one``): ``theta_a = A_a^-1 b_a`` for every
+        stored action, and ``A_a^-1`` packed as its upper triangle with doubled off-diagonal terms, so
+        that ``x' A_a^-1 x`` for all actions is one matrix-vector product with the packed ``x x'``."""
+        key = (self.n_updates, len(self._slots))
+        cached = getattr(self, "_serving", None)
+        if cached is not None and cached[0] == key:
+            return cached
+        used = len(self._slots) + 1
+        d = self.context_dims
+        Ainv = self._Ainv[:used]
+        theta = np.einsum("adk,ak->ad", Ainv, self._b[:used])
+        iu, ju = np.triu_indices(d)
+        weight = np.where(iu == ju, 1.0, 2.0)
+        # float32: the variance only scales the exploration noise; half the memory traffic of the product
+        packed = np.ascontiguousarray(Ainv[:, iu, ju] * weight, dtype=np.float32)
+        self._serving = (key, theta, packed, iu * d + ju)
+        return self._serving
 
     @property
     def n_actions(self) -> int:
@@ -159,6 +191,12 @@ class _LinearBandit:
         """Posterior mean and variance (up to the noise scale) of each candidate's expected reward."""
         x = self._x_hasher.vector(context)
         slots = self._slots
+        if self._z_hasher is None:  # disjoint: two products with precomputed per-model matrices
+            _, theta, packed, tri = self._serving_state()
+            idx = [slots.get(c.action_id, 0) for c in candidates]
+            mean_all = theta @ x
+            var_all = packed @ np.multiply.outer(x, x).ravel()[tri].astype(np.float32)
+            return mean_all[idx], np.maximum(var_all[idx], 0.0).astype(np.float64)
         idx = np.fromiter((slots.get(c.action_id, 0) for c in candidates), np.int64, len(candidates))
         used = len(slots) + 1
         if 2 * len(candidates) >= used:  # most actions: one product over the stored block, no copy
@@ -180,11 +218,15 @@ class _LinearBandit:
     def _answer(
         candidates: Sequence[Candidate], scores: np.ndarray, mean: np.ndarray, top: int, n: int, propensity: float
     ) -> Ranked:
-        order = order_rest(scores.tolist(), top, n)
+        if n <= 1:
+            order = [top][:n]
+        else:  # top first, then the others by decreasing score (stable), as order_rest does
+            rest = np.argsort(-scores, kind="stable").tolist()
+            rest.remove(top)
+            order = [top, *rest[: n - 1]]
         explored = bool(mean[top] < mean.max() - 1e-12)
-        return Ranked(
-            [candidates[i].action_id for i in order], [float(scores[i]) for i in order], propensity, explored
-        )
+        picked = scores[order].tolist()
+        return Ranked([candidates[i].action_id for i in order], picked, propensity, explored)
 
 
 class LinUCB(_LinearBandit):
@@ -257,26 +299,33 @@ class LinearThompson(_LinearBandit):
         # a uniform floor: every candidate keeps probability >= epsilon / K of being shown first, so
         # off-policy estimates from these logs stay sound even after the posterior has converged
         self.epsilon = epsilon
+        self._gen: np.random.Generator | None = None
 
     def rank(self, context: Features, candidates: Sequence[Candidate], n: int, rng: random.Random) -> Ranked:
         if not candidates or n <= 0:
             return empty_ranked()
         mean, var = self.posterior(context, candidates)
         sd = self.v * np.sqrt(var)
-        gen = np.random.default_rng(rng.getrandbits(64))
+        gen = self._gen
+        if gen is None:  # one generator per policy object, seeded from the caller's rng on first use
+            gen = self._gen = np.random.default_rng(rng.getrandbits(64))
         K = len(candidates)
-        draws = mean + sd * gen.standard_normal((self.propensity_samples + 1, K))
+        draws = gen.standard_normal((self.propensity_samples + 1, K))
+        draws *= sd
+        draws += mean
         scores = draws[0]
-        top, n_tied = tie_break_top(scores.tolist(), rng)
+        tied = np.flatnonzero(scores >= scores.max() - 1e-12)  # as tie_break_top, without a Python loop
+        n_tied = len(tied)
+        top = int(tied[0]) if n_tied == 1 else int(tied[rng.randrange(n_tied)])
         eps = getattr(self, "epsilon", 0.0)  # snapshots pickled before the parameter existed
         if eps > 0.0 and K > 1:
             if rng.random() < eps:
                 top = rng.randrange(K)
-            p_ts = np.count_nonzero(np.argmax(draws, axis=1) == top) / (1 + self.propensity_samples)
+            p_ts = int(np.count_nonzero(draws.argmax(axis=1) == top)) / (1 + self.propensity_samples)
             return self._answer(candidates, scores, mean, top, min(n, K), (1.0 - eps) * p_ts + eps / K)
         if n_tied > 1 or K == 1:  # degenerate (zero variance): deterministic with ties
             propensity = 1.0 / n_tied
         else:
-            wins = int(np.count_nonzero(np.argmax(draws[1:], axis=1) == top))
+            wins = int(np.count_nonzero(draws[1:].argmax(axis=1) == top))
             propensity = (1 + wins) / (1 + self.propensity_samples)
         return self._answer(candidates, scores, mean, top, min(n, K), propensity)

@@ -1,0 +1,127 @@
+"""In-process microbenchmark of ``POST /v1/decide``: the real app (ASGI, no HTTP server) on real local Kafka and
+Redis, driven with the latency benchmark's request mix; prints the process CPU per decision.
+
+``python -m bench.decide_micro [--requests 4000] [--concurrency 16] [--profile out.txt]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import time
+from typing import Any
+
+
+async def drive(app: Any, bodies: list[bytes], n: int, concurrency: int) -> tuple[float, float, dict[int, int]]:
+    statuses: dict[int, int] = {}
+    it = iter(range(n))
+
+    async def one(body: bytes) -> None:
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await asyncio.sleep(3600)
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses[message["status"]] = statuses.get(message["status"], 0) + 1
+
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/decide", "raw_path": b"/v1/decide",
+                 "root_path": "", "query_string": b"", "server": ("127.0.0.1", 8000),
+                 "client": ("127.0.0.1", 5555), "state": {},
+                 "headers": [(b"host", b"x"), (b"content-type", b"application/json"),
+                             (b"content-length", str(len(body)).encode())]}
+        await app(scope, receive, send)
+
+    async def worker() -> None:
+        for i in it:
+            await one(bodies[i % len(bodies)])
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.process_time() - cpu0, time.perf_counter() - wall0, statuses
+
+
+async def main_async(args: argparse.Namespace, stack: Any) -> None:
+    from bench.common import EventFactory, bench_config, populate_profiles
+    from bench.latency import make_bodies
+
+    f = EventFactory(11)
+    now_ms = int(time.time() * 1000)
+    rng = random.Random(5)
+    customers = [f"c-lat-{i}" for i in range(300)]
+    anons = [f"a-lat-{i}" for i in range(100)]
+    histories = [f.history(v, rng.randint(10, 60), customer=True, end_ms=now_ms) for v in customers]
+    histories += [f.history(v, rng.randint(10, 60), customer=False, end_ms=now_ms) for v in anons]
+    await populate_profiles(stack.redis_url, histories)
+    bodies, _ = make_bodies(customers, anons, 4000)
+    os.environ.update(stack.env(ENGINE_CONFIG=str(bench_config())))
+    from serving.app import create_app
+    from serving.decide import DecideFastPath
+
+    if args.cached_profiles:  # what the rest of the decision costs: each profile read from Redis once
+        import serving.decide as decide_mod
+
+        real, cache = decide_mod.read_profile, {}
+
+        async def cached(svc: Any, req: Any, now: float) -> Any:
+            key = req.customer_id or req.anonymous_id
+            if key not in cache:
+                cache[key] = await real(svc, req, now)
+            return cache[key]
+
+        decide_mod.read_profile = cached
+    fastapi_app = create_app()
+    app = DecideFastPath(fastapi_app)
+    async with fastapi_app.router.lifespan_context(fastapi_app):
+        await drive(app, bodies, 1000, args.concurrency)  # warm-up
+        for _ in range(args.rounds):
+            prof = None
+            if args.profile:
+                import cProfile
+                prof = cProfile.Profile()
+                prof.enable()
+            cpu, wall, st = await drive(app, bodies, args.requests, args.concurrency)
+            if prof is not None:
+                prof.disable()
+                prof.dump_stats(args.profile)
+            print(f"{args.requests} decides: {1000 * cpu / args.requests:.3f} ms CPU each, "
+                  f"{args.requests / wall:,.0f}/s wall, statuses {st}", flush=True)
+        await asyncio.sleep(0.2)
+        metrics = fastapi_app.state.services.metrics
+        print("metrics errors:", dict(metrics.errors.values), "decisions:", dict(metrics.decisions.values))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile", default="")
+    ap.add_argument("--cached-profiles", action="store_true", help="read each profile once, then from memory")
+    args = ap.parse_args()
+    import uvloop
+
+    from infra import local
+    from infra.processes import Stack
+
+    kafka, redis = local.start_kafka(), local.start_redis()
+    try:
+        stack = Stack(kafka.bootstrap, redis.url)
+        stack.create_topics()
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main_async(args, stack))
+    finally:
+        kafka.close()
+        redis.close()
+
+
+if __name__ == "__main__":
+    main()
