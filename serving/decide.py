@@ -89,22 +89,25 @@ def eligible_actions(req: DecideRequest, config: EngineConfig, now: float) -> li
 
 
 async def read_profile(svc: Services, req: DecideRequest, now: float) -> Profile | None:
-    """One pipeline for the visitor; a second one only for an anonymous id that was identified."""
+    """A known customer is one HGETALL; an anonymous visitor's read also asks the identity map (one
+    pipeline), and a second read follows only when that anonymous id was identified."""
     store = svc.store
-    subject = req.customer_id or req.anonymous_id
-    if subject is None:
-        return None
-    pipe = svc.redis.pipeline(transaction=False)
-    store.queue_read(pipe, subject)
-    lookup_alias = req.customer_id is None
-    if lookup_alias:
-        pipe.get(identity_key(subject))
-    results = await pipe.execute()
-    if lookup_alias and results[-1]:
-        subject = results[-1]
+    if req.customer_id is not None:
+        subject = req.customer_id
         raw = await store.read_raw(subject)
+    elif req.anonymous_id is not None:
+        subject = req.anonymous_id
+        pipe = svc.redis.pipeline(transaction=False)
+        store.queue_read(pipe, subject)
+        pipe.get(identity_key(subject))
+        results = await pipe.execute()
+        if results[-1]:
+            subject = results[-1]
+            raw = await store.read_raw(subject)
+        else:
+            raw = store.parse_read(results[: store.read_width])
     else:
-        raw = store.parse_read(results[: store.read_width])
+        return None
     return decode(subject, raw, svc.config, now)
 
 
