@@ -16,6 +16,19 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+#: What a worker process runs: ``ingest`` (events and decisions -> profiles, reward join) and ``learn``
+#: (learning examples -> models, snapshots).
+WORKER_ROLES = ("ingest", "learn")
+
+
+def _roles(value: str) -> frozenset[str]:
+    roles = frozenset(r.strip() for r in value.split(",") if r.strip())
+    unknown = roles - set(WORKER_ROLES)
+    if unknown or not roles:
+        raise ValueError(f"WORKER_ROLES={value!r}: expected a comma-separated subset of {', '.join(WORKER_ROLES)}")
+    return roles
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     #: Kafka bootstrap servers, comma separated.
@@ -36,6 +49,8 @@ class Settings:
     #: Faust application id (consumer group) and its local state directory.
     worker_app_id: str = field(default_factory=lambda: _env("WORKER_APP_ID", "pulse-worker"))
     worker_data_dir: str = field(default_factory=lambda: _env("WORKER_DATA_DIR", str(REPO_ROOT / ".cache" / "faust")))
+    #: Roles of this worker process (``python -m streams ingest`` / ``learner`` set them; ``worker`` runs both).
+    worker_roles: frozenset[str] = field(default_factory=lambda: _roles(_env("WORKER_ROLES", "ingest,learn")))
     #: Events taken from the stream per batch, and the longest wait to fill a batch (seconds).
     worker_batch_size: int = field(default_factory=lambda: int(_env("WORKER_BATCH_SIZE", "500")))
     worker_batch_timeout: float = field(default_factory=lambda: float(_env("WORKER_BATCH_TIMEOUT", "0.005")))

@@ -106,8 +106,10 @@ class ManagedProcess:
             return ""
 
 
-def worker_process(stack: Stack, log_dir: Path, name: str = "worker", **env: str) -> ManagedProcess:
-    return ManagedProcess(name, [sys.executable, "-m", "streams", "worker", "-l", "warn"],
+def worker_process(stack: Stack, log_dir: Path, name: str = "worker", command: str = "worker",
+                   **env: str) -> ManagedProcess:
+    """``command``: ``worker`` (every role), ``ingest`` or ``learner`` (see streams/__main__.py)."""
+    return ManagedProcess(name, [sys.executable, "-m", "streams", command, "-l", "warn"],
                           stack.env(**env), log_dir)
 
 

@@ -1,4 +1,6 @@
-"""``python -m streams worker -l info`` starts a worker (like ``faust -A streams.app worker``).
+"""``python -m streams worker -l info`` starts a worker (like ``faust -A streams.app worker``) running every
+role; ``python -m streams ingest ...`` runs only the write side and ``python -m streams learner ...`` only the
+learning (``WORKER_ROLES``; see ``streams/app.py``). The other arguments are Faust's ``worker`` command's.
 
 Faust's CLI turns its web server on regardless of ``web_enabled``; a worker here needs none (metrics
 go through Redis to the API's /metrics), and two workers on one host would fight over port 6066, so
@@ -12,6 +14,12 @@ import os
 import sys
 
 import mode.loop
+
+#: Commands that start a worker with some of its roles (``python -m streams worker`` runs all of them).
+ROLE_COMMANDS = {"ingest": "ingest", "learner": "learn"}
+if __name__ == "__main__" and sys.argv[1:2] and sys.argv[1] in ROLE_COMMANDS:
+    os.environ["WORKER_ROLES"] = ROLE_COMMANDS[sys.argv[1]]  # read by engine.settings when streams.app loads
+    sys.argv[1] = "worker"
 
 if os.environ.get("WORKER_LOOP", "uvloop") == "uvloop":
     try:

@@ -8,8 +8,13 @@
 * ``learn`` (a Faust agent): ``learning`` (keyed by placement) -> River/numpy models -> signed snapshots;
 * a timer settles decisions whose reward window ended (default reward).
 
-Run a worker with ``python -m streams worker -l info`` (or ``faust -A streams.app worker``); scale by
-starting more workers (partitions are shared among them by the consumer group).
+Roles (``settings.worker_roles``): ``python -m streams worker -l info`` runs both in one process (the
+simplest deployment); ``python -m streams ingest`` runs only the write side and ``python -m streams learner``
+only the learning. Splitting them is what we run under load: learning (co-visitation from every
+interaction, snapshot pickling every few seconds) then no longer shares the ingest loop, whose events
+would otherwise wait behind it (measured in docs/performance.md). Scale ingest by starting more
+processes (partitions are shared by the consumer group); the learning topic is keyed by placement, so
+learners scale by placements.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from engine.learning_store import LearningStore
 from engine.profile_store import ProfileStore
 from engine.settings import load_settings
 from streams.collaborative import CollaborativeFeed
-from streams.consumer import BatchLoop, Outbox
+from streams.consumer import BatchLoop, Outbox, Write
 from streams.learner import PlacementLearner
 from streams.pipeline import BatchProcessor, Record
 from streams.rewards import RewardJoiner
@@ -40,9 +45,12 @@ log = logging.getLogger(__name__)
 settings = load_settings()
 config = load_config(settings.engine_config)
 signing_key = settings.model_signing_key.encode()
+INGEST, LEARN = "ingest" in settings.worker_roles, "learn" in settings.worker_roles
 
 app = faust.App(
-    settings.worker_app_id,
+    # the Faust group consumes only ``learning``: an ingest-only process stays out of it, so scaling ingest
+    # does not rebalance the learners
+    settings.worker_app_id if LEARN else f"{settings.worker_app_id}-ingest",
     broker=[f"kafka://{hp}" for hp in settings.kafka_bootstrap.split(",")],
     store="memory://",
     datadir=settings.worker_data_dir,
@@ -138,7 +146,6 @@ def quiet_root_logger() -> None:
         root.setLevel(min(levels) if levels else logging.WARNING)
 
 
-@app.service
 class StreamService(mode.Service):
     """Runs the batch loop over ``events`` and ``decisions`` for the lifetime of the worker."""
 
@@ -147,13 +154,13 @@ class StreamService(mode.Service):
     async def on_start(self) -> None:
         c = await components().ready()
 
-        async def events(records: Sequence[Record]) -> None:
+        async def events(records: Sequence[Record]) -> Write:
             prepared = await c.processor.prepare(records)  # no Redis: parsed and dead-lettered once
-            await retry_forever("ingest", lambda: c.processor.apply(prepared))
+            return lambda: retry_forever("ingest", lambda: c.processor.apply(prepared))
 
-        async def decisions(records: Sequence[Record]) -> None:
+        async def decisions(records: Sequence[Record]) -> Write:
             logged = await c.joiner.prepare_decisions(records)
-            await retry_forever("decisions", lambda: c.joiner.apply_decisions(logged, time.time()))
+            return lambda: retry_forever("decisions", lambda: c.joiner.apply_decisions(logged, time.time()))
 
         handlers = {settings.events_topic: events, settings.decisions_topic: decisions}
         self.loop_ = BatchLoop(stream_consumer, [settings.events_topic, settings.decisions_topic], handlers, c.outbox,
@@ -172,7 +179,6 @@ class StreamService(mode.Service):
             await self.loop_.stop()
 
 
-@app.agent(learning_topic)
 async def learn(stream: faust.StreamT) -> None:
     c = await components().ready()
     if not c.restored:
@@ -188,10 +194,21 @@ async def learn(stream: faust.StreamT) -> None:
             await retry_forever("snapshot", lambda p=placement: c.learner.snapshot(c.learning_store, signing_key, p))
 
 
-@app.timer(interval=1.0)
 async def settle_expired_rewards() -> None:
     c = await components().ready()
     await retry_forever("reward expiry", lambda: c.joiner.expire(time.time()))
-    # time-based snapshots also happen when no new example arrives
+
+
+async def publish_due_snapshots() -> None:
+    """Time-based snapshots also happen when no new example arrives."""
+    c = await components().ready()
     for placement in c.learner.due_snapshots():
         await retry_forever("snapshot", lambda p=placement: c.learner.snapshot(c.learning_store, signing_key, p))
+
+
+if INGEST:
+    app.service(StreamService)
+    app.timer(interval=1.0)(settle_expired_rewards)
+if LEARN:
+    app.agent(learning_topic, name="streams.app.learn")(learn)
+    app.timer(interval=1.0)(publish_due_snapshots)

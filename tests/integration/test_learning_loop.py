@@ -20,21 +20,31 @@ pytestmark = pytest.mark.integration
 CONFIG = str(Path(__file__).parent / "config" / "learning.toml")
 
 
-@pytest.fixture(scope="module")
-def loop_stack(kafka: local.KafkaService, redis_server: local.RedisService, log_dir: Path) -> Iterator[tuple]:
-    stack = Stack(kafka.bootstrap, redis_server.url)
+@pytest.fixture(scope="module", params=["one process", "ingest + learner"])
+def loop_stack(request: pytest.FixtureRequest, kafka: local.KafkaService, redis_server: local.RedisService,
+               log_dir: Path) -> Iterator[tuple]:
+    """The whole loop with one worker process running every role, then with the roles split into an
+    ``ingest`` process and a ``learner`` process (how it runs under load)."""
+    # a Redis database per variant: the second must not start from the first one's models
+    db = 0 if request.param == "one process" else 11
+    stack = Stack(kafka.bootstrap, f"{redis_server.url.rsplit('/', 1)[0]}/{db}")
     stack.create_topics()
     env = {"ENGINE_CONFIG": CONFIG}
-    worker = worker_process(stack, log_dir, name=f"learn-worker-{stack.tag}", **env).start()
+    if request.param == "one process":
+        workers = [worker_process(stack, log_dir, name=f"learn-worker-{stack.tag}", **env).start()]
+    else:
+        workers = [worker_process(stack, log_dir, name=f"ingest-{stack.tag}", command="ingest", **env).start(),
+                   worker_process(stack, log_dir, name=f"learner-{stack.tag}", command="learner", **env).start()]
     port = free_port()
     api = api_process(stack, log_dir, port, **env).start()
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http_ready(base, api)
-        yield stack, base, worker
+        yield stack, base, workers[-1]
     finally:
         api.stop()
-        worker.stop()
+        for w in workers:
+            w.stop()
 
 
 def decide(base: str, placement: str, visitor: str) -> dict:
