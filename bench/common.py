@@ -468,10 +468,11 @@ def start_api(infra: Infra, stack: Any, name: str = "api", app: str = "serving.a
     return proc, base
 
 
-def start_worker(infra: Infra, stack: Any, name: str = "worker", **env: str) -> Any:
+def start_worker(infra: Infra, stack: Any, name: str = "worker", command: str = "worker", **env: str) -> Any:
+    """``command``: ``worker`` (every role), ``ingest`` or ``learner`` (streams/__main__.py)."""
     from infra.processes import worker_process
 
-    return worker_process(stack, infra.log_dir, name=name, **bench_env(**env)).start()
+    return worker_process(stack, infra.log_dir, name=name, command=command, **bench_env(**env)).start()
 
 
 # --------------------------------------------------------------------------------------------------

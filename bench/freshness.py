@@ -320,7 +320,9 @@ def run(infra: Infra, rate: float | None = None, samples: int | None = None,
         rate = max(rate, 100.0)
     samples, discard = (samples or (15 if quick else 300)), (3 if quick else 10)
     stack = infra.stack()
-    worker = start_worker(infra, stack, **(worker_env or {}))
+    # the deployment under load: an ingest process and a learner process (streams/app.py, roles)
+    worker = start_worker(infra, stack, name="ingest", command="ingest", **(worker_env or {}))
+    learner = start_worker(infra, stack, name="learner", command="learner", **(worker_env or {}))
     api, api_url = start_api(infra, stack)
     bg = None
     try:
@@ -335,7 +337,8 @@ def run(infra: Infra, rate: float | None = None, samples: int | None = None,
         bg = start_background(stack.bootstrap, stack.events_topic, rate, 3600)
         time.sleep(1.0 if quick else 3.0)  # let the load settle
         applied0, t0 = asyncio.run(_applied(stack.redis_url)), time.monotonic()
-        cpu = CpuMeter({"worker": worker.proc.pid, "api": api.proc.pid, "redis": infra.redis_pid(),
+        cpu = CpuMeter({"worker": worker.proc.pid, "learner": learner.proc.pid, "api": api.proc.pid,
+                        "redis": infra.redis_pid(),
                         "kafka": infra.kafka_pid(), "producer": bg.pid}).start()
         with RssSampler({"worker": worker.proc.pid, "api": api.proc.pid}) as rss:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -354,6 +357,7 @@ def run(infra: Infra, rate: float | None = None, samples: int | None = None,
         # the floor: same load, same BatchProcessor, a plain aiokafka consumer instead of the Faust worker
         api.stop()
         worker.stop()
+        learner.stop()
         log("freshness: floor - the same BatchProcessor behind a bare aiokafka consumer")
         floor_url = infra.redis_url()
         bare = subprocess.Popen(
@@ -380,6 +384,7 @@ def run(infra: Infra, rate: float | None = None, samples: int | None = None,
             stop_background(bg)
         api.stop()
         worker.stop()
+        learner.stop()
     p = res["event_to_decision_ms"]
     fl = res.get("floor_bare_pipeline", {}).get("event_to_redis_ms", {})
     log(f"freshness: p50 {p.get('p50')} ms, p99 {p.get('p99')} ms over {res['samples']} samples "

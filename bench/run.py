@@ -132,6 +132,13 @@ def table(r: dict[str, Any], quick: bool) -> str:
             rows.append(("stream: CPU per event, 1 worker", f"{one.get('worker_cpu_us_per_event')} us "
                          f"(+ Redis {one.get('redis_cpu_us_per_event')}, Kafka {one.get('kafka_cpu_us_per_event')})",
                          f"-> {_n(one['events_per_core_second'])} ev per worker core-second"))
+        if one.get("learner_cpu_us_per_event") is not None:
+            rows.append(("stream: learner process beside it", f"{one['learner_cpu_us_per_event']} us CPU/event",
+                         "co-visitation + placement models, snapshots (not in the worker's figures)"))
+        if "one_process" in th:
+            op = th["one_process"]
+            rows.append(("stream: 1 worker, all roles in one process", f"{_n(op.get('rate'))} ev/s",
+                         f"{op.get('worker_cpu_us_per_event')} us CPU/event (python -m streams worker)"))
         if "bare_pipeline" in th:
             bp = th["bare_pipeline"]
             rows.append(("stream: our BatchProcessor, no Faust", f"{_n(bp.get('rate'))} ev/s",

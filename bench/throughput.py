@@ -272,9 +272,12 @@ def _redis_cmdstats(url: str, reset: bool = False) -> dict[str, dict[str, float]
 
 
 def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, profile: bool = False,
-                env: dict[str, str] | None = None) -> dict[str, Any]:
+                env: dict[str, str] | None = None, split: bool = True) -> dict[str, Any]:
     """Start ``count`` workers on a fresh group and Redis database; time them until all ``n`` events are
-    received or ``limit`` seconds after the first one (then the rate is over what was done by then)."""
+    received or ``limit`` seconds after the first one (then the rate is over what was done by then).
+
+    ``split``: the workers are ``ingest`` processes and one ``learner`` process learns what they emit (the
+    deployment under load; the learner's CPU is reported apart); otherwise each worker runs every role."""
     from infra.topics import ensure_topics
 
     redis_url = infra.redis_url()
@@ -286,13 +289,17 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
     extra = {"REDIS_URL": redis_url, "WORKER_APP_ID": f"pulse-bench-{tag}",
              "WORKER_DATA_DIR": f"/tmp/pulse-faust-bench-{tag}", **side, **(env or {})}
     _redis_cmdstats(redis_url, reset=True)
-    workers = [start_worker(infra, stack, name=f"worker-{tag}-{i}", **extra) for i in range(count)]
+    command = "ingest" if split else "worker"
+    workers = [start_worker(infra, stack, name=f"{command}-{tag}-{i}", command=command, **extra)
+               for i in range(count)]
+    learners = [start_worker(infra, stack, name=f"learner-{tag}", command="learner", **extra)] if split else []
     t_start = time.monotonic()
     series: list[tuple[float, int]] = []
     applied_series: list[tuple[float, int]] = []
     # CPU is counted from the first event on: start-up (imports, group join) is reported apart
-    cpu = CpuMeter({**{f"worker{i}": w.proc.pid for i, w in enumerate(workers)},
-                    "redis": infra.redis_pid(), "kafka": infra.kafka_pid()})
+    pids = {**{f"worker{i}": w.proc.pid for i, w in enumerate(workers)},
+            **({"learner": learners[0].proc.pid} if learners else {})}
+    cpu = CpuMeter({**pids, "redis": infra.redis_pid(), "kafka": infra.kafka_pid()})
     got0 = 0
     prof_out = infra.results_file("profile-worker", "txt")
     prof_ctx: Any = None
@@ -300,7 +307,7 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
     first = None
     c: dict[str, int] = {}
     try:
-        with RssSampler({f"worker{i}": w.proc.pid for i, w in enumerate(workers)}) as rss:
+        with RssSampler(pids) as rss:
             while time.monotonic() - (first or t_start) < limit:
                 c = asyncio.run(_counters(redis_url))
                 now = time.monotonic()
@@ -316,7 +323,7 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
                         rec = prof_ctx.__enter__()
                 if got >= n:
                     break
-                for w in workers:
+                for w in workers + learners:
                     if w.proc.poll() is not None:
                         raise RuntimeError(f"{w.name} exited:\n{w.log_tail()}")
                 time.sleep(0.05)
@@ -324,12 +331,13 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
         if prof_ctx:
             prof_ctx.__exit__(None, None, None)
         usage = cpu.stop() if first else {}
-        for w in workers:
+        for w in workers + learners:
             w.stop()
     end = series[-1][0] if series else time.monotonic()
     got = series[-1][1] if series else 0
     res = {
-        "workers": count, "events": n, "received": got, "applied": c.get("events_applied", 0),
+        "workers": count, "command": command, "learner_process": split,
+        "events": n, "received": got, "applied": c.get("events_applied", 0),
         "dead_letters": c.get("dead_letters", 0), "completed": got >= n, "time_limit_s": limit,
         "rate": round(steady_rate(series, n if got >= n else got), 1),
         "rate_first_to_last": round(got / (end - first), 1) if first and end > first else 0.0,
@@ -348,6 +356,8 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
         res["worker_cpu_us_per_event"] = round(1e6 * wcpu / done, 1)
         res["redis_cpu_us_per_event"] = round(1e6 * usage.get("redis_cpu_s", 0.0) / done, 1)
         res["kafka_cpu_us_per_event"] = round(1e6 * usage.get("kafka_cpu_s", 0.0) / done, 1)
+        if split:
+            res["learner_cpu_us_per_event"] = round(1e6 * usage.get("learner_cpu_s", 0.0) / done, 1)
         res["events_per_core_second"] = round(done / wcpu, 1) if wcpu else None
     if rec is not None:
         res["profile"] = {"file": str(prof_out.relative_to(infra.repo)), **summarise_profile(rec.path, rec.rate)}
@@ -383,19 +393,26 @@ def run(infra: Infra, n: int | None = None, worker_env: dict[str, str] | None = 
     log(f"throughput: bare Faust {res['bare_faust']['rate']} events/s "
         f"({res['bare_faust'].get('cpu_us_per_event')} us CPU/event)")
 
-    log("throughput: 1 worker")
+    log("throughput: 1 worker (ingest process; a learner process beside it)")
     res["one_worker"] = run_workers(infra, stack, 1, n, limit, profile=infra.profile, env=worker_env)
     log(f"throughput: 1 worker {res['one_worker']['rate']} events/s "
         f"({res['one_worker'].get('worker_cpu_us_per_event')} us CPU/event in the worker, "
-        f"{res['one_worker'].get('redis_cpu_us_per_event')} in Redis)")
+        f"{res['one_worker'].get('redis_cpu_us_per_event')} in Redis, "
+        f"{res['one_worker'].get('learner_cpu_us_per_event')} in the learner)")
 
-    log("throughput: 2 workers")
+    log("throughput: 1 worker running every role in one process (python -m streams worker)")
+    res["one_process"] = run_workers(infra, stack, 1, n, limit, env=worker_env, split=False)
+    log(f"throughput: 1 worker, one process {res['one_process']['rate']} events/s "
+        f"({res['one_process'].get('worker_cpu_us_per_event')} us CPU/event)")
+
+    log("throughput: 2 workers (ingest processes; one learner)")
     res["two_workers"] = run_workers(infra, stack, 2, n, limit, env=worker_env)
     log(f"throughput: 2 workers {res['two_workers']['rate']} events/s")
 
     one, two, bare = res["one_worker"]["rate"], res["two_workers"]["rate"], res["bare_consumer"]["rate"]
     res["summary"] = {
-        "events_per_s_one_worker": one, "events_per_s_two_workers": two, "bare_consumer_events_per_s": bare,
+        "events_per_s_one_worker": one, "events_per_s_two_workers": two,
+        "events_per_s_one_process": res["one_process"]["rate"], "bare_consumer_events_per_s": bare,
         "share_of_bare": round(one / bare, 3) if bare else 0.0,
         "scaling_two_over_one": round(two / one, 2) if one else 0.0,
     }

@@ -34,6 +34,8 @@ from aiokafka import AIOKafkaConsumer
 from engine.config import load_config
 from engine.learning_store import LearningStore
 from engine.profile_store import ProfileStore
+from engine.redis_connection import HiredisPackedConnection
+from engine.runtime import freeze_startup_heap
 from engine.settings import load_settings
 from streams.collaborative import CollaborativeFeed
 from streams.consumer import BatchLoop, Outbox, Write
@@ -78,7 +80,8 @@ class Components:
     """Created on first use inside the worker's event loop (Redis and Kafka clients bind to a loop)."""
 
     def __init__(self) -> None:
-        self.redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+        self.redis = aioredis.from_url(settings.redis_url, decode_responses=True,
+                                       connection_class=HiredisPackedConnection)
         self.learning_store = LearningStore(self.redis)
         # dead letters and learning examples: a commit waits for their acknowledgements (streams/consumer.py)
         self.outbox = Outbox(settings.kafka_bootstrap)
@@ -168,6 +171,7 @@ class StreamService(mode.Service):
                                commit_interval=settings.worker_commit_interval)
         await self.loop_.start()
         quiet_root_logger()
+        freeze_startup_heap()  # per-batch garbage no longer makes the collector re-scan the start-up heap
 
     @mode.Service.task
     async def _run(self) -> None:
@@ -184,6 +188,7 @@ async def learn(stream: faust.StreamT) -> None:
     if not c.restored:
         await retry_forever("model restore", lambda: c.learner.restore(c.learning_store, signing_key))
         c.restored = True
+        freeze_startup_heap()
     async for events in stream.take_events(settings.worker_batch_size, within=settings.worker_batch_timeout):
         for e in events:
             try:

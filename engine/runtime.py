@@ -1,0 +1,32 @@
+"""Process-level tuning shared by the worker and the API.
+
+The garbage collector: a worker or API process imports a large, long-lived heap (Faust, aiokafka, numpy,
+River, FastAPI: ~120k tracked objects) and then allocates many short-lived containers per batch or
+request. CPython's default thresholds (700 allocations per young collection, a full collection every ~100
+of those) make it re-scan the long-lived heap over and over. Measured on the worker's batch preparation
+(parse, validate, compile operations; 20,000 realistic events): 15.1-15.6 us/event with the defaults,
+12.1-13.1 with the start-up heap frozen, 10.9-11.2 frozen with a 20,000-allocation young generation,
+11.1-13.7 with the collector off.
+
+>>> import gc
+>>> freeze_startup_heap(young_threshold=5_000)
+>>> gc.get_threshold()[0]
+5000
+>>> gc.set_threshold(700, 10, 10); gc.unfreeze()
+"""
+
+from __future__ import annotations
+
+import gc
+
+#: Young-generation threshold once the start-up heap is frozen (CPython's default: 700).
+YOUNG_THRESHOLD = 20_000
+
+
+def freeze_startup_heap(young_threshold: int = YOUNG_THRESHOLD) -> None:
+    """Move every object alive now (modules, configuration, clients) out of the collector's reach, and
+    collect the young generation less often. Call once, when the process has finished starting."""
+    gc.collect()
+    gc.freeze()
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(young_threshold, g1, g2)
