@@ -6,8 +6,20 @@ the producer's own partitioner (murmur2 of the key, as ``AIOKafkaProducer.send``
 stay in order on one partition - fills one ``BatchBuilder`` per partition and hands it over with
 ``send_batch``: still one Kafka record per decision, keyed by visitor, through the same idempotent ``acks=all``
 producer. Delivery is confirmed in the background; a failed batch counts its records in
-``pulse_errors_total{where="decision_log_delivery"}``, a full buffer (Kafka down for long) drops and counts in
-``decision_log_overflow``. ``close()`` flushes what is left.
+``pulse_errors_total{where="decision_log_delivery"}``. ``close()`` flushes what is left.
+
+Memory is bounded: records buffered or taken by the running flush (not yet handed to the producer) may hold at
+most ``max_buffered_bytes`` (16 MiB, about 8,000 records of ~2 KB) and ``max_buffered`` records; beyond that a
+record is dropped and counted in ``decision_log_overflow`` (Kafka slow or down for seconds). What the producer
+holds is bounded by its own ``max_batch_size`` per partition (``send_batch`` waits while a partition has a batch
+pending). A record is buffered as a right-sized copy: the bytes ``orjson.dumps`` returns keep its whole output
+buffer (16,280 B of heap for a 1,814 B record, 4,120 B for any output up to ~500 B).
+
+Why (``python -m bench.decide_rss``, 4,000 req/s open loop for 15 s then ``wrk -c32`` for 10 s, shared 2-core
+machine): the API's RSS went 151 -> 419 -> 776 MiB and stayed there. The buffer was bounded by count only
+(50,000 records); the producer's default 16 KiB batches (~8 records, one batch pending per partition) shipped
+fewer decisions than a loaded API made, so 34,330 records were buffered and ~8,000 more in flight, at ~16 KB of
+heap each: glibc heap in use 37 -> 650 MiB, and after the backlog drained 619 MiB stayed mapped as free heap.
 """
 
 from __future__ import annotations
@@ -22,14 +34,20 @@ from aiokafka.partitioner import murmur2
 from serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
+#: bytes counted per buffered record besides its key and value (bytes headers, the tuple, the list slot)
+RECORD_OVERHEAD = 128
 
 
 class DecisionLog:
     def __init__(self, producer: Any, topic: str, metrics: ServingMetrics, flush_interval: float = 0.02,
-                 max_buffered: int = 50_000) -> None:
+                 max_buffered: int = 20_000, max_buffered_bytes: int = 16 << 20) -> None:
         self.producer, self.topic, self.metrics = producer, topic, metrics
-        self.flush_interval, self.max_buffered = flush_interval, max_buffered
+        self.flush_interval = flush_interval
+        self.max_buffered, self.max_buffered_bytes = max_buffered, max_buffered_bytes
         self._buf: list[tuple[bytes, bytes]] = []
+        #: bytes of the records in ``_buf`` and of those the running flush has not handed to the producer yet
+        self._held_bytes = 0
+        self._inflight = 0
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._key_hash: dict[bytes, int] = {}
@@ -38,9 +56,12 @@ class DecisionLog:
     def publish(self, key: bytes, value: bytes) -> None:
         """Buffer one record; it is handed to the producer within ``flush_interval``."""
         buf = self._buf
-        if len(buf) >= self.max_buffered:
+        value = bytes(memoryview(value))  # right-sized (see the module docstring); ~0.3 us for 2 KB
+        size = len(key) + len(value) + RECORD_OVERHEAD
+        if len(buf) + self._inflight >= self.max_buffered or self._held_bytes + size > self.max_buffered_bytes:
             self.metrics.errors.inc("decision_log_overflow")
             return
+        self._held_bytes += size
         buf.append((key, value))
         if self._timer is None and self._task is None:
             self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self._start_flush)
@@ -54,13 +75,23 @@ class DecisionLog:
         try:
             while self._buf:
                 records, self._buf = self._buf, []
+                self._inflight = len(records)
                 try:
                     await self._send(records)
                 except Exception as exc:
                     self.metrics.errors.inc("decision_log", len(records))
                     log.debug("decision records not handed to Kafka: %r", exc)
+                finally:
+                    self._inflight = 0
+                    self._held_bytes -= sum(len(k) + len(v) for k, v in records) + RECORD_OVERHEAD * len(records)
+                    del records
         finally:
             self._task = None
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held by buffered records and by those the running flush has not handed over yet."""
+        return self._held_bytes
 
     def _partition_of(self, key: bytes, partitions: list[int]) -> int:
         h = self._key_hash.get(key)

@@ -30,6 +30,8 @@ POPULARITY_REFRESH_S = 1.0
 MODEL_REFRESH_S = 0.5
 #: deadline of Redis calls outside the decide hot path (the client itself has no socket timeout)
 REDIS_CALL_TIMEOUT_S = 5.0
+#: the producer's batch size per partition (aiokafka's default is 16 KiB)
+DECISION_BATCH_BYTES = 256 << 10
 
 
 class LeanConnectionPool(aioredis.ConnectionPool):
@@ -101,9 +103,13 @@ class Services:
             max_connections=1000,
         )
         redis = aioredis.Redis.from_pool(pool)
+        # max_batch_size: the decision log hands over one batch per partition per flush, and a partition with a
+        # batch in flight waits for it; with the default 16 KiB (~8 records of ~2 KB) a loaded machine shipped
+        # fewer decisions than it made and the backlog grew (see serving.decision_log). 256 KiB per partition
+        # stays well under the broker's 1 MiB message.max.bytes.
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-            linger_ms=1, request_timeout_ms=10_000,
+            linger_ms=1, request_timeout_ms=10_000, max_batch_size=DECISION_BATCH_BYTES,
         )
         await producer.start()
         for topic in (settings.events_topic, settings.decisions_topic):

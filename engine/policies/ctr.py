@@ -35,8 +35,6 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from river import linear_model, optim
-
 from engine.policies.base import Candidate, Features, Ranked, empty_ranked, order_rest
 from engine.policies.features import FeatureHasher
 
@@ -62,10 +60,14 @@ class CTRRanker:
             raise ValueError("epsilon must be in [0, 1]")
         self.epsilon = epsilon
         self.optimism = optimism
-        self.model = (
-            model if model is not None
-            else linear_model.LogisticRegression(optimizer=optim.AdaGrad(learning_rate), l2=l2)
-        )
+        if model is None:
+            # imported here, not at module level: River (with SciPy) adds ~85 MiB to a process's RSS, and
+            # serving imports every policy class but builds a CTRRanker only when a placement is configured
+            # with it (an unpickled snapshot imports River itself)
+            from river import linear_model, optim
+
+            model = linear_model.LogisticRegression(optimizer=optim.AdaGrad(learning_rate), l2=l2)
+        self.model = model
         self.n_updates = 0
         self._hasher = FeatureHasher(hash_dims, seed=seed)
         self._counts: dict[str, int] = {}
