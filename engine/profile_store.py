@@ -33,6 +33,19 @@ from engine.layout import (
 APPLY_OPS_LUA = resources.files("engine").joinpath("lua/apply_ops.lua").read_text()
 
 
+def encode_events(events: Sequence[list[Any]]) -> bytes:
+    """The events of one owner batch as the script takes them (its ARGV[4]): ONE flat JSON array, per event
+    ``offset, token, is_consent, number of operations`` then each operation's code and arguments (the script
+    knows every code's arity). Flat because decoding nested arrays in Redis (``cjson.decode``) costs a Lua
+    table per operation; the event's timestamp is not sent (every operation carries the times it needs)."""
+    out: list[Any] = []
+    for offset, token, _ts, ops, is_consent in events:
+        out += (offset, token, is_consent, len(ops))
+        for op in ops:
+            out += op
+    return orjson.dumps(out)
+
+
 @dataclass(slots=True)
 class OwnerBatch:
     """Events of one owner from one partition, in offset order, compiled to operations."""
@@ -75,7 +88,7 @@ class ProfileStore:
                     sha, len(keys), *keys,
                     offset_field(b.topic, b.partition), self._ttl if per_customer else 0,
                     self.config.profile.dedup_window if per_customer else 0,
-                    orjson.dumps(b.events),
+                    encode_events(b.events),
                 )
             try:
                 results = await pipe.execute()

@@ -2,16 +2,26 @@
 -- see engine/layout.py for its fields) or the global popularity owner (a hash of landmarks and offsets,
 -- plus one zset per affinity feature).
 --
--- The owner's hash is read once (HGETALL) into a Lua table, every event of the batch mutates the table,
--- and the changed fields are written back once (one HSET, one HDEL if needed, one EXPIRE).
+-- The owner's hash is read once (HGETALL, as a RESP3 map so that Redis builds the Lua table itself), every
+-- event of the batch mutates that table, and the changed fields are written back once (one HSET, one HDEL
+-- if needed, one EXPIRE).
+--
+-- The script runs once per owner and batch (~1 event per call in a stream), so its fixed costs matter: the
+-- arguments are one flat JSON array (a Lua table per operation cost more than the operation), numbers are
+-- formatted and parsed as rarely as possible (chunk names are constants, landmarks are parsed once), and
+-- recent lists are edited as joined strings and cut to size once, when they are written back
+-- (bench/lua_micro.py measures it).
 --
 -- KEYS[1]  the owner's hash; KEYS[2..] the popularity zsets, addressed by index from "z" ops.
 -- ARGV[1]  offset field, e.g. "off:events:3": events with an offset <= the stored one were applied
 --          before (a replay after a crash) and are skipped.
 -- ARGV[2]  TTL seconds of the hash (0 = none).
 -- ARGV[3]  dedup window: event id tokens remembered (0 = no event-id de-duplication).
--- ARGV[4]  JSON: [[offset, token, ts, ops, is_consent], ...]. While the owner has withdrawn consent
---          to personalisation, only consent events are applied (nothing behavioural is stored).
+-- ARGV[4]  JSON, one flat array (engine/profile_store.py encode_events): per event
+--          offset, token, is_consent, number of operations, then each operation: its code and its
+--          arguments (ARITY below), e.g. [7, "AbC-9x", 0, 2, "i", "cv", 1, "max", "ls", 1700000000000].
+--          While the owner has withdrawn consent to personalisation, only consent events are applied
+--          (nothing behavioural is stored).
 -- Returns the number of events applied.
 local h = KEYS[1]
 local off_field = ARGV[1]
@@ -24,12 +34,20 @@ local floor = math.floor
 local fmt = string.format
 local sub = string.sub
 local find = string.find
+local byte = string.byte
+local match = string.match
+local gsub = string.gsub
+local SEPB = 31
+-- chunk numbers and de-duplication chunk names as constants: no number formatting per call
+local NUM = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13', '14', '15',
+             '16', '17', '18', '19', '20', '21', '22', '23', '24', '25', '26', '27', '28', '29', '30', '31'}
+local DN = {'d:0', 'd:1', 'd:2', 'd:3', 'd:4', 'd:5', 'd:6', 'd:7', 'd:8',
+            'd:9', 'd:10', 'd:11', 'd:12', 'd:13', 'd:14', 'd:15'}
 
-local H = {}
-do
-  local flat = redis.call('HGETALL', h)
-  for i = 1, #flat, 2 do H[flat[i]] = flat[i + 1] end
-end
+-- RESP3: HGETALL arrives as a map, so Redis builds the Lua table itself (no flat array, no Lua loop)
+redis.setresp(3)
+local H = redis.call('HGETALL', h).map
+redis.setresp(2)
 local dirty = {}
 local function set(f, v)
   H[f] = v
@@ -41,7 +59,7 @@ local function del(f)
     dirty[f] = true
   end
 end
-local function int(x) return fmt('%d', x) end
+local function int(x) return NUM[x] or fmt('%d', x) end
 local function score(x)
   -- 7 significant digits, rounded toward zero: a stored sum never exceeds what was added (so a decayed
   -- score never exceeds the undecayed total); the bias is below 1e-6 of the score per update
@@ -56,39 +74,54 @@ local stored = tonumber(H[off_field] or '-1')
 local applied = 0
 local max_off = stored
 
--- affinity values per feature prefix: {count = n} built on first need in this batch
-local aff_count = {}
-local function count_prefix(prefix)
-  local n = aff_count[prefix]
-  if n == nil then
-    n = 0
-    local l = #prefix
-    for f, _ in pairs(H) do
-      if sub(f, 1, l) == prefix then n = n + 1 end
-    end
-    aff_count[prefix] = n
+-- landmarks (numbers) of the affinity and popularity features read or set in this batch
+local Ls = {}
+local function landmark(lfield)
+  local L = Ls[lfield]
+  if L == nil then
+    L = tonumber(H[lfield])
+    Ls[lfield] = L
   end
-  return n
+  return L
+end
+local function set_landmark(lfield, L)
+  Ls[lfield] = L
+  set(lfield, int(L))
+end
+
+-- affinity fields per feature prefix, {set = {field = true}, n = count}, built on first need in this batch
+local aff_members = {}
+local function members_of(prefix)
+  local m = aff_members[prefix]
+  if m == nil then
+    local s, n = {}, 0
+    for f, _ in pairs(H) do
+      if find(f, prefix, 1, true) == 1 then
+        s[f] = true
+        n = n + 1
+      end
+    end
+    m = {set = s, n = n}
+    aff_members[prefix] = m
+  end
+  return m
 end
 
 local function affinity(prefix, member, w, ts, hl, topk, lfield)
   -- forward decay: a value's score is sum w * 2^((t - L)/hl) relative to the landmark L (whole seconds);
   -- L moves forward every 10 half-lives so the stored numbers stay short
-  local L = tonumber(H[lfield])
+  local L = landmark(lfield)
   if L == nil then
     L = floor(ts)
-    set(lfield, int(L))
+    set_landmark(lfield, L)
   end
   local e = (ts - L) / hl
   if e > 10 then
     local nl = floor(ts)
     local factor = 2 ^ ((L - nl) / hl)
-    local l = #prefix
-    for f, v in pairs(H) do
-      if sub(f, 1, l) == prefix then set(f, score(tonumber(v) * factor)) end
-    end
+    for f, _ in pairs(members_of(prefix).set) do set(f, score(tonumber(H[f]) * factor)) end
     L = nl
-    set(lfield, int(L))
+    set_landmark(lfield, L)
     e = (ts - L) / hl
   end
   local field = prefix .. member
@@ -97,24 +130,25 @@ local function affinity(prefix, member, w, ts, hl, topk, lfield)
     set(field, score(cur + w * 2 ^ e))
     return
   end
-  local n = count_prefix(prefix) + 1
+  local m = members_of(prefix)
+  local mset = m.set
   set(field, score(w * 2 ^ e))
+  mset[field] = true
+  local n = m.n + 1
   if n > topk then
     -- evict the lowest score (ties: the lowest value), as ZREMRANGEBYRANK 0 0 would
-    local l = #prefix
     local lo_f, lo_s = nil, nil
-    for f, v in pairs(H) do
-      if sub(f, 1, l) == prefix then
-        local s = tonumber(v)
-        if lo_f == nil or s < lo_s or (s == lo_s and f < lo_f) then
-          lo_f, lo_s = f, s
-        end
+    for f, _ in pairs(mset) do
+      local sc = tonumber(H[f])
+      if lo_f == nil or sc < lo_s or (sc == lo_s and f < lo_f) then
+        lo_f, lo_s = f, sc
       end
     end
     del(lo_f)
+    mset[lo_f] = nil
     n = n - 1
   end
-  aff_count[prefix] = n
+  m.n = n
 end
 
 -- popularity: increments are summed per (zset, member) over the batch, then applied with one ZINCRBY per
@@ -137,9 +171,9 @@ end
 local function rescale_zset(ki, lfield, ts, hl)
   -- popularity zsets: move the landmark forward before doubles overflow
   local zkey = KEYS[ki]
-  local L = tonumber(H[lfield])
+  local L = landmark(lfield)
   if L == nil then
-    set(lfield, int(floor(ts)))
+    set_landmark(lfield, floor(ts))
     return (ts - floor(ts)) / hl
   end
   local e = (ts - L) / hl
@@ -151,62 +185,143 @@ local function rescale_zset(ki, lfield, ts, hl)
     for i = 1, #members, 2 do
       redis.call('ZADD', zkey, tonumber(members[i + 1]) * f, members[i])
     end
-    set(lfield, int(nl))
+    set_landmark(lfield, nl)
     return (ts - nl) / hl
   end
   return e
 end
 
--- recent values: one list per prefix, read from its chunks on first use, written back at the end
+-- recent values: per prefix the list joined by SEP (s = nil: empty), read from its chunks on first use and
+-- written back at the end. A push only puts its value first (removing an older copy); cutting the list to
+-- its size is left to the write (r.size), which gives the same list as cutting after every push: a value
+-- pushed again is at the front either way, and only the tail beyond size differs.
 local recents = {}
 local function recent_list(prefix)
   local r = recents[prefix]
   if r == nil then
     local parts = {}
     local i = 0
-    while H[prefix .. i] ~= nil do
-      parts[#parts + 1] = H[prefix .. i]
+    while true do
+      local v = H[prefix .. (NUM[i] or i)]
+      if v == nil then break end
       i = i + 1
+      parts[i] = v
     end
-    local items = {}
-    if #parts > 0 then
-      local s = table.concat(parts, SEP)
-      local pos = 1
-      while true do
-        local q = find(s, SEP, pos, true)
-        if q == nil then
-          items[#items + 1] = sub(s, pos)
-          break
-        end
-        items[#items + 1] = sub(s, pos, q - 1)
-        pos = q + 1
-      end
+    local s = nil
+    if i == 1 then
+      s = parts[1]
+    elseif i > 1 then
+      s = table.concat(parts, SEP)
     end
-    r = {items = items, chunks = i}
+    r = {s = s, chunks = i, size = nil}
     recents[prefix] = r
   end
   return r
 end
 
-local function write_recent(prefix, r)
-  -- greedy chunks of at most CHUNK bytes; a value is never split (a longer value gets its own chunk)
-  local i, cur = 0, nil
-  for _, v in ipairs(r.items) do
-    if cur == nil then
-      cur = v
-    elseif #cur + 1 + #v <= CHUNK then
-      cur = cur .. SEP .. v
-    else
-      if H[prefix .. i] ~= cur then set(prefix .. i, cur) end
-      i = i + 1
-      cur = v
+-- the position of the first value v of the list s from position from (nil: none)
+local function item_pos(s, v, from)
+  local lv, ls = #v, #s
+  local q = find(s, v, from, true)
+  while q and q <= ls + 1 do
+    local e = q + lv
+    if (q == 1 or byte(s, q - 1) == SEPB) and (e > ls or byte(s, e) == SEPB) then return q end
+    q = find(s, v, q + 1, true)
+  end
+  return nil
+end
+
+-- cut the list to its first size values (and forget the pending cut)
+local function recent_cut(r, size)
+  r.size = nil
+  local s = r.s
+  if s == nil then return end
+  if size <= 0 then
+    r.s = nil
+    return
+  end
+  local pos = 0
+  for _ = 1, size do
+    pos = find(s, SEP, pos + 1, true)
+    if pos == nil then return end
+  end
+  r.s = sub(s, 1, pos - 1)
+end
+
+local function recent_push(r, v, size)
+  -- most recent first, distinct, at most size values
+  if r.size ~= nil and r.size ~= size then recent_cut(r, r.size) end
+  local s = r.s
+  if s ~= nil then
+    local lv = #v
+    local q = item_pos(s, v, 1)
+    while q do
+      if q == 1 then
+        if lv == #s then s = nil else s = sub(s, lv + 2) end
+      else
+        s = sub(s, 1, q - 2) .. sub(s, q + lv)
+      end
+      if s == nil then break end
+      q = item_pos(s, v, q > 1 and q - 1 or 1)
     end
   end
-  if cur ~= nil then
-    if H[prefix .. i] ~= cur then set(prefix .. i, cur) end
+  if size <= 0 then
+    r.s, r.size = nil, nil
+  elseif s == nil then
+    r.s, r.size = v, size
+  else
+    r.s, r.size = v .. SEP .. s, size
+  end
+end
+
+local function recent_append(r, v, size)
+  -- an older value (profile merge) goes last unless present or the list is full
+  if r.size ~= nil then recent_cut(r, r.size) end
+  local s = r.s
+  if s == nil then
+    if size > 0 then r.s = v end
+    return
+  end
+  local n, pos = 1, find(s, SEP, 1, true)
+  while pos do
+    n = n + 1
+    pos = find(s, SEP, pos + 1, true)
+  end
+  if n < size and not item_pos(s, v, 1) then r.s = s .. SEP .. v end
+end
+
+local function write_recent(prefix, r)
+  -- greedy chunks of at most CHUNK bytes; a value is never split (a longer value gets its own chunk)
+  local i = 0
+  local s = r.s
+  if s ~= nil then
+    local limit = r.size or -1
+    local cs, ce = 1, nil -- current chunk: s[cs..ce]
+    local a, items = 1, 0
+    while true do
+      local q = find(s, SEP, a, true)
+      local b = q and q - 1 or #s
+      items = items + 1
+      if ce == nil then
+        cs, ce = a, b
+      elseif b - cs + 1 <= CHUNK then
+        ce = b
+      else
+        local cur = sub(s, cs, ce)
+        local f = prefix .. (NUM[i] or i)
+        if H[f] ~= cur then set(f, cur) end
+        i = i + 1
+        cs, ce = a, b
+      end
+      if q == nil or items == limit then break end
+      a = q + 1
+    end
+    local cur = sub(s, cs, ce)
+    local f = prefix .. (NUM[i] or i)
+    if H[f] ~= cur then set(f, cur) end
     i = i + 1
   end
-  for j = i, r.chunks - 1 do del(prefix .. j) end
+  for j = i, r.chunks - 1 do del(prefix .. (NUM[j] or j)) end
 end
 
 local function window_parse(cur, nslots)
@@ -230,12 +345,11 @@ local function window_add(field, idx, nslots, n)
     set(field, int(idx) .. ':' .. int(n))
     return
   end
-  local sep = find(cur, ':', 1, true)
-  local newest = tonumber(sub(cur, 1, sep - 1))
+  local ns, c0s, rest = match(cur, '^([^:]*):([^,]*)(.*)$')
+  local sep = #ns + 1
+  local newest = tonumber(ns)
   if idx == newest then
-    local q = find(cur, ',', sep + 1, true)
-    local c0 = tonumber(sub(cur, sep + 1, (q or 0) - 1)) or 0
-    set(field, sub(cur, 1, sep) .. int(c0 + n) .. (q and sub(cur, q) or ''))
+    set(field, ns .. ':' .. int((tonumber(c0s) or 0) + n) .. rest)
     return
   end
   if idx > newest then
@@ -245,18 +359,23 @@ local function window_add(field, idx, nslots, n)
       return
     end
     -- the new bucket, shift - 1 empty ones, then the old counts cut to the ring's size
-    local s = int(n) .. string.rep(',', shift) .. sub(cur, sep + 1)
-    local pos, k = 0, 0
-    while true do
-      pos = find(s, ',', pos + 1, true)
-      if pos == nil then break end
-      k = k + 1
-      if k == nslots then
-        s = sub(s, 1, pos - 1)
-        break
+    -- (the ring keeps nslots counts: the old ones after their (nslots - shift)-th comma go)
+    local old = sub(cur, sep + 1)
+    local k = nslots - shift
+    local _, nc = gsub(old, ',', '')
+    if nc >= k then
+      local d, pos = nc - k + 1, 0 -- the k-th comma is the d-th from the end
+      if k <= d then
+        for _ = 1, k do pos = find(old, ',', pos + 1, true) end
+      else
+        local rev = string.reverse(old)
+        for _ = 1, d do pos = find(rev, ',', pos + 1, true) end
+        pos = #old - pos + 1
       end
+      old = sub(old, 1, pos - 1)
     end
-    s = string.gsub(s, ',+$', '')
+    local s = int(n) .. string.rep(',', shift) .. old
+    if byte(s, -1) == 44 then s = gsub(s, ',+$', '') end
     set(field, int(idx) .. ':' .. s)
     return
   end
@@ -281,25 +400,38 @@ local function seen(tok)
   local tl = #tok
   local per = floor(CHUNK / tl)
   local nchunks = floor((dedup_n + per - 1) / per)
-  for c = 0, nchunks - 1 do
-    local s = H['d:' .. c]
+  -- the chunks hold whole tokens (their lengths are multiples of tl), so they are searched as one string
+  local parts, np, aligned = {}, 0, true
+  for c = 1, nchunks do
+    local s = H[DN[c] or ('d:' .. (c - 1))]
     if s ~= nil then
-      local pos = 1
-      while true do
-        local q = find(s, tok, pos, true)
-        if q == nil then break end
-        if (q - 1) % tl == 0 then return true end
-        pos = q + 1
-      end
+      np = np + 1
+      parts[np] = s
+      if #s % tl ~= 0 then aligned = false end
+    end
+  end
+  if aligned and np > 1 then
+    parts = {table.concat(parts)}
+    np = 1
+  end
+  for c = 1, np do
+    local s = parts[c]
+    local pos = 1
+    while true do
+      local q = find(s, tok, pos, true)
+      if q == nil then break end
+      if (q - 1) % tl == 0 then return true end
+      pos = q + 1
     end
   end
   local slot = tonumber(H['d:n'] or '0')
   if slot >= dedup_n then slot = 0 end
   local c = floor(slot / per)
   local off = (slot % per) * tl
-  local s = H['d:' .. c] or ''
+  local name = DN[c + 1] or ('d:' .. c)
+  local s = H[name] or ''
   if #s < off then s = s .. string.rep('~', off - #s) end
-  set('d:' .. c, sub(s, 1, off) .. tok .. sub(s, off + tl + 1))
+  set(name, sub(s, 1, off) .. tok .. sub(s, off + tl + 1))
   set('d:n', int((slot + 1) % dedup_n))
   return false
 end
@@ -309,97 +441,119 @@ local function keep_on_wipe(f)
   return c == 'o' or c == 'k' or c == 'd'
 end
 
-for _, ev in ipairs(batch) do
-  local off = ev[1]
+-- operations: a code, then its arguments (ARITY of them); an unknown code is an error (it cannot be skipped)
+local ARITY = {i = 2, a = 7, w = 4, r = 3, ra = 3, min = 2, max = 2, sess = 3, cart = 2, cartclear = 0, f = 2,
+               set = 2, setnx = 2, z = 7, wipe = 0}
+local A = batch
+local p, nA = 1, #A
+while p <= nA do
+  local off, tok, consent, nops = A[p], A[p + 1], A[p + 2], A[p + 3]
+  p = p + 4
   local fresh = off > stored
-  if fresh and dedup_n > 0 and ev[2] ~= '' then
-    fresh = not seen(ev[2])
+  if fresh and dedup_n > 0 and tok ~= '' then
+    fresh = not seen(tok)
   end
-  if fresh and ev[5] ~= 1 and H['kp'] == '0' then
+  if fresh and consent ~= 1 and H['kp'] == '0' then
     fresh = false
   end
-  if fresh then
+  if not fresh then
+    for _ = 1, nops do
+      local n = ARITY[A[p]]
+      if n == nil then error('unknown operation ' .. tostring(A[p])) end
+      p = p + 1 + n
+    end
+  else
     applied = applied + 1
-    for _, op in ipairs(ev[4]) do
-      local c = op[1]
+    for _ = 1, nops do
+      local c = A[p]
       if c == 'i' then
-        set(op[2], int((tonumber(H[op[2]]) or 0) + op[3]))
+        local f = A[p + 1]
+        set(f, int((tonumber(H[f]) or 0) + A[p + 2]))
+        p = p + 3
       elseif c == 'a' then
-        -- ["a", prefix, value, weight, ts_s, half_life_s, top_k, landmark_field]; a merge passes a score
+        -- a, prefix, value, weight, ts_s, half_life_s, top_k, landmark_field; a merge passes a score
         -- re-expressed at ts as the weight (identify), which is the same operation
-        affinity(op[2], op[3], op[4], op[5], op[6], op[7], op[8])
+        affinity(A[p + 1], A[p + 2], A[p + 3], A[p + 4], A[p + 5], A[p + 6], A[p + 7])
+        p = p + 8
       elseif c == 'w' then
-        -- ["w", field, bucket_index, n_slots, n]
-        window_add(op[2], op[3], op[4], op[5])
+        -- w, field, bucket_index, n_slots, n
+        window_add(A[p + 1], A[p + 2], A[p + 3], A[p + 4])
+        p = p + 5
       elseif c == 'r' then
-        -- ["r", prefix, value, size]: most recent first, distinct, bounded
-        local r = recent_list(op[2])
-        local items, v = r.items, op[3]
-        for k = #items, 1, -1 do
-          if items[k] == v then table.remove(items, k) end
-        end
-        table.insert(items, 1, v)
-        for k = #items, op[4] + 1, -1 do items[k] = nil end
+        -- r, prefix, value, size: most recent first, distinct, bounded
+        recent_push(recent_list(A[p + 1]), A[p + 2], A[p + 3])
+        p = p + 4
       elseif c == 'ra' then
         -- append an older value (profile merge) unless present or the list is full
-        local r = recent_list(op[2])
-        local items, v = r.items, op[3]
-        if #items < op[4] then
-          local present = false
-          for k = 1, #items do
-            if items[k] == v then present = true break end
-          end
-          if not present then items[#items + 1] = v end
-        end
+        recent_append(recent_list(A[p + 1]), A[p + 2], A[p + 3])
+        p = p + 4
       elseif c == 'min' or c == 'max' then
-        local v = tonumber(H[op[2]])
-        if v == nil or (c == 'min' and op[3] < v) or (c == 'max' and op[3] > v) then
-          set(op[2], int(op[3]))
+        local f, x = A[p + 1], A[p + 2]
+        local v = tonumber(H[f])
+        if v == nil or (c == 'min' and x < v) or (c == 'max' and x > v) then
+          set(f, int(x))
         end
+        p = p + 3
       elseif c == 'sess' then
-        -- ["sess", ts_ms, session_id, timeout_ms]: a gap longer than the timeout, or a new explicit
+        -- sess, ts_ms, session_id, timeout_ms: a gap longer than the timeout, or a new explicit
         -- session id, starts a new session
-        local ts, sid, timeout = op[2], op[3], op[4]
+        local ts, sid, timeout = A[p + 1], A[p + 2], A[p + 3]
         local last = tonumber(H['sl'])
         if last == nil or ts - last > timeout or (sid ~= '' and sid ~= H['si']) then
-          if sid == '' then sid = 's' .. int(ts) end
+          local t = int(ts)
+          if sid == '' then sid = 's' .. t end
           set('si', sid)
-          set('ss', int(ts))
-          set('sl', int(ts))
+          set('ss', t)
+          set('sl', t)
           set('sp', '0')
         elseif ts > last then
           set('sl', int(ts))
         end
+        p = p + 4
       elseif c == 'cart' then
-        -- ["cart", field, quantity_delta]
-        local q = (tonumber(H[op[2]]) or 0) + op[3]
-        if q <= 0 then del(op[2]) else set(op[2], int(q)) end
+        -- cart, field, quantity_delta
+        local f = A[p + 1]
+        local q = (tonumber(H[f]) or 0) + A[p + 2]
+        if q <= 0 then del(f) else set(f, int(q)) end
+        p = p + 3
       elseif c == 'cartclear' then
         for f, _ in pairs(H) do
           if sub(f, 1, 2) == 'C:' then del(f) end
         end
+        p = p + 1
       elseif c == 'f' then
-        set(op[2], fmt('%.15g', (tonumber(H[op[2]]) or 0) + op[3]))
+        local f = A[p + 1]
+        set(f, fmt('%.15g', (tonumber(H[f]) or 0) + A[p + 2]))
+        p = p + 3
       elseif c == 'set' then
-        set(op[2], tostring(op[3]))
+        set(A[p + 1], tostring(A[p + 2]))
+        p = p + 3
       elseif c == 'setnx' then
-        if H[op[2]] == nil then set(op[2], tostring(op[3])) end
+        local f = A[p + 1]
+        if H[f] == nil then set(f, tostring(A[p + 2])) end
+        p = p + 3
       elseif c == 'z' then
-        -- popularity: ["z", key_index, member, weight, ts, half_life_s, top_k, landmark_field]
-        local e = rescale_zset(op[2], op[8], op[5], op[6])
-        local p = zpending[op[2]]
-        if p == nil then
-          p = {inc = {}, top_k = op[7]}
-          zpending[op[2]] = p
+        -- popularity: z, key_index, member, weight, ts, half_life_s, top_k, landmark_field
+        local ki, member = A[p + 1], A[p + 2]
+        local e = rescale_zset(ki, A[p + 7], A[p + 4], A[p + 5])
+        local pz = zpending[ki]
+        if pz == nil then
+          pz = {inc = {}, top_k = A[p + 6]}
+          zpending[ki] = pz
         end
-        p.inc[op[3]] = (p.inc[op[3]] or 0) + op[4] * 2 ^ e
+        pz.inc[member] = (pz.inc[member] or 0) + A[p + 3] * 2 ^ e
+        p = p + 8
       elseif c == 'wipe' then
         -- consent withdrawn: drop every behavioural field; keep offsets, consent flags and dedup tokens
         for f, _ in pairs(H) do
           if not keep_on_wipe(f) then del(f) end
         end
         recents = {}
-        aff_count = {}
+        aff_members = {}
+        Ls = {}
+        p = p + 1
+      else
+        error('unknown operation ' .. tostring(c))
       end
     end
   end
