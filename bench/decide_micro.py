@@ -2,6 +2,10 @@
 Redis, driven with the latency benchmark's request mix; prints the process CPU per decision.
 
 ``python -m bench.decide_micro [--requests 4000] [--concurrency 16] [--profile out.txt]``
+
+``--parts`` also times the handler's stages one at a time over 2,000 of the requests (profiles read from Redis
+once, beforehand): parse, decode, rank (arm, context, eligible actions, policy), answer encoding, decision record
++ buffering; microseconds per request, median of 7 passes.
 """
 
 from __future__ import annotations
@@ -49,6 +53,74 @@ async def drive(app: Any, bodies: list[bytes], n: int, concurrency: int) -> tupl
     return time.process_time() - cpu0, time.perf_counter() - wall0, statuses
 
 
+async def time_parts(svc: Any, bodies: list[bytes]) -> None:
+    import statistics
+
+    import orjson
+
+    import serving.decide as d
+    from engine.features import decode
+    from engine.layout import identity_key
+
+    now = time.time()
+    reqs = [d.parse_decide_request(b, svc.config) for b in bodies]
+    raws = []
+    for req in reqs:  # what read_profile gets from Redis, before decoding
+        subject = req.customer_id or req.anonymous_id
+        ident = await svc.redis.get(identity_key(subject)) if req.customer_id is None else None
+        raws.append((ident or subject, await svc.store.read_raw(ident or subject)))
+    profiles = [decode(s, raw, svc.config, now) for s, raw in raws]
+    if os.environ.get("PARTS_DUMP"):  # the raw profiles and requests, for offline tuning
+        import pickle
+
+        with open(os.environ["PARTS_DUMP"], "wb") as f:
+            pickle.dump({"bodies": bodies, "raws": raws, "now": now}, f)
+    pers = [p is not None and p.exists and p.personalisation_allowed for p in profiles]
+    rng = random.Random(1)
+    ranked = [d.rank(svc, r, p, ok, now, rng) for r, p, ok in zip(reqs, profiles, pers, strict=True)]
+    parts = svc.answer_parts
+
+    def answer(ranking: Any) -> bytes:
+        actions = b",".join([parts[a.id][0] + orjson.dumps(round(float(s), 6)) + parts[a.id][1]
+                             for a, s in ranking.actions])
+        return orjson.dumps({"decision_id": "x" * 32, "actions": orjson.Fragment(b"[" + actions + b"]"),
+                             "propensity": float(ranking.propensity), "policy": ranking.policy})
+
+    def record(i: int) -> None:
+        req, (ranking, context) = reqs[i], ranked[i]
+        cands = req.candidates if req.candidates is not None else svc.placement_action_ids[req.placement]
+        rec = d.decision_record("x" * 32, req, ranking, context, cands, False, now)
+        d.publish_decision(svc, req.customer_id or req.anonymous_id, rec)
+
+    stages: dict[str, Any] = {
+        "parse": lambda: [d.parse_decide_request(b, svc.config) for b in bodies],
+        "decode": lambda: [decode(s, raw, svc.config, now) for s, raw in raws],
+        "rank (all)": lambda: [d.rank(svc, r, p, ok, now, rng) for r, p, ok in zip(reqs, profiles, pers, strict=True)],
+        "answer": lambda: [answer(r) for r, _ in ranked],
+        "record+publish": lambda: [record(i) for i in range(len(reqs))],
+    }
+    thompson = [i for i, (r, _) in enumerate(ranked) if r.policy == "linear_thompson"]
+    if thompson:
+        stages["rank (linear_thompson only)"] = lambda: [
+            d.rank(svc, reqs[i], profiles[i], pers[i], now, rng) for i in thompson]
+    for name, fn in stages.items():
+        n = len(thompson) if "only" in name else len(bodies)
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+            await asyncio.sleep(0.03)  # let the decision log flush
+        print(f"  {name:30} {1e6 * statistics.median(times) / n:7.1f} us per request (n={n})", flush=True)
+    if os.environ.get("PARTS_PROFILE"):
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.runcall(stages[os.environ["PARTS_PROFILE"]])
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
 async def main_async(args: argparse.Namespace, stack: Any) -> None:
     from bench.common import EventFactory, bench_config, populate_profiles
     from bench.latency import make_bodies
@@ -94,6 +166,8 @@ async def main_async(args: argparse.Namespace, stack: Any) -> None:
                 prof.dump_stats(args.profile)
             print(f"{args.requests} decides: {1000 * cpu / args.requests:.3f} ms CPU each, "
                   f"{args.requests / wall:,.0f}/s wall, statuses {st}", flush=True)
+        if args.parts:
+            await time_parts(fastapi_app.state.services, bodies[:2000])
         await asyncio.sleep(0.2)
         metrics = fastapi_app.state.services.metrics
         print("metrics errors:", dict(metrics.errors.values), "decisions:", dict(metrics.decisions.values))
@@ -105,6 +179,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", default="")
+    ap.add_argument("--parts", action="store_true", help="also time the handler's stages one at a time")
     ap.add_argument("--cached-profiles", action="store_true", help="read each profile once, then from memory")
     args = ap.parse_args()
     import uvloop

@@ -17,6 +17,7 @@ unit-tested without Redis.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -354,16 +355,35 @@ def _ms(v: str | None) -> float | None:
     return int(v) / 1000.0 if v is not None else None
 
 
+_BY_VALUE = operator.itemgetter(1)
+#: feature-name strings of the context, built once per (kind, name): not formatted per request
+_CONTEXT_NAMES: dict[tuple[str, str, str], str] = {}
+
+
+def _context_name(kind: str, a: str, b: str = "") -> str:
+    key = (kind, a, b)
+    name = _CONTEXT_NAMES.get(key)
+    if name is None:
+        if len(_CONTEXT_NAMES) >= 4096:
+            _CONTEXT_NAMES.clear()
+        name = _CONTEXT_NAMES[key] = f"{kind}{a}:{b}" if b else f"{kind}{a}:"
+    return name
+
+
 def context_features(profile: Profile, now: float) -> dict[str, float]:
     """A flat numeric context for policies and decision logs (affinities normalised to sum 1)."""
     x: dict[str, float] = {"bias": 1.0}
     for name, scores in profile.affinities.items():
+        if not scores:
+            continue
         total = sum(scores.values())
         if total > 0:
-            for m, s in sorted(scores.items(), key=lambda kv: -kv[1])[:10]:
-                x[f"aff_{name}:{m}"] = s / total  # pairs with action feature "<name>:<value>"
+            prefix = _context_name("aff_", name)
+            # the 10 strongest, ties in stored order (a stable sort, as sorted(key=-score) was)
+            for m, s in sorted(scores.items(), key=_BY_VALUE, reverse=True)[:10]:
+                x[prefix + m] = s / total  # pairs with action feature "<name>:<value>"
     for ev, n in profile.counts.items():
-        x[f"log_count:{ev}"] = math.log1p(n)
+        x[_context_name("log_count", "", ev)] = math.log1p(n)
     if profile.last_seen is not None:
         x["hours_since_last_seen"] = max(0.0, (now - profile.last_seen) / 3600.0)
     x["session_pages"] = float(profile.session["pages"])
@@ -371,7 +391,7 @@ def context_features(profile: Profile, now: float) -> dict[str, float]:
     x["log_monetary"] = math.log1p(max(0.0, profile.monetary))
     for name, wins in profile.windows.items():
         for w, n in wins.items():
-            x[f"win:{name}:{w}"] = float(n)
+            x[_context_name("win:", name, w)] = float(n)
     return x
 
 

@@ -74,29 +74,37 @@ class AffinityPopularityScorer:
         """``collaborative``: co-visitation score in [0, 1] per action id (see engine.recommend.signal)."""
         cat = _normalised((affinities or {}).get("category"))
         item = _normalised((affinities or {}).get("item"))
-        out: list[float] = []
         if popularity is not self._priors_of:
             self._priors_of, self._priors = popularity, {}
         priors, prior_of = self._priors, self._prior
+        if not (cat or item or collaborative):
+            return [priors.get(a.id) or prior_of(a, popularity) for a in actions]
+        w = self.w
+        cw, iw, tw, vw = w.category_weight, w.item_weight, w.tag_weight, w.covisit_weight
+        cat_get, item_get = cat.get, item.get
+        # a tag counts only when the visitor has an affinity of that name: most actions share none, and adding
+        # tag_weight * 0 / len(tags) is adding 0.0, so those skip the sum (same floats, same order of additions)
+        cat_keys = cat.keys()
+        out: list[float] = []
         for a in actions:
             prior = priors.get(a.id) or prior_of(a, popularity)
-            if not (cat or item or collaborative):
-                out.append(prior)
-                continue
             personal = 1.0
             if cat or item:
-                personal += self.w.category_weight * cat.get(a.category or "", 0.0)
-                personal += self.w.item_weight * item.get(a.item_id or "", 0.0)
-                if a.tags and cat:
-                    personal += self.w.tag_weight * sum(cat.get(t, 0.0) for t in a.tags) / len(a.tags)
+                personal += cw * cat_get(a.category or "", 0.0)
+                personal += iw * item_get(a.item_id or "", 0.0)
+                tags = a.tags
+                if tags and cat and not cat_keys.isdisjoint(tags):
+                    personal += tw * sum(cat_get(t, 0.0) for t in tags) / len(tags)
             if collaborative:
-                personal += self.w.covisit_weight * float(collaborative.get(a.id, 0.0))
+                personal += vw * float(collaborative.get(a.id, 0.0))
             out.append(prior * personal)
         return out
 
     def rank(self, actions: Sequence[Action], affinities: Affinities | None,
              popularity: PopularitySnapshot, collaborative: Mapping[str, float] | None = None,
              ) -> list[tuple[Action, float]]:
-        scored = zip(actions, self.score(actions, affinities, popularity, collaborative), strict=True)
-        # ties broken by action id so the answer is deterministic
-        return sorted(scored, key=lambda pair: (-pair[1], pair[0].id))
+        scores = self.score(actions, affinities, popularity, collaborative)
+        # ties broken by action id so the answer is deterministic (then by position: the sort of the
+        # (action, score) pairs by (-score, id) was stable); plain tuples sort in C, without a key function
+        order = sorted(zip([-s for s in scores], [a.id for a in actions], range(len(scores)), strict=True))
+        return [(actions[i], scores[i]) for _, _, i in order]

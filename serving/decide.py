@@ -182,10 +182,15 @@ def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalise
         return Ranking(ranked, 1.0, svc.scorer.name, svc.scorer.version, arm, dict(shown)), context
     model = svc.models.get(req.placement, policy_name)
     by_id = {a.id: a for a in actions}
-    candidates = [with_collaborative(svc.candidates[a.id], collaborative.get(a.id)) for a in actions]
+    built = svc.candidates  # one Candidate per action, built at start-up
+    if collaborative:
+        candidates = [with_collaborative(built[a.id], collaborative.get(a.id)) for a in actions]
+    else:
+        candidates = [built[a.id] for a in actions]
     result = model.policy.rank(context, candidates, req.n, rng)
     ranked = [(by_id[aid], score) for aid, score in zip(result.action_ids, result.scores, strict=True)]
-    shown = next((dict(c.features) for c in candidates if c.action_id == result.top), {})
+    top = result.top
+    shown = dict(with_collaborative(built[top], collaborative.get(top)).features) if top is not None else {}
     return Ranking(ranked, result.propensity, policy_name, str(model.version), arm, shown), context
 
 
