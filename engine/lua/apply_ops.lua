@@ -8,9 +8,10 @@
 --
 -- The script runs once per owner and batch (~1 event per call in a stream), so its fixed costs matter: the
 -- arguments are one flat JSON array (a Lua table per operation cost more than the operation), numbers are
--- formatted and parsed as rarely as possible (chunk names are constants, landmarks are parsed once), and
--- recent lists are edited as joined strings and cut to size once, when they are written back
--- (bench/lua_micro.py measures it).
+-- formatted and parsed as rarely as possible (chunk names are constants, landmarks are parsed once, the
+-- TTL is passed on as it came), and recent lists are edited as joined strings and cut to size once, when
+-- they are written back (bench/lua_micro.py measures it; tests/test_apply_ops.py checks that the profiles
+-- written are those of the straightforward version, tests/data/apply_ops_reference.lua).
 --
 -- KEYS[1]  the owner's hash; KEYS[2..] the popularity zsets, addressed by index from "z" ops.
 -- ARGV[1]  offset field, e.g. "off:events:3": events with an offset <= the stored one were applied
@@ -25,8 +26,8 @@
 -- Returns the number of events applied.
 local h = KEYS[1]
 local off_field = ARGV[1]
-local ttl = tonumber(ARGV[2])
-local dedup_n = tonumber(ARGV[3])
+local ttl = ARGV[2] -- passed on to EXPIRE as it came (a number would be formatted again)
+local dedup_n = ARGV[3] == '0' and 0 or tonumber(ARGV[3])
 local batch = cjson.decode(ARGV[4])
 local CHUNK = 64
 local SEP = '\31'
@@ -400,28 +401,16 @@ local function seen(tok)
   local tl = #tok
   local per = floor(CHUNK / tl)
   local nchunks = floor((dedup_n + per - 1) / per)
-  -- the chunks hold whole tokens (their lengths are multiples of tl), so they are searched as one string
-  local parts, np, aligned = {}, 0, true
   for c = 1, nchunks do
     local s = H[DN[c] or ('d:' .. (c - 1))]
     if s ~= nil then
-      np = np + 1
-      parts[np] = s
-      if #s % tl ~= 0 then aligned = false end
-    end
-  end
-  if aligned and np > 1 then
-    parts = {table.concat(parts)}
-    np = 1
-  end
-  for c = 1, np do
-    local s = parts[c]
-    local pos = 1
-    while true do
-      local q = find(s, tok, pos, true)
-      if q == nil then break end
-      if (q - 1) % tl == 0 then return true end
-      pos = q + 1
+      local pos = 1
+      while true do
+        local q = find(s, tok, pos, true)
+        if q == nil then break end
+        if (q - 1) % tl == 0 then return true end
+        pos = q + 1
+      end
     end
   end
   local slot = tonumber(H['d:n'] or '0')
@@ -564,17 +553,19 @@ for ki, _ in pairs(zpending) do zflush(ki) end
 for prefix, r in pairs(recents) do write_recent(prefix, r) end
 if max_off > stored then set(off_field, int(max_off)) end
 
-local hset, hdel = {}, {}
+local hset, hdel, ns, nd = {}, {}, 0, 0
 for f, _ in pairs(dirty) do
   local v = H[f]
   if v == nil then
-    hdel[#hdel + 1] = f
+    nd = nd + 1
+    hdel[nd] = f
   else
-    hset[#hset + 1] = f
-    hset[#hset + 1] = v
+    hset[ns + 1] = f
+    hset[ns + 2] = v
+    ns = ns + 2
   end
 end
-if #hdel > 0 then redis.call('HDEL', h, unpack(hdel)) end
-if #hset > 0 then redis.call('HSET', h, unpack(hset)) end
-if ttl > 0 then redis.call('EXPIRE', h, ttl) end
+if nd > 0 then redis.call('HDEL', h, unpack(hdel, 1, nd)) end
+if ns > 0 then redis.call('HSET', h, unpack(hset, 1, ns)) end
+if tonumber(ttl) > 0 then redis.call('EXPIRE', h, ttl) end
 return applied
