@@ -25,8 +25,8 @@ from fastapi.responses import Response
 
 from engine.config import BASELINE_POLICY, Action, EngineConfig
 from engine.decisions import CONTROL_ARM, holdout_arm, new_decision_id, request_context_features
-from engine.features import Profile, context_features, decode
-from engine.layout import identity_key
+from engine.features import Profile, RawProfile, context_features, decode
+from engine.layout import identity_key, profile_key
 from engine.policies import Candidate
 from serving.services import Services
 
@@ -88,24 +88,38 @@ def eligible_actions(req: DecideRequest, config: EngineConfig, now: float) -> li
     return [a for a in pool if req.placement in a.placements and a.is_valid_at(now)]
 
 
+def _discard(fut: asyncio.Future[Any]) -> None:
+    """A reply nobody will read: cancel it, or mark its error as seen (no "never retrieved" warning)."""
+    if not fut.done():
+        fut.cancel()
+    elif not fut.cancelled():
+        fut.exception()
+
+
 async def read_profile(svc: Services, req: DecideRequest, now: float) -> Profile | None:
-    """A known customer is one HGETALL; an anonymous visitor's read also asks the identity map (one
-    pipeline), and a second read follows only when that anonymous id was identified."""
-    store = svc.store
+    """A known customer is one HGETALL; an anonymous visitor's read also asks the identity map, and a
+    second read follows only when that anonymous id was identified. The commands go through
+    ``svc.reads`` (serving/read_batch.py): concurrent decisions share one pipeline per event-loop turn."""
+    reads = svc.reads
+    if reads is None:  # not started (tests that build Services by hand)
+        raise RuntimeError("Services.reads is not set")
     if req.customer_id is not None:
         subject = req.customer_id
-        raw = await store.read_raw(subject)
+        raw = RawProfile(hash=await reads.call("HGETALL", profile_key(subject)))
     elif req.anonymous_id is not None:
         subject = req.anonymous_id
-        pipe = svc.redis.pipeline(transaction=False)
-        store.queue_read(pipe, subject)
-        pipe.get(identity_key(subject))
-        results = await pipe.execute()
-        if results[-1]:
-            subject = results[-1]
-            raw = await store.read_raw(subject)
+        profile_reply = reads.call("HGETALL", profile_key(subject))  # same pipeline as the identity lookup
+        try:
+            customer = await reads.call("GET", identity_key(subject))
+        except BaseException:
+            _discard(profile_reply)
+            raise
+        if customer:
+            _discard(profile_reply)  # the customer's profile is read instead
+            subject = customer
+            raw = RawProfile(hash=await reads.call("HGETALL", profile_key(subject)))
         else:
-            raw = store.parse_read(results[: store.read_width])
+            raw = RawProfile(hash=await profile_reply)
     else:
         return None
     return decode(subject, raw, svc.config, now)

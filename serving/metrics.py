@@ -59,10 +59,14 @@ class ServingMetrics:
         self.events_out = Counter("pulse_collector_events_published_total", "Events delivered to Kafka")
         self.events_rejected = Counter("pulse_collector_events_rejected_total", "Invalid events rejected")
         self.errors = Counter("pulse_errors_total", "Errors by where they happened", "where")
+        self.read_pipelines = Counter("pulse_profile_read_pipelines_total",
+                                      "Pipelines that carried the decisions' profile reads")
+        self.read_commands = Counter("pulse_profile_read_commands_total",
+                                     "Profile read commands (per pipeline: the batching achieved)")
 
     def render(self) -> str:
         out: list[str] = []
         for m in (self.decide_latency, self.decisions, self.events_in, self.events_out,
-                  self.events_rejected, self.errors):
+                  self.events_rejected, self.errors, self.read_pipelines, self.read_commands):
             out += m.render()
         return "\n".join(out) + "\n"

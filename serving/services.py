@@ -24,6 +24,7 @@ from engine.settings import Settings
 from serving.decision_log import DecisionLog
 from serving.metrics import ServingMetrics
 from serving.models import ModelRegistry
+from serving.read_batch import ReadBatcher
 
 log = logging.getLogger(__name__)
 POPULARITY_REFRESH_S = 1.0
@@ -68,6 +69,7 @@ class Services:
     models: ModelRegistry
     metrics: ServingMetrics
     decision_log: DecisionLog | None = None
+    reads: ReadBatcher | None = None  # the decisions' profile reads, one pipeline per event-loop turn
     popularity: PopularitySnapshot = field(default_factory=PopularitySnapshot)
     _placement_action_ids: dict[str, list[str]] = field(default_factory=dict)
     candidates: dict[str, Candidate] = field(default_factory=dict)
@@ -123,6 +125,7 @@ class Services:
                   models=ModelRegistry(config, learning, settings.model_signing_key.encode(), metrics),
                   metrics=metrics)
         svc.decision_log = DecisionLog(producer, settings.decisions_topic, metrics)
+        svc.reads = ReadBatcher(redis, metrics)
         svc._tasks.append(asyncio.create_task(svc._every(POPULARITY_REFRESH_S, svc.refresh_popularity)))
         svc._tasks.append(asyncio.create_task(svc._every(MODEL_REFRESH_S, svc.models.refresh)))
         return svc
