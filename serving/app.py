@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from engine.runtime import freeze_startup_heap
 from engine.settings import Settings, load_settings
 from serving import collector, decide, experiments, health, profiles
 from serving.services import Services
@@ -18,6 +19,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = await Services.start(settings)
+        freeze_startup_heap()  # per-request garbage no longer makes the collector re-scan the start-up heap
         try:
             yield
         finally:
