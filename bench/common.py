@@ -206,6 +206,18 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def child_pids(pid: int) -> list[int]:
+    """Direct children of a process (e.g. uvicorn's worker processes under ``--workers N``)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return sorted(out)
+
+
 def system_cpu_seconds() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -453,14 +465,18 @@ def bench_env(**extra: str) -> dict[str, str]:
     return {"ENGINE_CONFIG": str(bench_config()), **extra}
 
 
-def start_api(infra: Infra, stack: Any, name: str = "api", app: str = "serving.app:app", **env: str) -> tuple[Any, str]:
-    """The real API (or another ASGI app with exactly the same uvicorn command line) on a free port."""
+def start_api(infra: Infra, stack: Any, name: str = "api", app: str = "serving.app:app", workers: int = 1,
+              **env: str) -> tuple[Any, str]:
+    """The real API (or another ASGI app with exactly the same uvicorn command line) on a free port;
+    ``workers`` > 1 adds ``--workers N`` (uvicorn's supervisor and N server processes)."""
     from infra.processes import ManagedProcess, api_process, free_port, wait_http_ready
 
     port = free_port()
     proc = api_process(stack, infra.log_dir, port, **bench_env(**env))
-    if app != "serving.app:app" or name != "api":
+    if app != "serving.app:app" or name != "api" or workers > 1:
         argv = [app if a == "serving.app:app" else a for a in proc.argv]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
         proc = ManagedProcess(name, argv, proc.env, infra.log_dir)
     proc.start()
     base = f"http://127.0.0.1:{port}"

@@ -49,6 +49,7 @@ from bench.common import (
     Infra,
     RssSampler,
     bench_config,
+    child_pids,
     config_summary,
     content_length,
     exit_cleanly_on_signals,
@@ -448,6 +449,7 @@ def run(infra: Infra) -> dict[str, Any]:
                     f"errors {w['errors']}")
         results["rss"] = rss.summary()
 
+
         if infra.profile:
             log("latency: profiling the API with py-spy at 1000 req/s")
             prof_s = 3.0 if quick else 15.0
@@ -457,6 +459,28 @@ def run(infra: Infra) -> dict[str, Any]:
                 under = run_open_loop(api_url, bodies, TARGET_RATE, prof_s, 0.5, grace=grace)
             results["profile"] = {"file": str(out.relative_to(infra.repo)), "load": {
                 "rate": TARGET_RATE, "latency_ms": under["latency_ms"]}, **summarise_profile(rec.path, rec.rate)}
+
+        # uvicorn --workers 2 for both: does a second server process on 2 shared cores buy throughput?
+        api.stop()
+        bare.stop()
+        bare_route.stop()
+        for name, app in (("bare", "bench.bare_app:app"), ("ours", "serving.app:app")):
+            proc, url = start_api(infra, stack, name=f"{name}-x2", app=app, workers=2)
+            try:
+                time.sleep(1.0)  # both server processes up
+                servers = child_pids(proc.proc.pid)
+                run_wrk(url, bodies_file, 1)  # warm-up: each process loads its models and connections
+                cpu = CpuMeter({**{f"server{i}": p for i, p in enumerate(servers)}, "redis": redis_pid}).start()
+                w = run_wrk(url, bodies_file, wrk_seconds)
+                w["cpu"] = cpu.stop()
+                server_cpu = sum(v for k, v in w["cpu"].items() if k.startswith("server"))
+                w["child_processes"] = len(servers)  # the server processes (+ multiprocessing helpers)
+                w["server_cpu_ms_per_request"] = round(1000 * server_cpu / max(1, w["requests"]), 3)
+                results["saturation"][f"{name}_2_processes"] = w
+                log(f"latency: wrk -c32 {name}, 2 server processes: {w['rate']} req/s, "
+                    f"p99 {w['latency_ms']['p99']} ms, errors {w['errors']}")
+            finally:
+                proc.stop()
     finally:
         api.stop()
         bare.stop()
@@ -470,6 +494,7 @@ def run(infra: Infra) -> dict[str, Any]:
     held = [r for r in RATES if _holds(results["rates"][str(r)]["ours"], r)]
     ours_sat = results["saturation"]["ours"]["rate"]
     bare_sat = results["saturation"]["bare"]["rate"]
+    ours2, bare2 = results["saturation"]["ours_2_processes"]["rate"], results["saturation"]["bare_2_processes"]["rate"]
     results["summary"] = {
         "highest_rate_with_p99_under_10ms": max(held) if held else 0,
         "throughput_ratio_vs_bare": round(ours_sat / bare_sat, 3) if bare_sat else 0.0,
@@ -477,6 +502,8 @@ def run(infra: Infra) -> dict[str, Any]:
         "throughput_ratio_vs_bare_route": round(ours_sat / results["saturation"]["bare_route"]["rate"], 3)
         if results["saturation"]["bare_route"]["rate"] else 0.0,
         "api_cpu_ms_per_decision_at_saturation": results["saturation"]["ours"]["server_cpu_ms_per_request"],
+        "two_processes": {"ours": ours2, "bare": bare2, "ratio_vs_bare": round(ours2 / bare2, 3) if bare2 else 0.0,
+                          "ours_gain_over_one_process": round(ours2 / ours_sat, 2) if ours_sat else 0.0},
         "at_1000": results["rates"][str(TARGET_RATE)]["ours"],
         "generator_check": {str(r): {"target": r, "bare_achieved": results["rates"][str(r)]["bare"]["achieved_rate"],
                                      "bare_p99_ms": results["rates"][str(r)]["bare"]["latency_ms"].get("p99"),

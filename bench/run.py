@@ -106,6 +106,13 @@ def table(r: dict[str, Any], quick: bool) -> str:
                          f"bare {sb['server_cpu_ms_per_request']:.3f} ms -> a core serves "
                          f"{_n(1000 / so['server_cpu_ms_per_request'])} vs {_n(1000 / sb['server_cpu_ms_per_request'])}"
                          " req/s"))
+        two = lat["summary"].get("two_processes")
+        if two:
+            o2 = lat["saturation"]["ours_2_processes"]
+            rows.append(("throughput, 2 server processes (wrk -c32)",
+                         f"{_n(two['ours'])} req/s (p99 {_ms(o2['latency_ms']['p99'])} ms; "
+                         f"x{two['ours_gain_over_one_process']:.2f} vs 1)",
+                         f"bare {_n(two['bare'])} req/s -> ratio {two['ratio_vs_bare']:.2f}"))
         fl = lat["redis_floor"]
         rows.append(("Redis floor from Python: HGETALL p50 / p99 ms",
                      f"{_ms(fl['hgetall_ms']['p50'])} / {_ms(fl['hgetall_ms']['p99'])}",
