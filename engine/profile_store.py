@@ -6,7 +6,7 @@ reading it is one ``HGETALL``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -29,6 +29,7 @@ from engine.layout import (
     profile_key,
     worker_stats_key,
 )
+from engine.redis_connection import execute_streamed
 
 APPLY_OPS_LUA = resources.files("engine").joinpath("lua/apply_ops.lua").read_text()
 
@@ -73,31 +74,40 @@ class ProfileStore:
         self._sha = await self.redis.script_load(APPLY_OPS_LUA)
         return self._sha
 
-    async def apply(self, batches: Sequence[OwnerBatch]) -> list[int]:
+    async def apply(self, batches: Sequence[OwnerBatch], on_sent: Callable[[], None] | None = None) -> list[int]:
         """Apply owner batches in one pipelined round trip; returns events applied per batch
-        (fewer than sent when some were replays or duplicates)."""
+        (fewer than sent when some were replays or duplicates).
+
+        The calls are encoded and sent in chunks (``execute_streamed``): Redis runs the first ones while the
+        rest are encoded. Every call is idempotent, so after an error the whole list may be sent again."""
         if not batches:
             return []
         sha = self._sha or await self._load_script()
         for attempt in (0, 1):
-            pipe = self.redis.pipeline(transaction=False)
-            for b in batches:
+            replies = await execute_streamed(self.redis, self._evalsha_chunks(sha, batches), on_sent)
+            errors = [r for r in replies if isinstance(r, Exception)]
+            if not errors:
+                return [int(r) for r in replies]
+            if attempt or not all(isinstance(e, NoScriptError) for e in errors):
+                raise errors[0]
+            sha = await self._load_script()  # Redis restarted or flushed its script cache
+        raise AssertionError("unreachable")
+
+    def _evalsha_chunks(self, sha: str, batches: Sequence[OwnerBatch], first: int = 32,
+                        size: int = 256) -> Iterator[list[tuple[Any, ...]]]:
+        """EVALSHA commands in chunks: a small first one, so that Redis starts early, then bigger ones."""
+        ttl, dedup_window = self._ttl, self.config.profile.dedup_window
+        start, n = 0, first
+        while start < len(batches):
+            chunk = []
+            for b in batches[start:start + n]:
                 keys = b.owner_keys.keys
                 per_customer = b.dedup
-                pipe.evalsha(
-                    sha, len(keys), *keys,
-                    offset_field(b.topic, b.partition), self._ttl if per_customer else 0,
-                    self.config.profile.dedup_window if per_customer else 0,
-                    encode_events(b.events),
-                )
-            try:
-                results = await pipe.execute()
-                return [int(r) for r in results]
-            except NoScriptError:
-                if attempt:
-                    raise
-                sha = await self._load_script()  # Redis restarted or flushed its script cache
-        raise AssertionError("unreachable")
+                chunk.append(("EVALSHA", sha, len(keys), *keys, offset_field(b.topic, b.partition),
+                              ttl if per_customer else 0, dedup_window if per_customer else 0,
+                              encode_events(b.events)))
+            yield chunk
+            start, n = start + n, size
 
     def customer_batch(self, customer_id: str, topic: str, partition: int) -> OwnerBatch:
         return OwnerBatch(customer_keys(customer_id, self.config), topic, partition, True, [])

@@ -20,9 +20,11 @@ True
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import hiredis
+import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError, ResponseError
 
@@ -73,3 +75,42 @@ class HiredisPackedConnection(Connection):
                 return response
         return await super().read_response(disable_decoding, timeout, disconnect_on_error=disconnect_on_error,
                                            push_request=push_request)
+
+
+async def execute_streamed(redis: aioredis.Redis, chunks: Iterable[Sequence[Sequence[Any]]],
+                           on_sent: Callable[[], None] | None = None) -> list[Any]:
+    """Send pipelined commands chunk by chunk, as ``chunks`` yields them, then read every reply.
+
+    A redis-py pipeline packs every command before it sends the first, so Redis idles while the client
+    builds a long pipeline, and the client idles while Redis runs it. Here each chunk goes out as soon as it
+    is built: Redis runs the first chunks while the caller's generator builds the next ones (the worker's
+    batch of ~2,000 Lua calls, ``engine/profile_store.py``). One connection, so Redis runs the commands in
+    the order given.
+
+    Replies come back in order; an error reply is returned in its place as the ``ResponseError`` (like
+    ``pipeline.execute(raise_on_error=False)``). If the connection fails, or the generator raises, the
+    connection is closed (it may hold unread replies) and the error is raised: the chunks already sent may
+    have run, so callers send only commands that are safe to send again.
+    """
+    pool = redis.connection_pool
+    conn = await pool.get_connection()
+    try:
+        sent = 0
+        for chunk in chunks:
+            if chunk:
+                await conn.send_packed_command(conn.pack_commands(chunk), check_health=sent == 0)
+                sent += len(chunk)
+        if on_sent is not None:
+            on_sent()
+        replies: list[Any] = []
+        for _ in range(sent):
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)

@@ -159,11 +159,11 @@ class StreamService(mode.Service):
 
         async def events(records: Sequence[Record]) -> Write:
             prepared = await c.processor.prepare(records)  # no Redis: parsed and dead-lettered once
-            return lambda: retry_forever("ingest", lambda: c.processor.apply(prepared))
+            return lambda sent: retry_forever("ingest", lambda: c.processor.apply(prepared, sent))
 
         async def decisions(records: Sequence[Record]) -> Write:
             logged = await c.joiner.prepare_decisions(records)
-            return lambda: retry_forever("decisions", lambda: c.joiner.apply_decisions(logged, time.time()))
+            return lambda sent: retry_forever("decisions", lambda: c.joiner.apply_decisions(logged, time.time()))
 
         handlers = {settings.events_topic: events, settings.decisions_topic: decisions}
         self.loop_ = BatchLoop(stream_consumer, [settings.events_topic, settings.decisions_topic], handlers, c.outbox,

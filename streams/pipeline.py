@@ -8,6 +8,7 @@ customer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class BatchStats:
 DeadLetterSink = Callable[[bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[None]]
 #: Receives the valid events of a batch after their profile updates were applied (rewards, models).
 EventHook = Callable[[Sequence[tuple[Record, Event]]], Awaitable[None]]
+#: A valid event of a prepared batch: its record, the event, its profile row, its popularity operations.
+PreparedItem = tuple[Record, Event, list[Any], list[Any] | None]
 
 
 @dataclass(slots=True)
@@ -51,7 +54,7 @@ class PreparedBatch:
     stats: BatchStats
     #: valid events in record order, each with its profile row ``[offset, token, ts, ops, is_consent]``
     #: and its popularity operations (or None)
-    items: list[tuple[Record, Event, list[Any], list[Any] | None]]
+    items: list[PreparedItem]
 
 
 class BatchProcessor:
@@ -69,7 +72,7 @@ class BatchProcessor:
 
     async def prepare(self, records: Sequence[Record]) -> PreparedBatch:
         stats = BatchStats(received=len(records))
-        items: list[tuple[Record, Event, list[Any], list[Any] | None]] = []
+        items: list[PreparedItem] = []
         by_type = stats.by_type
         ops_for, popularity_ops_for = self.extractor.ops_for, self.extractor.popularity_ops_for
         for rec in records:
@@ -94,27 +97,24 @@ class BatchProcessor:
             items.append((rec, ev, row, popularity_ops_for(etype, ts, ev.properties) or None))
         return PreparedBatch(stats, items)
 
-    async def apply(self, prepared: PreparedBatch) -> BatchStats:
+    async def apply(self, prepared: PreparedBatch, on_sent: Callable[[], None] | None = None) -> BatchStats:
+        """Write a prepared batch. ``on_sent`` is called once the bulk of its profile writes is sent to Redis
+        (the batch loop then prepares the next batch while Redis runs them; see ``streams/consumer.py``)."""
         stats, items = prepared.stats, prepared.items
         stats.applied = 0  # apply may be retried (Redis outage): count once
         # Resolve anonymous ids once per batch (one round trip); identify events update the map.
         anon = [ev.anonymous_id for _, ev, _, _ in items if ev.customer_id is None and ev.anonymous_id]
         identity = await self.store.resolve(anon)
-        segment: list[tuple[Record, Event, list[Any], list[Any] | None]] = []
-        for item in items:
-            rec, ev = item[0], item[1]
-            if ev.type == "identify" and ev.anonymous_id and ev.customer_id:
-                stats.applied += await self._apply(segment, identity)
-                segment = []
-                await self.store.merge_identity(
-                    ev.anonymous_id, ev.customer_id, rec.topic, rec.partition, rec.offset, ev.event_id,
-                    ev.timestamp,
-                )
-                identity[ev.anonymous_id] = ev.customer_id
-                stats.applied += 1
-            else:
-                segment.append(item)
-        stats.applied += await self._apply(segment, identity)
+        bulk, linked = split_linked(items, identity)
+        # The owners that identify events link are written in record order, one segment after another; the
+        # others' events at the same time, in one pipeline: the two share no profile. Popularity (global,
+        # order-free sums) goes with the bulk, for every event.
+        results = await asyncio.gather(self._apply(bulk, identity, items, on_sent),
+                                       self._apply_linked(linked, identity), return_exceptions=True)
+        for r in results:  # both ran to their end: a retry never overlaps a write still running
+            if isinstance(r, BaseException):
+                raise r
+        stats.applied = results[0] + results[1]  # type: ignore[operator]
         valid = [(rec, ev) for rec, ev, _, _ in items]
         for hook in self.hooks:
             await hook(valid)
@@ -123,27 +123,101 @@ class BatchProcessor:
         )
         return stats
 
-    async def _apply(self, items: Sequence[tuple[Record, Event, list[Any], list[Any] | None]],
-                     identity: dict[str, str]) -> int:
-        if not items:
-            return 0
+    async def _apply_linked(self, items: Sequence[PreparedItem], identity: dict[str, str]) -> int:
+        """Events of owners linked by identify events, in record order: the anonymous history before an
+        identify is written, then merged into the customer's profile, and what follows goes to the customer."""
+        applied = 0
+        segment: list[PreparedItem] = []
+        for item in items:
+            rec, ev = item[0], item[1]
+            if _merges(ev):
+                applied += await self._apply(segment, identity, ())
+                segment = []
+                await self.store.merge_identity(
+                    ev.anonymous_id, ev.customer_id, rec.topic, rec.partition, rec.offset, ev.event_id,  # type: ignore[arg-type]
+                    ev.timestamp,
+                )
+                identity[ev.anonymous_id] = ev.customer_id  # type: ignore[index,assignment]
+                applied += 1
+            else:
+                segment.append(item)
+        return applied + await self._apply(segment, identity, ())
+
+    async def _apply(self, items: Sequence[PreparedItem], identity: dict[str, str],
+                     popularity_items: Sequence[PreparedItem], on_sent: Callable[[], None] | None = None) -> int:
+        """One pipeline: the owners' events of ``items`` and the popularity operations of ``popularity_items``."""
         owners: dict[tuple[str, int], OwnerBatch] = {}
         popularity: dict[tuple[str, int], OwnerBatch] = {}
-        for rec, ev, row, pop_ops in items:
-            owner = ev.customer_id or identity.get(ev.anonymous_id or "", ev.anonymous_id or "")
+        for rec, ev, row, _ in items:
+            owner = _owner(ev, identity)
             key = (owner, rec.partition)
             batch = owners.get(key)
             if batch is None:
                 batch = owners[key] = self.store.customer_batch(owner, rec.topic, rec.partition)
             batch.events.append(row)
+        for rec, _, row, pop_ops in popularity_items:
             if pop_ops:
                 pkey = (rec.topic, rec.partition)
                 pb = popularity.get(pkey)
                 if pb is None:
                     pb = popularity[pkey] = self.store.popularity_batch(rec.topic, rec.partition)
                 pb.events.append([rec.offset, "", row[2], pop_ops, 0])
-        results = await self.store.apply([*owners.values(), *popularity.values()])
+        if not owners and not popularity:
+            if on_sent is not None:
+                on_sent()
+            return 0
+        results = await self.store.apply([*owners.values(), *popularity.values()], on_sent)
         return sum(results[: len(owners)])  # popularity is bookkeeping, not customer events
+
+
+def _merges(ev: Event) -> bool:
+    """An identify event that merges an anonymous profile into a customer's."""
+    return ev.type == "identify" and bool(ev.anonymous_id) and bool(ev.customer_id)
+
+
+def _owner(ev: Event, identity: dict[str, str]) -> str:
+    return ev.customer_id or identity.get(ev.anonymous_id or "", ev.anonymous_id or "")
+
+
+def split_linked(items: Sequence[PreparedItem],
+                 identity: dict[str, str]) -> tuple[list[PreparedItem], list[PreparedItem]]:
+    """Split a batch into the events that identify events do not concern and those they do.
+
+    An identify links its anonymous id, its customer and the customer the anonymous id resolved to before:
+    those owners' events, the identify events themselves and the anonymous events of a merged id (their
+    owner changes at the identify) must be written in record order around the merge. No other event
+    writes to any of those owners, so the rest can be written all at once.
+
+    >>> import orjson
+    >>> from schemas.events import parse_event
+    >>> def item(offset, **fields):
+    ...     ev = parse_event(orjson.dumps({"event_id": f"e{offset}", "timestamp": "2026-01-01T00:00:00Z",
+    ...                                    "properties": {}, **fields}))
+    ...     return (Record("events", 0, offset, None, b""), ev, [], None)
+    >>> batch = [item(1, type="page_view", anonymous_id="a1"), item(2, type="page_view", customer_id="c9"),
+    ...          item(3, type="identify", anonymous_id="a1", customer_id="c1"),
+    ...          item(4, type="page_view", anonymous_id="a1"), item(5, type="click", customer_id="c1",
+    ...          properties={"item_id": "i1"})]
+    >>> bulk, linked = split_linked(batch, {})
+    >>> [r.offset for r, *_ in bulk], [r.offset for r, *_ in linked]
+    ([2], [1, 3, 4, 5])
+    """
+    merges = [(ev.anonymous_id, ev.customer_id) for _, ev, _, _ in items if _merges(ev)]
+    if not merges:
+        return list(items), []
+    merged_anonymous = {a for a, _ in merges}
+    linked_owners = merged_anonymous | {c for _, c in merges} | {
+        identity[a] for a in merged_anonymous if a in identity}  # type: ignore[index]
+    bulk: list[PreparedItem] = []
+    linked: list[PreparedItem] = []
+    for item in items:
+        ev = item[1]
+        if (_merges(ev) or _owner(ev, identity) in linked_owners
+                or (ev.customer_id is None and ev.anonymous_id in merged_anonymous)):
+            linked.append(item)
+        else:
+            bulk.append(item)
+    return bulk, linked
 
 
 def _dlq_headers(rec: Record, reason: str) -> list[tuple[str, bytes]]:

@@ -1,6 +1,7 @@
-"""``BatchLoop`` ordering: batch N+1 is prepared while batch N writes, writes never overlap, and a commit
-covers only batches whose writes are done. The consumer here is an in-memory stand-in (the loop's Kafka
-behaviour is tested on a real broker in tests/integration/test_resilience.py)."""
+"""``BatchLoop`` ordering: batch N+1 is prepared while batch N writes (once batch N's commands are sent),
+writes never overlap, and a commit covers only batches whose writes are done. The consumer here is an
+in-memory stand-in (the loop's Kafka behaviour is tested on a real broker in
+tests/integration/test_resilience.py)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def batch(partition: int, first: int, n: int) -> dict[TopicPartition, list[Any]]
                                                for o in range(first, first + n)]}
 
 
-def test_next_batch_is_prepared_while_the_previous_one_writes_and_writes_never_overlap() -> None:
+def test_next_batch_is_prepared_after_the_previous_one_sent_its_writes_and_writes_never_overlap() -> None:
     trace: list[tuple[str, Any]] = []
 
     async def main() -> list[dict[TopicPartition, int]]:
@@ -73,9 +74,12 @@ def test_next_batch_is_prepared_while_the_previous_one_writes_and_writes_never_o
             n = records[0].offset + 10 * records[0].partition
             trace.append(("prepare", n))
 
-            async def write() -> None:
+            async def write(sent: Any) -> None:
                 trace.append(("write start", n))
-                await asyncio.sleep(0.02)  # Redis round trips: the loop goes on fetching and preparing
+                await asyncio.sleep(0.005)  # encoding and sending: the loop does not take the CPU meanwhile
+                trace.append(("sent", n))
+                sent()
+                await asyncio.sleep(0.02)  # Redis runs the commands: the loop goes on fetching and preparing
                 trace.append(("write end", n))
             return write
 
@@ -89,11 +93,11 @@ def test_next_batch_is_prepared_while_the_previous_one_writes_and_writes_never_o
     commits = asyncio.run(main())
     steps = [t for t in trace if t[0] != "commit"]
     assert steps == [
-        ("prepare", 0), ("write start", 0),
-        ("prepare", 3),  # prepared before batch 0's writes ended
-        ("write end", 0), ("write start", 3),
+        ("prepare", 0), ("write start", 0), ("sent", 0),
+        ("prepare", 3),  # prepared after batch 0's commands were sent, before its writes ended
+        ("write end", 0), ("write start", 3), ("sent", 3),
         ("prepare", 10),
-        ("write end", 3), ("write start", 10), ("write end", 10),
+        ("write end", 3), ("write start", 10), ("sent", 10), ("write end", 10),
     ]
     # a commit names only offsets whose batch's writes had ended before it
     ends = {(0, 3): ("write end", 0), (0, 6): ("write end", 3), (1, 2): ("write end", 10)}
@@ -117,7 +121,8 @@ def test_a_failed_write_stops_the_loop_and_commits_nothing_of_its_batch() -> Non
         consumer = ListConsumer([batch(0, 0, 2), batch(0, 2, 2)], idle)
 
         async def handler(records: Sequence[Record]) -> Any:
-            async def write() -> None:
+            async def write(sent: Any) -> None:  # never says it sent: the loop waits for its end
+                await asyncio.sleep(0)
                 if records[0].offset == 2:
                     raise ValueError("boom")
             return write

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from engine.redis_connection import HiredisPackedConnection
+from engine.redis_connection import HiredisPackedConnection, execute_streamed
 from infra import local
 
 pytestmark = pytest.mark.integration
@@ -71,3 +71,62 @@ def test_same_replies_and_errors_as_redis_py(redis_server: local.RedisService) -
     assert ours == theirs
     assert ours[1][:4] == [0, {"v": ""}, 1, {"v": "x"}]
     assert ours[2][0] is True and "BOOM" in ours[2][1] and ours[2][2] == "é"
+
+
+async def _streamed_and_pipelined(url: str, connection_class: Any) -> None:
+    r = aioredis.from_url(url, decode_responses=True, connection_class=connection_class)
+    try:
+        await r.flushdb()
+        built: list[int] = []
+        sent: list[int] = []
+
+        def chunks() -> Any:
+            for c in range(20):  # 20 chunks of 150 commands, each built when the previous one is sent
+                built.append(c)
+                yield [("INCRBY", f"n:{i % 7}", i) if i % 500 else ("INCR", "s") for i in
+                       range(150 * c, 150 * (c + 1))]
+
+        replies = await execute_streamed(r, chunks(), on_sent=lambda: sent.append(len(built)))
+        assert sent == [20]  # called once, after the last chunk
+        await r.flushdb()
+        pipe = r.pipeline(transaction=False)
+        for chunk in chunks():
+            for cmd in chunk:
+                pipe.execute_command(*cmd)
+        assert replies == await pipe.execute() and len(replies) == 3000
+        # an error reply is returned in its place; the replies after it are still read
+        await r.set("t", "text")
+        out = await execute_streamed(r, [[("SET", "u", "1")], [("INCR", "t"), ("GET", "u")]])
+        assert out[0] in (True, "OK") and isinstance(out[1], ResponseError) and out[2] == "1"
+    finally:
+        await r.aclose()
+
+
+def test_streamed_chunks_give_the_pipeline_replies_in_order(redis_server: local.RedisService) -> None:
+    url = f"{redis_server.url.rsplit('/', 1)[0]}/14"
+    for connection_class in (HiredisPackedConnection, aioredis.Connection):
+        asyncio.run(_streamed_and_pipelined(url, connection_class))
+
+
+def test_a_chunk_generator_that_fails_closes_the_connection(redis_server: local.RedisService) -> None:
+    url = f"{redis_server.url.rsplit('/', 1)[0]}/14"
+
+    async def main() -> None:
+        r = aioredis.from_url(url, decode_responses=True, connection_class=HiredisPackedConnection,
+                              max_connections=1)
+        try:
+            await r.set("k", "v")
+
+            def chunks() -> Any:
+                yield [("GET", "k")] * 100  # sent: its replies are never read
+                raise ValueError("encoding failed")
+
+            with pytest.raises(ValueError, match="encoding failed"):
+                await execute_streamed(r, chunks())
+            # the only pooled connection was closed, not handed back with 100 unread replies
+            assert await r.incr("counter") == 1
+            assert await r.get("k") == "v"
+            await r.delete("counter")
+        finally:
+            await r.aclose()
+    asyncio.run(main())

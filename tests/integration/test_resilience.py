@@ -200,3 +200,24 @@ def test_make_demo_runs_end_to_end_and_shows_a_changed_decision() -> None:
     assert "personalised=False" in before and "personalised=True" in after
     assert "promo-sun-hats" in after.split(":", 1)[1].split(",")[0]  # the clicked category now leads
     assert "events/s" in out.stdout and "p99" in out.stdout
+
+
+def test_the_profile_script_is_loaded_again_after_redis_forgot_it(redis_server: local.RedisService) -> None:
+    import orjson
+
+    visitor = f"anon-{uuid.uuid4().hex[:6]}"
+    records = [Record("events", 0, 10 + i, visitor.encode(), orjson.dumps(event("page_view", visitor, category="x")))
+               for i in range(4)]
+
+    async def dead(key, value, headers):  # type: ignore[no-untyped-def]
+        raise AssertionError("no dead letter expected")
+
+    async def run(store):  # type: ignore[no-untyped-def]
+        proc = BatchProcessor(store, dead)
+        first = await proc.process(records[:2])
+        await store.redis.script_flush()  # a Redis restart without persistence of scripts, or SCRIPT FLUSH
+        second = await proc.process(records[2:])
+        return first.applied, second.applied
+
+    assert with_store(redis_server.url, run) == (2, 2)
+    assert profile_of(redis_server.url, visitor).counts["page_view"] == 4
