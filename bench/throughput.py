@@ -243,14 +243,15 @@ def run_bare(stack: Any, n: int, timeout: float, pipeline_redis: str | None = No
 # workers
 
 
-async def _counters(redis_url: str) -> dict[str, int]:
+async def _counters(redis_url: str) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
     from engine.layout import worker_stats_key
 
     c = aioredis.from_url(redis_url, decode_responses=True)
     try:
-        return {k: int(float(v)) for k, v in (await c.hgetall(worker_stats_key())).items()}
+        return {k: float(v) if k.endswith("_seconds") else int(float(v))
+                for k, v in (await c.hgetall(worker_stats_key())).items()}
     finally:
         await c.aclose()
 
@@ -305,7 +306,7 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
     prof_ctx: Any = None
     rec = None
     first = None
-    c: dict[str, int] = {}
+    c: dict[str, Any] = {}
     try:
         with RssSampler(pids) as rss:
             while time.monotonic() - (first or t_start) < limit:
@@ -344,6 +345,9 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
         "startup_s": round((first or end) - t_start, 2), "cpu": usage, "rss": rss.summary(),
         "redis_commandstats": _redis_cmdstats(redis_url),
     }
+    loop = {k[len("loop_"):-len("_seconds")]: v for k, v in c.items() if k.startswith("loop_")}
+    if loop and sum(loop.values()) > 0:  # where the ingest loops' wall time went (published every second)
+        res["loop_time_share_pct"] = {k: round(100 * v / sum(loop.values()), 1) for k, v in loop.items()}
     if got:  # Redis commands per event (inside and outside Lua): where the server's time goes
         stats = res["redis_commandstats"]
         by_calls = sorted(stats.items(), key=lambda kv: -kv[1]["calls"])

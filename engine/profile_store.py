@@ -171,6 +171,14 @@ class ProfileStore:
                 pipe.hincrby(worker_stats_key(), name, n)
         await pipe.execute()
 
+    async def add_worker_seconds(self, seconds: dict[str, float]) -> None:
+        """Add to the workers' time counters (``<name>_seconds``, shown by /metrics like the counts)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name, s in seconds.items():
+            if s > 0:
+                pipe.hincrbyfloat(worker_stats_key(), f"{name}_seconds", round(s, 6))
+        await pipe.execute()
+
     async def read_worker_counters(self) -> dict[str, str]:
         return await self.redis.hgetall(worker_stats_key())
 

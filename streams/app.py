@@ -156,6 +156,7 @@ class StreamService(mode.Service):
 
     async def on_start(self) -> None:
         c = await components().ready()
+        self._published = {}
 
         async def events(records: Sequence[Record]) -> Write:
             prepared = await c.processor.prepare(records)  # no Redis: parsed and dead-lettered once
@@ -177,6 +178,20 @@ class StreamService(mode.Service):
     async def _run(self) -> None:
         assert self.loop_ is not None
         await self.loop_.run()
+
+    _published: dict[str, float]
+
+    @mode.Service.timer(1.0)
+    async def _publish_loop_seconds(self) -> None:
+        """Where the batch loop's wall time went, added to the worker counters (/metrics shows
+        ``pulse_worker_loop_<step>_seconds_total``): a loop whose time goes to ``wait_writes`` and ``head_start``
+        waits on Redis, one that spends it in ``prepare`` needs CPU."""
+        if self.loop_ is None:
+            return
+        now = dict(self.loop_.seconds)
+        delta = {f"loop_{k}": v - self._published.get(k, 0.0) for k, v in now.items()}
+        await retry_forever("loop seconds", lambda: components().processor.store.add_worker_seconds(delta))
+        self._published = now
 
     async def on_stop(self) -> None:
         if self.loop_ is not None:

@@ -233,3 +233,25 @@ def test_co_visitation_learned_in_the_stream_personalises_a_short_history(
     # one page view, no category: only "people who saw this bag clicked the hat" can explain hats first
     answer = wait_until(hats_first, timeout=40, interval=0.5, what="co-visitation to reach serving")
     assert answer["personalised"] is True
+
+
+def test_metrics_show_the_worker_counts_and_where_its_loop_time_goes(stack: Stack, worker: object,
+                                                                   api: str) -> None:
+    visitor = f"anon-{uuid.uuid4().hex[:6]}"
+    produce(stack.bootstrap, stack.events_topic, [event("page_view", visitor, category="hats")])
+    wait_until(lambda: profile_of(stack.redis_url, visitor).counts.get("page_view"), timeout=60,
+               what="profile updated")
+
+    def loop_metrics() -> dict[str, float] | None:
+        values = {}
+        for line in httpx.get(f"{api}/metrics").text.splitlines():
+            if line.startswith("pulse_worker_"):
+                name, value = line.split()
+                values[name] = float(value)
+        steps = {k for k in values if k.startswith("pulse_worker_loop_")}
+        return values if {"pulse_worker_loop_prepare_seconds_total",
+                          "pulse_worker_loop_poll_seconds_total"} <= steps else None
+
+    values = wait_until(loop_metrics, timeout=15, interval=0.5, what="loop seconds in /metrics")
+    assert values["pulse_worker_events_received_total"] >= 1
+    assert values["pulse_worker_loop_prepare_seconds_total"] > 0
