@@ -122,8 +122,9 @@ async def time_parts(svc: Any, bodies: list[bytes]) -> None:
 
 
 async def main_async(args: argparse.Namespace, stack: Any) -> None:
-    from bench.common import EventFactory, bench_config, populate_profiles
+    from bench.common import bench_config
     from bench.latency import make_bodies
+    from bench.traffic import EventFactory, populate_profiles
 
     f = EventFactory(11)
     now_ms = int(time.time() * 1000)

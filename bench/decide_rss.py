@@ -80,8 +80,10 @@ def __getattr__(name: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.common import EventFactory, Infra, populate_profiles, rss_bytes, start_api
+    from bench.common import Infra, start_api
     from bench.latency import make_bodies, run_open_loop, run_wrk
+    from bench.measure import rss_bytes
+    from bench.traffic import EventFactory, populate_profiles
 
     argv = sys.argv[1:] if argv is None else argv
     phases = (argv[0] if argv else "4000:15,wrk:10,idle:5").split(",")

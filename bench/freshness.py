@@ -37,11 +37,7 @@ from typing import Any
 import orjson
 
 from bench.common import (
-    CpuMeter,
-    EventFactory,
-    HttpClient,
     Infra,
-    RssSampler,
     exit_cleanly_on_signals,
     log,
     median,
@@ -50,6 +46,9 @@ from bench.common import (
     summarise_ms,
     write_result,
 )
+from bench.http_client import HttpClient
+from bench.measure import CpuMeter, RssSampler
+from bench.traffic import EventFactory
 
 FRESHNESS_TARGET_MS = 100.0
 READY_KEY = "bench:bare-pipeline-ready"
@@ -327,7 +326,7 @@ def run(infra: Infra, rate: float | None = None, samples: int | None = None,
     bg = None
     try:
         # the worker is ready when it applies an event
-        from bench.common import produce_records
+        from bench.traffic import produce_records
         from infra.processes import wait_until
 
         f = EventFactory(1)

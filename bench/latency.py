@@ -44,24 +44,18 @@ import orjson
 
 from bench.common import (
     WRK_DIR,
-    CpuMeter,
-    EventFactory,
     Infra,
-    RssSampler,
     bench_config,
-    child_pids,
     config_summary,
-    content_length,
     exit_cleanly_on_signals,
-    http_request,
     log,
-    populate_profiles,
-    pyspy_record,
     start_api,
     summarise_ms,
-    summarise_profile,
     write_result,
 )
+from bench.http_client import content_length, http_request
+from bench.measure import CpuMeter, RssSampler, child_pids, pyspy_record, summarise_profile
+from bench.traffic import EventFactory, populate_profiles
 
 RATES = (500, 1000, 2000, 4000)
 P99_TARGET_MS = 10.0

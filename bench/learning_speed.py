@@ -38,7 +38,9 @@ from typing import Any
 
 import orjson
 
-from bench.common import CATEGORIES, HttpClient, log, summarise_ms, write_result
+from bench.common import log, summarise_ms, write_result
+from bench.http_client import HttpClient
+from bench.traffic import CATEGORIES
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = ("linucb", "linear_thompson", "ctr_ranker", "popularity", "random")
@@ -314,7 +316,7 @@ async def populate(redis_url: str, config_path: Path, visitors: int, seed: int =
     """Profiles for ``visitors`` anonymous visitors, through the worker's ``BatchProcessor``."""
     import redis.asyncio as aioredis
 
-    from bench.common import EventFactory
+    from bench.traffic import EventFactory
     from engine.config import load_config
     from engine.profile_store import ProfileStore
     from streams.pipeline import BatchProcessor, Record

@@ -37,7 +37,8 @@ from typing import Any
 
 import orjson
 
-from bench.common import EventFactory, bench_config, partition_for
+from bench.common import bench_config
+from bench.traffic import EventFactory, partition_for
 
 END_MS = 1_750_000_000_000  # fixed: deterministic profiles (the script never reads the clock)
 PARTITIONS = 8

@@ -21,17 +21,8 @@ import asyncio
 import time
 from typing import Any
 
-from bench.common import (
-    EventFactory,
-    Infra,
-    bench_config,
-    exit_cleanly_on_signals,
-    log,
-    median,
-    percentile,
-    populate_profiles,
-    write_result,
-)
+from bench.common import Infra, bench_config, exit_cleanly_on_signals, log, median, percentile, write_result
+from bench.traffic import EventFactory, populate_profiles
 
 EVENTS_PER_PROFILE = 50
 BYTES_TARGET = 2048

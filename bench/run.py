@@ -25,7 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import freshness, latency, memory, throughput
-from bench.common import Infra, exit_cleanly_on_signals, log, meta, pyspy_binary, write_result
+from bench.common import Infra, exit_cleanly_on_signals, log, meta, write_result
+from bench.measure import pyspy_binary
 
 #: throughput runs before freshness: freshness keeps its background load under the worker's measured capacity
 BENCHMARKS = ("latency", "throughput", "freshness", "memory")

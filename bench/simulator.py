@@ -33,7 +33,7 @@ Load: asyncio, at most ``--concurrency`` visits in flight (most of them "thinkin
 their page views and the decision, time the worker needs to apply them), started at up to ``--rate``
 per second (default 100: what this 2-core machine sustains with the API's 25 ms decide budget; above
 it the share of degraded, non-personalised decisions grows, which the table shows). Each concurrent
-visit has its own keep-alive connection (``bench.common.HttpClient``): httpx costs ~1.5 ms of client CPU
+visit has its own keep-alive connection (``bench.http_client.HttpClient``): httpx costs ~1.5 ms of client CPU
 per request here against ~0.1 ms, and the client shares the two cores with everything it measures.
 A warm-up (other visitors, placement ``sim_warmup``, nothing learned) precedes the measured run, and a
 probe posts a page view every 2 s and polls its profile: the event -> profile lag per window.
@@ -62,7 +62,8 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.common import HttpClient, log, summarise_ms, write_result
+from bench.common import log, summarise_ms, write_result
+from bench.http_client import HttpClient
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "bench" / "config" / "simulator.toml"

@@ -35,19 +35,9 @@ from typing import Any
 
 import orjson
 
-from bench.common import (
-    CpuMeter,
-    EventFactory,
-    Infra,
-    RssSampler,
-    exit_cleanly_on_signals,
-    log,
-    produce_records,
-    pyspy_record,
-    start_worker,
-    summarise_profile,
-    write_result,
-)
+from bench.common import Infra, exit_cleanly_on_signals, log, start_worker, write_result
+from bench.measure import CpuMeter, RssSampler, pyspy_record, summarise_profile
+from bench.traffic import EventFactory, produce_records
 
 WORKER_TARGET = 10_000.0
 BARE_SHARE_TARGET = 0.30
