@@ -46,6 +46,7 @@ import numpy as np
 
 from engine.policies.base import Candidate, Features, Ranked, empty_ranked, tie_break_top
 from engine.policies.features import FeatureHasher
+from engine.policies.propensity import win_probability
 
 __all__ = ["LinUCB", "LinearThompson"]
 
@@ -267,9 +268,11 @@ class LinearThompson(_LinearBandit):
 
     Draws are per candidate, from the marginal posterior of its score (exact for the disjoint model;
     with ``shared_dims`` the correlation through the shared weights is ignored when sampling). The
-    propensity of the shown top action is estimated by Monte Carlo with ``propensity_samples`` extra
-    draws, counting the draw actually used as one of them: ``(1 + wins) / (1 + samples)``, so it is
-    never 0.
+    propensity of the shown top action ``t`` is what a Monte-Carlo estimate with ``propensity_samples``
+    extra draws, counting the draw actually used as one of them, reports on average:
+    ``E[(1 + wins) / (1 + samples)] = (1 + samples * P(t)) / (1 + samples)`` (so it is never below
+    ``1 / (1 + samples)``), with ``P(t)`` computed by quadrature (:mod:`engine.policies.propensity`) instead
+    of drawn: the same expected value without the sampling noise, at about a third of the cost of the draws.
 
     >>> import random
     >>> from engine.policies import Candidate
@@ -310,22 +313,39 @@ class LinearThompson(_LinearBandit):
         if gen is None:  # one generator per policy object, seeded from the caller's rng on first use
             gen = self._gen = np.random.default_rng(rng.getrandbits(64))
         K = len(candidates)
-        draws = gen.standard_normal((self.propensity_samples + 1, K))
-        draws *= sd
-        draws += mean
-        scores = draws[0]
+        # the decision's draws (the same numbers as the first row of the (1 + samples, K) block drawn before the
+        # propensity became a quadrature: multiply, then add, so the scores are the same floats)
+        scores = gen.standard_normal(K)
+        scores *= sd
+        scores += mean
         tied = np.flatnonzero(scores >= scores.max() - 1e-12)  # as tie_break_top, without a Python loop
         n_tied = len(tied)
         top = int(tied[0]) if n_tied == 1 else int(tied[rng.randrange(n_tied)])
+        samples = self.propensity_samples
         eps = getattr(self, "epsilon", 0.0)  # snapshots pickled before the parameter existed
         if eps > 0.0 and K > 1:
             if rng.random() < eps:
                 top = rng.randrange(K)
-            p_ts = int(np.count_nonzero(draws.argmax(axis=1) == top)) / (1 + self.propensity_samples)
+            # the Monte-Carlo estimate counted the decision's own draw, whose first maximum may not be top
+            own = 1.0 if int(scores.argmax()) == top else 0.0
+            p_ts = (own + samples * self._win_probability(mean, sd, top, gen)) / (1 + samples)
             return self._answer(candidates, scores, mean, top, min(n, K), (1.0 - eps) * p_ts + eps / K)
         if n_tied > 1 or K == 1:  # degenerate (zero variance): deterministic with ties
             propensity = 1.0 / n_tied
         else:
-            wins = int(np.count_nonzero(draws[1:].argmax(axis=1) == top))
-            propensity = (1 + wins) / (1 + self.propensity_samples)
+            propensity = (1.0 + samples * self._win_probability(mean, sd, top, gen)) / (1 + samples)
         return self._answer(candidates, scores, mean, top, min(n, K), propensity)
+
+    def _win_probability(self, mean: np.ndarray, sd: np.ndarray, top: int, gen: np.random.Generator) -> float:
+        """P(a fresh set of draws puts ``top`` first)."""
+        samples = self.propensity_samples
+        if samples <= 0:
+            return 0.0
+        if sd.all():
+            return win_probability(mean, sd, top)
+        # a zero deviation (a candidate with no uncertainty left, or v = 0): ties between fixed scores go to the
+        # first maximum, as argmax breaks them, which the quadrature does not model; sample as before
+        draws = gen.standard_normal((samples, len(mean)))
+        draws *= sd
+        draws += mean
+        return int(np.count_nonzero(draws.argmax(axis=1) == top)) / samples
