@@ -41,7 +41,8 @@ class BatchStats:
 
 #: Sends a dead letter: (key, original bytes, headers).
 DeadLetterSink = Callable[[bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[None]]
-#: Receives the valid events of a batch after their profile updates were applied (rewards, models).
+#: Receives the valid events of a batch while their profile updates are written (rewards, models): a hook
+#: reads and writes none of the profiles, and runs once per batch even when the batch's writes are retried.
 EventHook = Callable[[Sequence[tuple[Record, Event]]], Awaitable[None]]
 #: A valid event of a prepared batch: its record, the event, its profile row, its popularity operations.
 PreparedItem = tuple[Record, Event, list[Any], list[Any] | None]
@@ -55,6 +56,8 @@ class PreparedBatch:
     #: valid events in record order, each with its profile row ``[offset, token, ts, ops, is_consent]``
     #: and its popularity operations (or None)
     items: list[PreparedItem]
+    #: the hooks have run (a retried ``apply`` does not run them again)
+    hooks_done: bool = False
 
 
 class BatchProcessor:
@@ -109,19 +112,27 @@ class BatchProcessor:
         # The owners that identify events link are written in record order, one segment after another; the
         # others' events at the same time, in one pipeline: the two share no profile. Popularity (global,
         # order-free sums) goes with the bulk, for every event.
+        # The hooks (reward join, co-visitation feed) run meanwhile: Redis runs their few commands between the
+        # bulk's, and their CPU no longer waits for the bulk's replies.
         results = await asyncio.gather(self._apply(bulk, identity, items, on_sent),
-                                       self._apply_linked(linked, identity), return_exceptions=True)
-        for r in results:  # both ran to their end: a retry never overlaps a write still running
+                                       self._apply_linked(linked, identity), self._run_hooks(prepared),
+                                       return_exceptions=True)
+        for r in results:  # every part ran to its end: a retry never overlaps a write still running
             if isinstance(r, BaseException):
                 raise r
         stats.applied = results[0] + results[1]  # type: ignore[operator]
-        valid = [(rec, ev) for rec, ev, _, _ in items]
-        for hook in self.hooks:
-            await hook(valid)
         await self.store.incr_worker_counters(
             {"events_received": stats.received, "events_applied": stats.applied, "dead_letters": stats.invalid}
         )
         return stats
+
+    async def _run_hooks(self, prepared: PreparedBatch) -> None:
+        if prepared.hooks_done or not self.hooks:
+            return
+        valid = [(rec, ev) for rec, ev, _, _ in prepared.items]
+        for hook in self.hooks:
+            await hook(valid)
+        prepared.hooks_done = True
 
     async def _apply_linked(self, items: Sequence[PreparedItem], identity: dict[str, str]) -> int:
         """Events of owners linked by identify events, in record order: the anonymous history before an

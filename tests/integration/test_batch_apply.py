@@ -1,13 +1,19 @@
-"""A batch with identify events in it writes exactly what the same records write one at a time.
+"""How ``BatchProcessor.apply`` writes a batch, on a real Redis.
+
+A batch with identify events in it writes exactly what the same records write one at a time.
 
 ``BatchProcessor.apply`` writes the owners that identify events link (the anonymous id, its customer, the
 customer it resolved to before) in record order around each merge, and every other owner's events at the
 same time in one pipeline (``streams.pipeline.split_linked``). Record-by-record processing is the
 reference: each record is its own batch, so nothing is reordered or grouped.
+
+The event hooks (reward join, co-visitation feed) run beside the writes, once per batch, also when the
+writes fail and are retried.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -121,3 +127,41 @@ def test_a_batch_with_identify_events_writes_what_one_record_at_a_time_writes(
         reference.pop(k), batched.pop(k, None)
     assert any(k.startswith("p:") for k in reference)
     assert batched == reference
+
+
+def test_hooks_run_once_per_batch_even_when_the_writes_are_retried(redis_server: local.RedisService) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    visitor = f"anon-hooks-{random.randrange(10**9)}"
+    records = [Record("events", 0, 10 + i, visitor.encode(),
+                      orjson.dumps(event("page_view", visitor, category="hats"))) for i in range(5)]
+    seen: list[int] = []
+
+    async def hook(events: Any) -> None:
+        seen.append(len(events))
+
+    async def dead(key: Any, value: bytes, headers: Any) -> None:
+        raise AssertionError("no dead letter expected")
+
+    async def go(store: Any) -> tuple[int, int]:
+        real_apply, failures = store.apply, [1]
+
+        async def flaky_apply(batches: Any, on_sent: Any = None) -> Any:
+            if failures:  # Redis drops the connection once, after the hooks started
+                failures.pop()
+                await asyncio.sleep(0.01)
+                raise RedisConnectionError("connection reset by peer")
+            return await real_apply(batches, on_sent)
+
+        store.apply = flaky_apply
+        proc = BatchProcessor(store, dead, hooks=[hook])
+        prepared = await proc.prepare(records)
+        with pytest.raises(RedisConnectionError):
+            await proc.apply(prepared)
+        stats = await proc.apply(prepared)  # the worker's retry
+        raw = await store.read_raw(visitor)
+        return stats.applied, len(raw.hash)
+
+    applied, fields = with_store(redis_server.url, go)
+    assert applied == 5 and fields > 0
+    assert seen == [5]
