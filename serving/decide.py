@@ -83,9 +83,34 @@ def parse_decide_request(body: bytes, config: EngineConfig) -> DecideRequest:
 
 
 def eligible_actions(req: DecideRequest, config: EngineConfig, now: float) -> list[Action]:
-    pool = [config.actions[c] for c in req.candidates] if req.candidates is not None \
-        else config.actions_for(req.placement)
-    return [a for a in pool if req.placement in a.placements and a.is_valid_at(now)]
+    always, timed, ordered = _placement_actions(config, req.placement)
+    ids = req.candidates if req.candidates is not None else ordered
+    if not timed:  # the usual case: no action of the placement has a validity period
+        return [a for a in map(always.get, ids) if a is not None]
+    out: list[Action] = []
+    for c in ids:
+        a = always.get(c) or timed.get(c)
+        if a is not None and a.is_valid_at(now):
+            out.append(a)
+    return out
+
+
+_Pools = tuple[dict[str, Action], dict[str, Action], tuple[str, ...]]
+_PLACEMENT_ACTIONS: dict[tuple[int, str], tuple[EngineConfig, _Pools]] = {}
+
+
+def _placement_actions(config: EngineConfig, placement: str) -> _Pools:
+    """The placement's actions by id: those always valid, those with a validity period (checked per request),
+    and every id in configuration order. Built once per configuration, not per request."""
+    hit = _PLACEMENT_ACTIONS.get((id(config), placement))
+    if hit is not None and hit[0] is config:
+        return hit[1]
+    actions = config.actions_for(placement)
+    always = {a.id: a for a in actions if a.valid_from is None and a.valid_to is None}
+    timed = {a.id: a for a in actions if a.id not in always}
+    pools = (always, timed, tuple(a.id for a in actions))
+    _PLACEMENT_ACTIONS[id(config), placement] = (config, pools)
+    return pools
 
 
 def _discard(fut: asyncio.Future[Any]) -> None:

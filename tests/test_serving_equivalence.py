@@ -71,3 +71,29 @@ def test_context_features_keep_their_names_values_and_order() -> None:
                      "hours_since_last_seen": 1.0, "session_pages": 4.0, "cart_items": 2.0,
                      "log_monetary": math.log1p(10.0), "win:views:1h": 3.0, "win:views:24h": 9.0})
     assert list(x.items()) == list(expected.items())
+
+
+def test_eligible_actions_match_the_straightforward_filter() -> None:
+    """Per-placement pools built once give the actions the per-request filter gave, in the same order."""
+    from engine.config import parse_config
+    from serving.decide import DecideRequest, eligible_actions
+
+    rng = random.Random(5)
+    now = 1_800_000_000.0
+    raw_actions = []
+    for i in range(30):
+        a: dict = {"id": f"a{i}", "placements": rng.sample(["p", "q"], rng.randint(1, 2)), "category": "c"}
+        if i % 4 == 0:  # some with a validity period: over, running, not started yet
+            a["valid_to"] = rng.choice(["2020-01-01T00:00:00Z", "2030-01-01T00:00:00Z"])
+        if i % 5 == 0:
+            a["valid_from"] = rng.choice(["2020-01-01T00:00:00Z", "2030-01-01T00:00:00Z"])
+        raw_actions.append(a)
+    config = parse_config({"placement": [{"id": "p"}, {"id": "q"}], "action": raw_actions})
+    ids = list(config.actions)
+    for _ in range(300):
+        placement = rng.choice(["p", "q"])
+        candidates = None if rng.random() < 0.3 else [rng.choice(ids) for _ in range(rng.randint(0, 40))]
+        req = DecideRequest(None, "v", placement, 3, candidates, {})
+        pool = [config.actions[c] for c in candidates] if candidates is not None else config.actions_for(placement)
+        want = [a for a in pool if placement in a.placements and a.is_valid_at(now)]
+        assert eligible_actions(req, config, now) == want
