@@ -216,7 +216,15 @@ def _ring(value: str) -> tuple[int, list[str]]:
 
 
 def window_total(value: str | None, width: int, slots: int, now: float) -> int:
-    """Events in the buckets of a ring that fall in the window ending at ``now``."""
+    """Events in the buckets of a ring that fall in the window ending at ``now``.
+
+    >>> window_total("100:1,,2", 3600, 24, 100 * 3600 + 5)  # buckets 100 and 98: both in the last 24 h
+    3
+    >>> window_total("100:1,,2", 3600, 24, 123 * 3600)  # 23 h later: bucket 98 has left the window
+    1
+    >>> window_total("100:1,,,,,,,,,,,,,,,,,,,,,,,,,1", 3600, 24, 128 * 3600)  # 28 h later: nothing
+    0
+    """
     if not value:
         return 0
     newest, counts = _ring(value)
@@ -224,6 +232,8 @@ def window_total(value: str | None, width: int, slots: int, now: float) -> int:
     # position i holds bucket newest - i; it is in the window if current - slots < newest - i <= current
     lo = max(0, newest - current)
     hi = min(len(counts), newest - current + slots)
+    if hi <= lo:  # the newest bucket is older than the window (a negative end would count from the end)
+        return 0
     return sum(int(c) for c in counts[lo:hi] if c)
 
 
