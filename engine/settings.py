@@ -67,6 +67,10 @@ class Settings:
     worker_session_timeout: float = field(default_factory=lambda: float(_env("WORKER_SESSION_TIMEOUT", "10")))
     #: Hard time budget of one /v1/decide call; past it the answer is non-personalised and degraded.
     decide_budget_ms: float = field(default_factory=lambda: float(_env("DECIDE_BUDGET_MS", "25")))
+    #: Decisions in progress in one API process past which a new one is shed: answered at once from the
+    #: non-personalised ranking (``"degraded": true``) without reading Redis, so that an overloaded API stays
+    #: fast instead of queueing. 0 turns shedding off.
+    decide_shed_in_flight: int = field(default_factory=lambda: int(_env("DECIDE_SHED_IN_FLIGHT", "48")))
     #: Secret used to sign model snapshots (HMAC-SHA256). Change it in production.
     model_signing_key: str = field(default_factory=lambda: _env("MODEL_SIGNING_KEY", "dev-only-signing-key"))
 

@@ -3,7 +3,8 @@
 1. parse and check the request (orjson, no per-request Pydantic);
 2. read the visitor's profile: one Redis pipeline, under a hard time budget;
 3. filter the placement's eligible actions, score, rank, cut to ``n``;
-4. answer. If Redis is slow or down the answer is the non-personalised ranking with
+4. answer. If Redis is slow or down, or the process already has ``DECIDE_SHED_IN_FLIGHT`` decisions in
+   progress (overload: see ``DecideFastPath``), the answer is the non-personalised ranking with
    ``"degraded": true`` - never a 5xx.
 
 The request is served by :class:`DecideFastPath` (plain ASGI, before FastAPI's routing), the answer's static
@@ -184,7 +185,8 @@ DECIDE_OPENAPI: dict[str, Any] = {
                                "showing the top action first (for off-policy evaluation)"},
                 "personalised": {"type": "boolean"},
                 "degraded": {"type": "boolean", "description": "true when profile data was unavailable "
-                             "within the time budget and the ranking is non-personalised"},
+                             "within the time budget, or the API shed the request under overload, and the "
+                             "ranking is non-personalised"},
             },
         }}}},
         "400": {"description": "invalid request, with the reason"},
@@ -272,8 +274,11 @@ async def decide(request: Request) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-async def decide_bytes(svc: Services, body: bytes) -> tuple[int, bytes]:
-    """From request bytes to (HTTP status, answer bytes); never raises for Redis or Kafka trouble."""
+async def decide_bytes(svc: Services, body: bytes, shed: bool = False) -> tuple[int, bytes]:
+    """From request bytes to (HTTP status, answer bytes); never raises for Redis or Kafka trouble.
+
+    ``shed``: the API is overloaded (see ``DecideFastPath``): no profile read, the non-personalised ranking,
+    ``"degraded": true``."""
     metrics = svc.metrics
     started = time.perf_counter()
     now = time.time()
@@ -283,9 +288,9 @@ async def decide_bytes(svc: Services, body: bytes) -> tuple[int, bytes]:
         metrics.decisions.inc("rejected")
         return 400, orjson.dumps({"error": str(exc)})
 
-    degraded = False
+    degraded = shed
     profile: Profile | None = None
-    if req.customer_id is not None or req.anonymous_id is not None:
+    if not shed and (req.customer_id is not None or req.anonymous_id is not None):
         remaining = svc.settings.decide_budget_ms / 1000.0 - (time.perf_counter() - started)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for creates a task per request (seen in profiles)
@@ -317,7 +322,7 @@ async def decide_bytes(svc: Services, body: bytes) -> tuple[int, bytes]:
         candidates = req.candidates if req.candidates is not None else svc.placement_action_ids[req.placement]
         record = decision_record(decision_id, req, ranking, context, candidates, degraded, now)
         publish_decision(svc, visitor, record)
-    metrics.decisions.inc("degraded" if degraded else "ok")
+    metrics.decisions.inc("shed" if shed else "degraded" if degraded else "ok")
     metrics.decide_latency.observe(time.perf_counter() - started)
     return 200, answer
 
@@ -345,6 +350,10 @@ class DecideFastPath:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        #: decisions in progress in this process: past ``decide_shed_in_flight`` new ones are shed. Requests
+        #: queue in the event loop, not in a visible queue, so the number in progress is what says "overloaded":
+        #: each of them waits for all the others' CPU.
+        self.in_flight = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != "/v1/decide" or scope["method"] != "POST":
@@ -355,7 +364,13 @@ class DecideFastPath:
         while message.get("more_body"):
             message = await receive()
             body += message.get("body", b"")
-        status, answer = await decide_bytes(self.app.state.services, body)
+        svc = self.app.state.services
+        limit = svc.settings.decide_shed_in_flight
+        self.in_flight += 1
+        try:
+            status, answer = await decide_bytes(svc, body, shed=0 < limit < self.in_flight)
+        finally:
+            self.in_flight -= 1
         await send({"type": "http.response.start", "status": status,
                     "headers": [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})

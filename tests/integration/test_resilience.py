@@ -186,6 +186,42 @@ def test_decide_answers_degraded_when_redis_is_down(kafka: local.KafkaService, l
         own_redis.close()
 
 
+def test_an_overloaded_api_sheds_decisions_instead_of_queueing_them(stack: Stack, log_dir: Path) -> None:
+    import asyncio
+
+    port = free_port()
+    # a tiny limit, so that a burst of concurrent requests is enough to pass it
+    api = api_process(stack, log_dir, port, DECIDE_SHED_IN_FLIGHT="2").start()
+    base = f"http://127.0.0.1:{port}"
+
+    async def burst(n: int) -> list[dict]:
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10) as client:
+            bodies = [{"customer_id": f"shed-{i}", "placement": "home_hero", "n": 2} for i in range(n)]
+            replies = await asyncio.gather(*(client.post("/v1/decide", json=b) for b in bodies))
+        assert all(r.status_code == 200 for r in replies)
+        return [r.json() for r in replies]
+
+    def shed_total() -> float:
+        for line in httpx.get(f"{base}/metrics").text.splitlines():
+            if line.startswith('pulse_decisions_total{outcome="shed"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    try:
+        wait_http_ready(base, api)
+        body = {"customer_id": "shed-alone", "placement": "home_hero", "n": 2}
+        assert httpx.post(f"{base}/v1/decide", json=body).json()["degraded"] is False  # one at a time: never
+        answers = asyncio.run(burst(100))
+        shed = [a for a in answers if a["degraded"]]
+        assert shed and len(shed) < len(answers)  # the first ones in are served in full
+        assert all(len(a["actions"]) == 2 and a["personalised"] is False for a in shed)
+        assert shed_total() == len(shed)
+        assert httpx.post(f"{base}/v1/decide", json=body).json()["degraded"] is False  # load gone: served again
+    finally:
+        api.stop()
+
+
 def test_make_demo_runs_end_to_end_and_shows_a_changed_decision() -> None:
     import subprocess
     import sys
