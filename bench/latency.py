@@ -433,9 +433,14 @@ def run(infra: Infra) -> dict[str, Any]:
                         f"{r['timeouts']} degraded {r['degraded']}")
             for name, url, proc in (("bare", bare_url, bare), ("bare_route", bare_route_url, bare_route),
                                     ("ours", api_url, api)):
+                before = decision_counters(url) if name == "ours" else {}
                 cpu = CpuMeter({"server": proc.proc.pid, "redis": redis_pid}).start()
                 w = run_wrk(url, bodies_file, wrk_seconds)
                 w["cpu"] = cpu.stop()
+                if name == "ours":  # wrk does not read answers: the server says how many were shed or degraded
+                    after = decision_counters(url)
+                    w["server_counters"] = {k: after[k] - before.get(k, 0.0) for k in after
+                                            if after[k] != before.get(k, 0.0)}
                 w["server_cpu_ms_per_request"] = round(1000 * w["cpu"]["server_cpu_s"] / max(1, w["requests"]), 3)
                 w["redis_cpu_us_per_request"] = round(1e6 * w["cpu"]["redis_cpu_s"] / max(1, w["requests"]), 1)
                 results["saturation"][name] = w
