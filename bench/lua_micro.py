@@ -38,23 +38,11 @@ from typing import Any
 import orjson
 
 from bench.common import bench_config
-from bench.traffic import EventFactory, partition_for
+from bench.traffic import EventFactory, to_records
 
 END_MS = 1_750_000_000_000  # fixed: deterministic profiles (the script never reads the clock)
 PARTITIONS = 8
 BATCH = 500
-
-
-def _records(events: list[dict[str, Any]], topic: str, offsets: list[int]) -> list[Any]:
-    from streams.pipeline import Record
-
-    out = []
-    for e in events:
-        key = (e.get("customer_id") or e.get("anonymous_id")).encode()
-        p = partition_for(key, PARTITIONS)
-        out.append(Record(topic, p, offsets[p], key, orjson.dumps(e)))
-        offsets[p] += 1
-    return out
 
 
 def workload(customers: int, warm: int, events: int, seed: int = 7) -> tuple[list[Any], list[Any]]:
@@ -74,7 +62,7 @@ def workload(customers: int, warm: int, events: int, seed: int = 7) -> tuple[lis
         live.append(f.event(c, customer=True, ts_ms=warm_end + 3600 * 1000 * i // max(events, 1),
                             session=sessions[c]))
     offsets = [0] * PARTITIONS
-    return _records(hist, "micro", offsets), _records(live, "micro", offsets)
+    return to_records(hist, "micro", offsets), to_records(live, "micro", offsets)
 
 
 async def _process(proc: Any, records: list[Any]) -> None:
@@ -155,9 +143,9 @@ async def run(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
             calls: list[Any] = []
             real_apply = store.apply
 
-            async def recording_apply(batches: Any) -> list[int]:
+            async def recording_apply(batches: Any, on_sent: Any = None) -> list[int]:
                 calls.append(list(batches))
-                return await real_apply(batches)
+                return await real_apply(batches, on_sent)
 
             store.apply = recording_apply  # type: ignore[method-assign]
             await _process(proc, live_recs)

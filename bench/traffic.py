@@ -151,6 +151,20 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def to_records(events: Iterable[dict[str, Any]], topic: str, offsets: list[int]) -> list[Any]:
+    """Kafka records of ``events`` as the worker would read them: keyed by visitor, partitioned like the
+    producers do, offsets continuing from ``offsets`` (one per partition, advanced in place)."""
+    from streams.pipeline import Record
+
+    out = []
+    for e in events:
+        key = (e.get("customer_id") or e.get("anonymous_id")).encode()
+        p = partition_for(key, len(offsets))
+        out.append(Record(topic, p, offsets[p], key, orjson.dumps(e)))
+        offsets[p] += 1
+    return out
+
+
 async def populate_profiles(redis_url: str, histories: Sequence[Sequence[dict[str, Any]]], *,
                             topic: str = "bench-populate", partitions: int = 8, batch_size: int = 500) -> float:
     """Apply visitors' histories through the worker's own ``BatchProcessor`` (same code path as the
@@ -159,7 +173,7 @@ async def populate_profiles(redis_url: str, histories: Sequence[Sequence[dict[st
 
     from engine.config import load_config
     from engine.profile_store import ProfileStore
-    from streams.pipeline import BatchProcessor, Record
+    from streams.pipeline import BatchProcessor
 
     async def no_dlq(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         raise AssertionError(f"benchmark event rejected: {headers} {value[:200]!r}")
@@ -168,13 +182,7 @@ async def populate_profiles(redis_url: str, histories: Sequence[Sequence[dict[st
     try:
         proc = BatchProcessor(ProfileStore(client, load_config(bench_config())), no_dlq)
         merged = sorted((e for h in histories for e in h), key=lambda e: e["timestamp"])
-        offsets = [0] * partitions
-        records = []
-        for e in merged:
-            key = (e.get("customer_id") or e.get("anonymous_id")).encode()
-            p = partition_for(key, partitions)
-            records.append(Record(topic, p, offsets[p], key, orjson.dumps(e)))
-            offsets[p] += 1
+        records = to_records(merged, topic, [0] * partitions)
         t0 = time.perf_counter()
         for i in range(0, len(records), batch_size):
             await proc.process(records[i:i + batch_size])
