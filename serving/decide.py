@@ -3,9 +3,9 @@
 1. parse and check the request (orjson, no per-request Pydantic);
 2. read the visitor's profile: one Redis pipeline, under a hard time budget;
 3. filter the placement's eligible actions, score, rank, cut to ``n``;
-4. answer. If Redis is slow or down, or the process already has ``DECIDE_SHED_IN_FLIGHT`` decisions in
-   progress (overload: see ``DecideFastPath``), the answer is the non-personalised ranking with
-   ``"degraded": true`` - never a 5xx.
+4. answer. If Redis is slow or down, or the process already runs as many decisions as its admission limit
+   allows (overload: see ``DecideFastPath`` and ``serving.admission``), the answer is the non-personalised
+   ranking with ``"degraded": true`` - never a 5xx.
 
 The request is served by :class:`DecideFastPath` (plain ASGI, before FastAPI's routing), the answer's static
 parts (each action's id, title, category and payload) are encoded once per action, and the decision record
@@ -350,9 +350,9 @@ class DecideFastPath:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        #: decisions in progress in this process: past ``decide_shed_in_flight`` new ones are shed. Requests
-        #: queue in the event loop, not in a visible queue, so the number in progress is what says "overloaded":
-        #: each of them waits for all the others' CPU.
+        #: decisions in progress in this process. Requests queue in the event loop, not in a visible queue, so
+        #: the number in progress is what says "overloaded": each of them waits for all the others' CPU. Past
+        #: the admission limit (``serving.admission``) a new one is shed.
         self.in_flight = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -365,12 +365,19 @@ class DecideFastPath:
             message = await receive()
             body += message.get("body", b"")
         svc = self.app.state.services
-        limit = svc.settings.decide_shed_in_flight
-        self.in_flight += 1
+        admission = svc.admission
+        in_flight = self.in_flight
+        shed = admission is not None and not admission.admit(in_flight)
+        self.in_flight = in_flight + 1
+        started = time.perf_counter()
         try:
-            status, answer = await decide_bytes(svc, body, shed=0 < limit < self.in_flight)
+            status, answer = await decide_bytes(svc, body, shed=shed)
         finally:
             self.in_flight -= 1
+        if admission is not None and not shed and status == 200:
+            if admission.update(time.perf_counter() - started, in_flight):
+                svc.metrics.admission_cuts.inc()
+            svc.metrics.admission_limit.value = admission.limit
         await send({"type": "http.response.start", "status": status,
                     "headers": [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})

@@ -51,6 +51,15 @@ class Counter:
         return lines
 
 
+class Gauge:
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name, self.help = name, help_text
+        self.value = 0.0
+
+    def render(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge", f"{self.name} {self.value:g}"]
+
+
 class ServingMetrics:
     def __init__(self) -> None:
         self.decide_latency = Histogram("pulse_decide_latency_seconds", "Time to answer /v1/decide")
@@ -63,10 +72,15 @@ class ServingMetrics:
                                       "Pipelines that carried the decisions' profile reads")
         self.read_commands = Counter("pulse_profile_read_commands_total",
                                      "Profile read commands (per pipeline: the batching achieved)")
+        self.admission_limit = Gauge("pulse_decide_admission_limit",
+                                     "Decisions in progress this process runs in full; past it they are shed")
+        self.admission_cuts = Counter("pulse_decide_admission_cuts_total",
+                                      "Times the admission limit was lowered because decisions ended late")
 
     def render(self) -> str:
         out: list[str] = []
         for m in (self.decide_latency, self.decisions, self.events_in, self.events_out,
-                  self.events_rejected, self.errors, self.read_pipelines, self.read_commands):
+                  self.events_rejected, self.errors, self.read_pipelines, self.read_commands,
+                  self.admission_limit, self.admission_cuts):
             out += m.render()
         return "\n".join(out) + "\n"

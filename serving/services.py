@@ -21,6 +21,7 @@ from engine.policies import Candidate
 from engine.profile_store import ProfileStore
 from engine.scoring import AffinityPopularityScorer, PopularitySnapshot
 from engine.settings import Settings
+from serving.admission import LatencyLimit
 from serving.decision_log import DecisionLog
 from serving.metrics import ServingMetrics
 from serving.models import ModelRegistry
@@ -70,6 +71,7 @@ class Services:
     metrics: ServingMetrics
     decision_log: DecisionLog | None = None
     reads: ReadBatcher | None = None  # the decisions' profile reads, one pipeline per event-loop turn
+    admission: LatencyLimit | None = None  # None: load shedding off (DECIDE_SHED_TARGET_MS=0)
     popularity: PopularitySnapshot = field(default_factory=PopularitySnapshot)
     _placement_action_ids: dict[str, list[str]] = field(default_factory=dict)
     candidates: dict[str, Candidate] = field(default_factory=dict)
@@ -126,6 +128,12 @@ class Services:
                   metrics=metrics)
         svc.decision_log = DecisionLog(producer, settings.decisions_topic, metrics)
         svc.reads = ReadBatcher(redis, metrics)
+        if settings.decide_shed_target_ms > 0:
+            svc.admission = LatencyLimit(settings.decide_shed_target_ms / 1000.0,
+                                         minimum=settings.decide_shed_min_in_flight,
+                                         maximum=settings.decide_shed_max_in_flight,
+                                         initial=settings.decide_shed_min_in_flight)
+            metrics.admission_limit.value = svc.admission.limit
         svc._tasks.append(asyncio.create_task(svc._every(POPULARITY_REFRESH_S, svc.refresh_popularity)))
         svc._tasks.append(asyncio.create_task(svc._every(MODEL_REFRESH_S, svc.models.refresh)))
         return svc
