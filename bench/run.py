@@ -98,7 +98,7 @@ def table(r: dict[str, Any], quick: bool) -> str:
         rows.append(("highest rate held with p99 <= 10 ms", f"{_n(held)} req/s",
                      f"of {', '.join(str(x) for x in latency.RATES)}"))
         so, sb = lat["saturation"]["ours"], lat["saturation"]["bare"]
-        rows.append(("throughput at saturation (wrk -c32)",
+        rows.append(("throughput, full decisions (wrk -c32)",
                      f"{_n(so['rate'])} req/s (p99 {_ms(so['latency_ms']['p99'])} ms)",
                      f"bare {_n(sb['rate'])} req/s -> ratio {lat['summary']['throughput_ratio_vs_bare']:.2f}"))
         if "server_cpu_ms_per_request" in so:
