@@ -186,72 +186,64 @@ def test_decide_answers_degraded_when_redis_is_down(kafka: local.KafkaService, l
         own_redis.close()
 
 
-def test_an_overloaded_api_sheds_decisions_instead_of_queueing_them(stack: Stack, log_dir: Path) -> None:
+def _decide_burst(base: str, customers: list[str]) -> list[dict]:
+    """One concurrent /v1/decide per customer, all at once; every answer must be a 200."""
     import asyncio
 
+    async def burst() -> list[dict]:
+        n = len(customers)
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10) as client:
+            replies = await asyncio.gather(*(client.post("/v1/decide", json={
+                "customer_id": c, "placement": "home_hero", "n": 2}) for c in customers))
+        assert all(r.status_code == 200 for r in replies)
+        return [r.json() for r in replies]
+
+    return asyncio.run(burst())
+
+
+def _metric(base: str, name: str) -> float:
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_an_overloaded_api_sheds_decisions_instead_of_queueing_them(stack: Stack, log_dir: Path) -> None:
     port = free_port()
     # a target no decision can meet: every full decision ends late, so the admission limit falls to its
     # floor (2) and a burst of concurrent requests passes it
     api = api_process(stack, log_dir, port, DECIDE_SHED_TARGET_MS="0.001", DECIDE_SHED_MIN_IN_FLIGHT="2",
                       DECIDE_SHED_MAX_IN_FLIGHT="8").start()
     base = f"http://127.0.0.1:{port}"
-
-    async def burst(n: int) -> list[dict]:
-        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10) as client:
-            bodies = [{"customer_id": f"shed-{i}", "placement": "home_hero", "n": 2} for i in range(n)]
-            replies = await asyncio.gather(*(client.post("/v1/decide", json=b) for b in bodies))
-        assert all(r.status_code == 200 for r in replies)
-        return [r.json() for r in replies]
-
-    def metric(prefix: str) -> float:
-        for line in httpx.get(f"{base}/metrics").text.splitlines():
-            if line.startswith(prefix + " "):
-                return float(line.split()[-1])
-        return 0.0
-
     try:
         wait_http_ready(base, api)
-        assert metric("pulse_decide_admission_limit") == 2.0  # it starts at its floor
+        assert _metric(base, "pulse_decide_admission_limit") == 2.0  # it starts at its floor
         body = {"customer_id": "shed-alone", "placement": "home_hero", "n": 2}
         assert httpx.post(f"{base}/v1/decide", json=body).json()["degraded"] is False  # one at a time: never
-        answers = asyncio.run(burst(100))
+        answers = _decide_burst(base, [f"shed-{i}" for i in range(100)])
         shed = [a for a in answers if a["degraded"]]
         assert shed and len(shed) < len(answers)  # the first ones in are served in full
         assert all(len(a["actions"]) == 2 and a["personalised"] is False for a in shed)
-        assert metric('pulse_decisions_total{outcome="shed"}') == len(shed)
-        assert metric("pulse_decide_admission_cuts_total") >= 1  # late answers lowered the limit...
-        assert metric("pulse_decide_admission_limit") == 2.0  # ...and it did not grow past its floor
+        assert _metric(base, 'pulse_decisions_total{outcome="shed"}') == len(shed)
+        assert _metric(base, "pulse_decide_admission_cuts_total") >= 1  # late answers lowered the limit...
+        assert _metric(base, "pulse_decide_admission_limit") == 2.0  # ...and it did not grow past its floor
         assert httpx.post(f"{base}/v1/decide", json=body).json()["degraded"] is False  # load gone: served again
     finally:
         api.stop()
 
 
 def test_an_api_whose_decisions_end_in_time_raises_its_admission_limit(stack: Stack, log_dir: Path) -> None:
-    import asyncio
-
     port = free_port()
     # a generous target: concurrent decisions end in time, and the limit in use grows from its floor
     api = api_process(stack, log_dir, port, DECIDE_SHED_TARGET_MS="1000", DECIDE_SHED_MIN_IN_FLIGHT="2",
                       DECIDE_SHED_MAX_IN_FLIGHT="64").start()
     base = f"http://127.0.0.1:{port}"
-
-    async def bursts(n: int, times: int) -> int:
-        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-        degraded = 0
-        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10) as client:
-            for t in range(times):
-                bodies = [{"customer_id": f"grow-{t}-{i}", "placement": "home_hero", "n": 2} for i in range(n)]
-                replies = await asyncio.gather(*(client.post("/v1/decide", json=b) for b in bodies))
-                degraded += sum(r.json()["degraded"] for r in replies)
-        return degraded
-
     try:
         wait_http_ready(base, api)
-        asyncio.run(bursts(16, 20))
-        limit = next(float(line.split()[-1]) for line in httpx.get(f"{base}/metrics").text.splitlines()
-                     if line.startswith("pulse_decide_admission_limit "))
-        assert limit > 2.0
+        for t in range(20):
+            _decide_burst(base, [f"grow-{t}-{i}" for i in range(16)])
+        assert _metric(base, "pulse_decide_admission_limit") > 2.0
     finally:
         api.stop()
 
