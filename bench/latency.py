@@ -381,14 +381,12 @@ def decision_counters(base_url: str) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def run(infra: Infra) -> dict[str, Any]:
-    quick = infra.quick
-    duration, warmup, grace = (1.0, 0.5, 1.0) if quick else (15.0, 3.0, 3.0)
-    wrk_seconds = 2 if quick else 10
+def write_profiles(redis_url: str, quick: bool) -> tuple[list[str], list[str], int, float]:
+    """The visitors decisions are asked for: 3,000 (quick: 500) profiles of 10-60 events, written through the
+    worker's ``BatchProcessor``. Returns the customers, the anonymous visitors, the events written and the
+    rate they were written at."""
     n_customers, n_anon = (400, 100) if quick else (2400, 600)
     ev_lo, ev_hi = (10, 30) if quick else (10, 60)
-    stack = infra.stack()
-
     log(f"latency: writing {n_customers + n_anon} profiles through BatchProcessor")
     f = EventFactory(11)
     now_ms = int(time.time() * 1000)
@@ -397,8 +395,17 @@ def run(infra: Infra) -> dict[str, Any]:
     anons = [f"a-lat-{i}" for i in range(n_anon)]
     histories = [f.history(v, rng.randint(ev_lo, ev_hi), customer=True, end_ms=now_ms) for v in customers]
     histories += [f.history(v, rng.randint(ev_lo, ev_hi), customer=False, end_ms=now_ms) for v in anons]
-    populate_rate = asyncio.run(populate_profiles(stack.redis_url, histories))
-    n_events = sum(len(h) for h in histories)
+    populate_rate = asyncio.run(populate_profiles(redis_url, histories))
+    return customers, anons, sum(len(h) for h in histories), populate_rate
+
+
+def run(infra: Infra) -> dict[str, Any]:
+    quick = infra.quick
+    duration, warmup, grace = (1.0, 0.5, 1.0) if quick else (15.0, 3.0, 3.0)
+    wrk_seconds = 2 if quick else 10
+    stack = infra.stack()
+    customers, anons, n_events, populate_rate = write_profiles(stack.redis_url, quick)
+    n_customers, n_anon = len(customers), len(anons)
 
     bodies, mix = make_bodies(customers, anons, 4000)
     bodies_file = Path(tempfile.mkstemp(prefix="pulse-bench-bodies-", suffix=".jsonl")[1])

@@ -67,17 +67,16 @@ class Settings:
     worker_session_timeout: float = field(default_factory=lambda: float(_env("WORKER_SESSION_TIMEOUT", "10")))
     #: Hard time budget of one /v1/decide call; past it the answer is non-personalised and degraded.
     decide_budget_ms: float = field(default_factory=lambda: float(_env("DECIDE_BUDGET_MS", "25")))
-    #: Load shedding: the latency (ms, from request body to answer, inside the API process) that full decisions
-    #: should end within. The number of decisions one process runs at once adapts to it
-    #: (``serving.admission.LatencyLimit``); a decision past that number is shed: answered at once from the
-    #: non-personalised ranking (``"degraded": true``) without reading Redis, so that an overloaded API stays
-    #: fast instead of queueing. 0 turns shedding off.
+    #: Load shedding: a decision past the admission limit (decisions in progress in one API process) is shed:
+    #: answered at once from the non-personalised ranking (``"degraded": true``) without reading Redis, so
+    #: that an overloaded API stays fast instead of queueing. The limit starts at its maximum and is lowered
+    #: while even the fastest decisions end later than this target (ms, from request body to answer, inside
+    #: the process): ``serving.admission.LatencyLimit``. 0 turns shedding off.
     decide_shed_target_ms: float = field(default_factory=lambda: float(_env("DECIDE_SHED_TARGET_MS", "5")))
-    #: Bounds of that number: the floor (where it starts) keeps a short stall at ordinary load from shedding
-    #: (measured, 2 runs: with 16, 13 of 24,000 decisions shed at 2,000 req/s in one; with 24, none); the
-    #: ceiling is a backstop. On the reference machine the limit settles at 21-27 past capacity.
-    decide_shed_min_in_flight: int = field(default_factory=lambda: int(_env("DECIDE_SHED_MIN_IN_FLIGHT", "24")))
-    decide_shed_max_in_flight: int = field(default_factory=lambda: int(_env("DECIDE_SHED_MAX_IN_FLIGHT", "256")))
+    #: Bounds of the admission limit: it starts at (and never passes) the maximum, the fixed limit measured
+    #: before it adapted; the minimum keeps some full decisions flowing.
+    decide_shed_min_in_flight: int = field(default_factory=lambda: int(_env("DECIDE_SHED_MIN_IN_FLIGHT", "4")))
+    decide_shed_max_in_flight: int = field(default_factory=lambda: int(_env("DECIDE_SHED_MAX_IN_FLIGHT", "48")))
     #: Secret used to sign model snapshots (HMAC-SHA256). Change it in production.
     model_signing_key: str = field(default_factory=lambda: _env("MODEL_SIGNING_KEY", "dev-only-signing-key"))
 

@@ -375,7 +375,7 @@ class DecideFastPath:
         finally:
             self.in_flight -= 1
         if admission is not None and not shed and status == 200:
-            if admission.update(time.perf_counter() - started, in_flight):
+            if admission.update(time.perf_counter() - started):
                 svc.metrics.admission_cuts.inc()
             svc.metrics.admission_limit.value = admission.limit
         await send({"type": "http.response.start", "status": status,

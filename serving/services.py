@@ -131,8 +131,7 @@ class Services:
         if settings.decide_shed_target_ms > 0:
             svc.admission = LatencyLimit(settings.decide_shed_target_ms / 1000.0,
                                          minimum=settings.decide_shed_min_in_flight,
-                                         maximum=settings.decide_shed_max_in_flight,
-                                         initial=settings.decide_shed_min_in_flight)
+                                         maximum=settings.decide_shed_max_in_flight)
             metrics.admission_limit.value = svc.admission.limit
         svc._tasks.append(asyncio.create_task(svc._every(POPULARITY_REFRESH_S, svc.refresh_popularity)))
         svc._tasks.append(asyncio.create_task(svc._every(MODEL_REFRESH_S, svc.models.refresh)))
