@@ -163,7 +163,7 @@ def table(r: dict[str, Any], quick: bool) -> str:
         top = next(iter(me["by_key"].items()), ("-", {"share_pct": 0}))
         rows.append((f"Redis bytes per profile ({me['events_per_profile']} events)",
                      f"{b['median']:,.0f} B median (p90 {b['p90']:,.0f})",
-                     f"used_memory +{me['used_memory_growth_per_profile']:,} B/profile; biggest: {top[0]} "
+                     f"used_memory {me['used_memory_growth_per_profile']:+,} B/profile; biggest: {top[0]} "
                      f"{top[1]['share_pct']}%"))
         rss = me.get("rss_mib", {})
         if rss:
