@@ -374,6 +374,8 @@ class DecideFastPath:
             status, answer = await decide_bytes(svc, body, shed=shed)
         finally:
             self.in_flight -= 1
+        # a decision degraded by a slow Redis counts too: waiting on Redis makes answers late like waiting on
+        # the CPU, and shedding then spares Redis the reads
         if admission is not None and not shed and status == 200:
             if admission.update(time.perf_counter() - started):
                 svc.metrics.admission_cuts.inc()
