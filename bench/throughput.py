@@ -109,6 +109,7 @@ async def bare_pipeline(bootstrap: str, topic: str, group: str, redis_url: str, 
     from bench.common import bench_config
     from engine.config import load_config
     from engine.profile_store import ProfileStore
+    from engine.runtime import batch_young_threshold, freeze_startup_heap
     from streams.pipeline import BatchProcessor, Record
 
     async def no_dlq(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
@@ -120,6 +121,7 @@ async def bare_pipeline(bootstrap: str, topic: str, group: str, redis_url: str, 
                                 enable_auto_commit=True, max_poll_records=500)
     t_start = time.monotonic()
     await consumer.start()
+    freeze_startup_heap(batch_young_threshold(500))  # the collector tuned as in the worker
     series: list[tuple[float, int]] = []
     count = 0
     first = None

@@ -35,7 +35,7 @@ from engine.config import load_config
 from engine.learning_store import LearningStore
 from engine.profile_store import ProfileStore
 from engine.redis_connection import HiredisPackedConnection
-from engine.runtime import freeze_startup_heap
+from engine.runtime import batch_young_threshold, freeze_startup_heap
 from engine.settings import load_settings
 from streams.collaborative import CollaborativeFeed
 from streams.consumer import BatchLoop, Outbox, Write
@@ -172,7 +172,8 @@ class StreamService(mode.Service):
                                commit_interval=settings.worker_commit_interval)
         await self.loop_.start()
         quiet_root_logger()
-        freeze_startup_heap()  # per-batch garbage no longer makes the collector re-scan the start-up heap
+        # per-batch garbage no longer makes the collector re-scan the start-up heap, nor the batches in flight
+        freeze_startup_heap(batch_young_threshold(settings.worker_batch_size))
 
     @mode.Service.task
     async def _run(self) -> None:
@@ -203,7 +204,7 @@ async def learn(stream: faust.StreamT) -> None:
     if not c.restored:
         await retry_forever("model restore", lambda: c.learner.restore(c.learning_store, signing_key))
         c.restored = True
-        freeze_startup_heap()
+        freeze_startup_heap(batch_young_threshold(settings.worker_batch_size))
     async for events in stream.take_events(settings.worker_batch_size, within=settings.worker_batch_timeout):
         for e in events:
             try:
