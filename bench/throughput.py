@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -66,7 +67,10 @@ def steady_rate(series: list[tuple[float, int]], n: int, lo: float = 0.1, hi: fl
 # bare consumer (python -m bench.throughput bare-consumer ...)
 
 
-async def bare_consumer(bootstrap: str, topic: str, group: str, expect: int, timeout: float) -> dict[str, Any]:
+async def _consume(bootstrap: str, topic: str, group: str, expect: int, timeout: float,
+                   handle: Callable[[dict[Any, list[Any]]], Awaitable[None]]) -> dict[str, Any]:
+    """A group consumer reading ``topic`` from the start in batches of up to 500, each given to ``handle``
+    (per partition, as ``getmany`` returns them), until ``expect`` records or ``timeout``; rates and CPU."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
@@ -80,23 +84,33 @@ async def bare_consumer(bootstrap: str, topic: str, group: str, expect: int, tim
     try:
         while count < expect and time.monotonic() - t_start < timeout:
             batch = await consumer.getmany(timeout_ms=200, max_records=500)
-            for msgs in batch.values():
-                for m in msgs:
-                    orjson.loads(m.value)
-                count += len(msgs)
+            if batch:
+                await handle(batch)
+                count += sum(len(msgs) for msgs in batch.values())
             now = time.monotonic()
             if count and first is None:
                 first = now
             series.append((now, count))
     finally:
         await consumer.stop()
+    cpu = time.process_time() - cpu0
     end = series[-1][0] if series else time.monotonic()
     return {
         "events": count, "rate": round(steady_rate(series, expect), 1),
         "rate_first_to_last": round(count / (end - first), 1) if first and end > first else 0.0,
-        "startup_s": round((first or end) - t_start, 2), "cpu_s": round(time.process_time() - cpu0, 2),
-        "cpu_us_per_event": round(1e6 * (time.process_time() - cpu0) / count, 1) if count else None,
+        "startup_s": round((first or end) - t_start, 2), "cpu_s": round(cpu, 2),
+        "cpu_us_per_event": round(1e6 * cpu / count, 1) if count else None,
     }
+
+
+async def bare_consumer(bootstrap: str, topic: str, group: str, expect: int, timeout: float) -> dict[str, Any]:
+    """Decode every value, nothing else: the ceiling for any Python consumer on this machine."""
+    async def decode(batch: dict[Any, list[Any]]) -> None:
+        for msgs in batch.values():
+            for m in msgs:
+                orjson.loads(m.value)
+
+    return await _consume(bootstrap, topic, group, expect, timeout, decode)
 
 
 async def bare_pipeline(bootstrap: str, topic: str, group: str, redis_url: str, expect: int, timeout: float
@@ -104,7 +118,6 @@ async def bare_pipeline(bootstrap: str, topic: str, group: str, redis_url: str, 
     """The worker's feature logic without Faust: aiokafka group consumer -> the same ``BatchProcessor``
     (batches of up to 500, as the worker takes them), no hooks (reward join, collaborative feed)."""
     import redis.asyncio as aioredis
-    from aiokafka import AIOKafkaConsumer
 
     from bench.common import bench_config
     from engine.config import load_config
@@ -117,37 +130,20 @@ async def bare_pipeline(bootstrap: str, topic: str, group: str, redis_url: str, 
 
     client = aioredis.from_url(redis_url, decode_responses=True)
     proc = BatchProcessor(ProfileStore(client, load_config(bench_config())), no_dlq)
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
-                                enable_auto_commit=True, max_poll_records=500)
-    t_start = time.monotonic()
-    await consumer.start()
-    freeze_startup_heap(batch_young_threshold(500))  # the collector tuned as in the worker
-    series: list[tuple[float, int]] = []
-    count = 0
-    first = None
-    cpu0 = time.process_time()
+    frozen = False
+
+    async def process(batch: dict[Any, list[Any]]) -> None:
+        nonlocal frozen
+        if not frozen:  # the collector tuned as in the worker, once the process has started
+            freeze_startup_heap(batch_young_threshold(500))
+            frozen = True
+        await proc.process([Record(m.topic, m.partition, m.offset, m.key, m.value)
+                            for ms in batch.values() for m in ms])
+
     try:
-        while count < expect and time.monotonic() - t_start < timeout:
-            batch = await consumer.getmany(timeout_ms=200, max_records=500)
-            records = [Record(m.topic, m.partition, m.offset, m.key, m.value) for ms in batch.values() for m in ms]
-            if records:
-                await proc.process(records)
-            count += len(records)
-            now = time.monotonic()
-            if count and first is None:
-                first = now
-            series.append((now, count))
+        return await _consume(bootstrap, topic, group, expect, timeout, process)
     finally:
-        await consumer.stop()
         await client.aclose()
-    cpu = time.process_time() - cpu0
-    end = series[-1][0] if series else time.monotonic()
-    return {
-        "events": count, "rate": round(steady_rate(series, expect), 1),
-        "rate_first_to_last": round(count / (end - first), 1) if first and end > first else 0.0,
-        "startup_s": round((first or end) - t_start, 2), "cpu_s": round(cpu, 2),
-        "cpu_us_per_event": round(1e6 * cpu / count, 1) if count else None,
-    }
 
 
 def bare_faust(bootstrap: str, topic: str, group: str, redis_url: str, partitions: int) -> None:

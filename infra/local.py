@@ -325,12 +325,58 @@ class RedisProcess(_ScriptProcess):
 # Docker (testcontainers)
 
 
-class KafkaDockerContainer(_Handle):
+class _Container(_Handle):
+    """A testcontainers container that ``stop()``/``start()`` pauses and resumes (same ports, same data) and
+    ``close()`` removes. Subclasses create ``self._container`` and say when the service answers."""
+
+    _container: Any
+    port: int
+    ready_timeout_s: float
+    stop_timeout_s: int
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._started = False
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        with self._lock:
+            if not self._started:
+                self._container.start()
+                self._started = True
+                _track(self)
+            else:
+                self._container.get_wrapped_container().start()
+            _wait(self._ready, self.ready_timeout_s, f"{type(self).__name__} on port {self.port}")
+            return self
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._started:
+                self._container.get_wrapped_container().stop(timeout=self.stop_timeout_s)
+
+    def is_running(self) -> bool:
+        return self._started and self._ready()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._started:
+                self._container.stop()
+                self._started = False
+            _untrack(self)
+
+
+class KafkaDockerContainer(_Container):
     """``apache/kafka:<KAFKA_VERSION>`` in KRaft mode, published on a fixed host port."""
+
+    ready_timeout_s, stop_timeout_s = 90.0, 30
 
     def __init__(self, port: int, *, partitions: int | None = None, image: str = KAFKA_IMAGE) -> None:
         from testcontainers.core.container import DockerContainer
 
+        super().__init__()
         self.port = port
         self._container = DockerContainer(image)
         self.host = self._container.get_docker_client().host()
@@ -358,84 +404,37 @@ class KafkaDockerContainer(_Handle):
             KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS="1000",
             KAFKA_HEAP_OPTS="-Xms256m -Xmx512m",
         )
-        self._lock = threading.RLock()
-        self._started = False
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self) -> Self:
-        with self._lock:
-            if not self._started:
-                self._container.start()
-                self._started = True
-                _track(self)
-            else:
-                self._container.get_wrapped_container().start()
-            _wait(lambda: kafka_ready(self.bootstrap), 90, f"kafka container on {self.bootstrap}")
-            return self
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._started:
-                self._container.get_wrapped_container().stop(timeout=30)
-
-    def is_running(self) -> bool:
-        return self._started and kafka_ready(self.bootstrap)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._started:
-                self._container.stop()
-                self._started = False
-            _untrack(self)
+    def _ready(self) -> bool:
+        return kafka_ready(self.bootstrap)
 
 
-class RedisDockerContainer(_Handle):
+class RedisDockerContainer(_Container):
     """``redis:7`` with AOF, published on a fixed host port so ``stop()``/``start()`` keeps the URL."""
+
+    ready_timeout_s, stop_timeout_s = 30.0, 10
 
     def __init__(self, port: int, *, image: str = REDIS_IMAGE) -> None:
         from testcontainers.core.container import DockerContainer
 
+        super().__init__()
         self.port = port
         self._container = DockerContainer(image)
         self.host = self._container.get_docker_client().host()
         self._container.with_bind_ports(6379, port).with_command(
             "redis-server --appendonly yes --appendfsync everysec --maxmemory-policy noeviction"
         )
-        self._lock = threading.RLock()
-        self._started = False
 
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
-    def start(self) -> Self:
-        with self._lock:
-            if not self._started:
-                self._container.start()
-                self._started = True
-                _track(self)
-            else:
-                self._container.get_wrapped_container().start()
-            _wait(lambda: redis_ping(f"{self.host}:{self.port}"), 30, f"redis container on {self.url}")
-            return self
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._started:
-                self._container.get_wrapped_container().stop(timeout=10)
-
-    def is_running(self) -> bool:
-        return self._started and redis_ping(f"{self.host}:{self.port}")
-
-    def close(self) -> None:
-        with self._lock:
-            if self._started:
-                self._container.stop()
-                self._started = False
-            _untrack(self)
+    def _ready(self) -> bool:
+        return redis_ping(f"{self.host}:{self.port}")
 
 
 # --------------------------------------------------------------------------------------------------

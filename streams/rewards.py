@@ -21,7 +21,7 @@ import orjson
 
 from engine.config import EngineConfig, RewardSettings
 from engine.decisions import Reward, reward_of, reward_value
-from engine.learning_store import Finalised, LearningStore
+from engine.learning_store import Finalised, JoinOutcome, LearningStore
 from schemas.decision import validate_decision
 from schemas.events import Event, InvalidEvent
 from streams.pipeline import DeadLetterSink, Record
@@ -52,6 +52,13 @@ def learning_example(f: Finalised) -> dict[str, Any]:
         "reward": f.reward, "defaulted": f.defaulted, "timestamp": rec["timestamp"],
         "action_features": rec.get("action_features"),
     }
+
+
+def _outcome_increments(record: dict[str, Any], out: JoinOutcome) -> list[tuple[str, str, str, int]]:
+    """The click and conversion counters a join adds to its decision's placement and holdout arm."""
+    pid, arm = record["placement"], record["holdout_arm"]
+    return ([(pid, arm, "clicks", 1)] if out.new_click else []) + (
+        [(pid, arm, "conversions", 1)] if out.new_conversion else [])
 
 
 class RewardJoiner:
@@ -104,12 +111,8 @@ class RewardJoiner:
             if out.status == "duplicate":
                 continue
             self.stats.decisions += 1
-            pid, arm = record["placement"], record["holdout_arm"]
-            increments.append((pid, arm, "impressions", 1))
-            if out.new_click:
-                increments.append((pid, arm, "clicks", 1))
-            if out.new_conversion:
-                increments.append((pid, arm, "conversions", 1))
+            increments.append((record["placement"], record["holdout_arm"], "impressions", 1))
+            increments += _outcome_increments(record, out)
             if out.finalised:
                 settled.append(out.finalised)
         await self.store.count(increments)
@@ -145,11 +148,7 @@ class RewardJoiner:
                 increments.append((out.record["placement"] if out.record else "unknown", "all", "late_rewards", 1))
                 continue
             if out.record is not None:
-                arm, pid = out.record["holdout_arm"], out.record["placement"]
-                if out.new_click:
-                    increments.append((pid, arm, "clicks", 1))
-                if out.new_conversion:
-                    increments.append((pid, arm, "conversions", 1))
+                increments += _outcome_increments(out.record, out)
             if out.finalised:
                 settled.append(out.finalised)
         await self.store.count(increments)

@@ -54,6 +54,69 @@ def test_free_ports_are_distinct() -> None:
     assert len(set(ports)) == 3
 
 
+class _FakeWrapped:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def start(self) -> None:
+        self.log.append("resume")
+
+    def stop(self, timeout: int) -> None:
+        self.log.append(f"pause {timeout}")
+
+
+class _FakeContainer:
+    """What ``_Container`` uses of a testcontainers ``DockerContainer``."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log, self.wrapped = log, _FakeWrapped(log)
+
+    def start(self) -> None:
+        self.log.append("create")
+
+    def stop(self) -> None:
+        self.log.append("remove")
+
+    def get_wrapped_container(self) -> _FakeWrapped:
+        return self.wrapped
+
+
+class _FakeService(local._Container):
+    ready_timeout_s, stop_timeout_s = 1.0, 7
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.port, self.answering = 1234, True
+        self._container = _FakeContainer(log)
+
+    def _ready(self) -> bool:
+        return self.answering
+
+
+def test_docker_handle_creates_once_pauses_resumes_and_removes() -> None:
+    # the container code paths run only where Docker exists: their life cycle is checked on a fake container
+    log: list[str] = []
+    svc = _FakeService(log)
+    assert not svc.is_running()
+    with svc:
+        assert svc.is_running() and id(svc) in local._open_handles
+        svc.stop()
+        svc.answering = False
+        assert not svc.is_running()
+        svc.answering = True
+        svc.start()
+    assert log == ["create", "pause 7", "resume", "remove"]
+    assert id(svc) not in local._open_handles and not svc.is_running()
+
+
+def test_docker_handle_start_fails_when_the_service_never_answers() -> None:
+    svc = _FakeService([])
+    svc.answering, svc.ready_timeout_s = False, 0.3
+    with pytest.raises(local.InfraError, match="_FakeService on port 1234 not ready"):
+        svc.start()
+    svc.close()
+
+
 def test_probes_say_no_when_nothing_listens() -> None:
     port = local.free_ports(1)[0]
     assert not kafka_ready(f"127.0.0.1:{port}", timeout=0.5)

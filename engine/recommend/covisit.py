@@ -222,7 +222,6 @@ class CoVisitation:
         if self.max_items is not None:  # an eviction can happen at any item: one interaction at a time
             self._learn_each(interactions)
             return
-        users, max_users, size = self._users, self.max_users, self.history_size
         decay, of = self._decay, self._index._of
         pop_at, pop_add = self._pending[4], self._pending[5]
         seg: tuple[list[int], list[float], list[int], list[tuple[Hashable, float]]] = ([], [], [], [])
@@ -231,13 +230,7 @@ class CoVisitation:
             for user_id, item_id, weight, ts in interactions:
                 if weight <= 0:
                     continue
-                hist = users.get(user_id)
-                if hist is None:
-                    hist = users[user_id] = deque(maxlen=size)
-                    if max_users is not None and len(users) > max_users:
-                        users.popitem(last=False)
-                else:
-                    users.move_to_end(user_id)
+                hist = self._history(user_id)
                 weight = float(weight)
                 gain = 1.0
                 if decay.half_life is not None:
@@ -266,19 +259,24 @@ class CoVisitation:
             self._learn_pairs(js, wgs, lens, flat)
             self._flush()
 
+    def _history(self, user_id: Hashable) -> deque[tuple[Hashable, float]]:
+        """The user's recent interactions, most recently active users last (the least recent is evicted)."""
+        users = self._users
+        hist = users.get(user_id)
+        if hist is None:
+            hist = users[user_id] = deque(maxlen=self.history_size)
+            if self.max_users is not None and len(users) > self.max_users:
+                users.popitem(last=False)
+        else:
+            users.move_to_end(user_id)
+        return hist
+
     def _learn_each(self, interactions: Iterable[tuple[Hashable, Hashable, float, float | None]]) -> None:
-        users, max_users, size = self._users, self.max_users, self.history_size
         try:
             for user_id, item_id, weight, ts in interactions:
                 if weight <= 0:
                     continue
-                hist = users.get(user_id)
-                if hist is None:
-                    hist = users[user_id] = deque(maxlen=size)
-                    if max_users is not None and len(users) > max_users:
-                        users.popitem(last=False)
-                else:
-                    users.move_to_end(user_id)
+                hist = self._history(user_id)
                 weight = float(weight)
                 self._learn(hist, item_id, weight, ts)
                 hist.append((item_id, weight))
