@@ -13,7 +13,10 @@ Settings compared:
 * ``fixed_48``: the admission limit held at 48 decisions in progress (the previous default,
   ``DECIDE_SHED_IN_FLIGHT=48``);
 * ``adaptive``: the shipped defaults (``DECIDE_SHED_TARGET_MS``, ``DECIDE_SHED_MIN_IN_FLIGHT``,
-  ``DECIDE_SHED_MAX_IN_FLIGHT``; ``serving/admission.py``);
+  ``DECIDE_SHED_MAX_IN_FLIGHT``; ``serving/admission.py``): the limit judges the time inside the process;
+* ``adaptive_queue``: the same, behind a proxy that stamps ``X-Request-Start`` (the generator stamps every
+  request as such a proxy would, ``DECIDE_QUEUE_HEADER=x-request-start``): the limit judges the wait before
+  the process too;
 * ``off``: no shedding, every request waits for a full decision.
 """
 
@@ -31,6 +34,7 @@ SETTINGS: dict[str, dict[str, str]] = {
     "fixed_48": {"DECIDE_SHED_TARGET_MS": "1000000", "DECIDE_SHED_MIN_IN_FLIGHT": "48",
                  "DECIDE_SHED_MAX_IN_FLIGHT": "48"},
     "adaptive": {},
+    "adaptive_queue": {"DECIDE_QUEUE_HEADER": "x-request-start"},
     "off": {"DECIDE_SHED_TARGET_MS": "0"},
 }
 

@@ -112,11 +112,18 @@ class _Conn(asyncio.Protocol):
 
 
 class OpenLoop:
-    """Constant-rate load on ``connections`` keep-alive connections; latencies from the scheduled time."""
+    """Constant-rate load on ``connections`` keep-alive connections; latencies from the scheduled time.
+
+    Like a proxy in front of the API, it stamps each request with the time it had the request to send
+    (``X-Request-Start: t=<epoch us>``): a request waiting for a free connection waits in the proxy, and an
+    API told to read the stamp (``DECIDE_QUEUE_HEADER``, ``bench.admission``) counts that wait."""
 
     def __init__(self, host: str, port: int, requests: Sequence[bytes], rate: float, duration: float,
                  warmup: float, connections: int = 64, grace: float = 3.0) -> None:
         self.host, self.port, self.requests = host, port, requests
+        # each request split after its last header line, for the stamp to go in between
+        self._split = [(r[:r.index(b"\r\n\r\n") + 2], r[r.index(b"\r\n\r\n") + 2:]) for r in requests]
+        self._wall_offset = time.time() - time.monotonic()
         self.rate, self.duration, self.warmup = rate, duration, warmup
         self.n = int(rate * (warmup + duration))
         self.n_warm = int(rate * warmup)
@@ -144,7 +151,9 @@ class OpenLoop:
     def _send(self, conn: _Conn, i: int) -> None:
         conn.idx = i
         assert conn.transport is not None
-        conn.transport.write(self.requests[i % len(self.requests)])
+        head, rest = self._split[i % len(self._split)]
+        stamp = b"x-request-start: t=%d\r\n" % ((self.dispatched[i] + self._wall_offset) * 1e6)
+        conn.transport.write(head + stamp + rest)
         self.sent[i] = time.monotonic()
 
     def completed(self, conn: _Conn, status: int, degraded: bool) -> None:

@@ -77,6 +77,12 @@ class Settings:
     #: before it adapted; the minimum keeps some full decisions flowing.
     decide_shed_min_in_flight: int = field(default_factory=lambda: int(_env("DECIDE_SHED_MIN_IN_FLIGHT", "4")))
     decide_shed_max_in_flight: int = field(default_factory=lambda: int(_env("DECIDE_SHED_MAX_IN_FLIGHT", "48")))
+    #: Header in which the proxy in front stamps when it received a request (``t=<epoch s|ms|us>``, as nginx,
+    #: Heroku and HAProxy set ``X-Request-Start``): the wait before the process read the request is then
+    #: exported (``pulse_decide_queue_seconds``) and counted in the latency the admission limit judges. Empty
+    #: (the default): no such header is read. Set it only behind a proxy that overwrites the header and shares
+    #: the API's clock: a client could otherwise send old stamps and have decisions shed.
+    decide_queue_header: str = field(default_factory=lambda: _env("DECIDE_QUEUE_HEADER", ""))
     #: Secret used to sign model snapshots (HMAC-SHA256). Change it in production.
     model_signing_key: str = field(default_factory=lambda: _env("MODEL_SIGNING_KEY", "dev-only-signing-key"))
 

@@ -20,6 +20,12 @@ by any one of them.
   that a fixed limit of ``maximum`` would not shed.
 * ``minimum`` keeps some full decisions flowing whatever happens.
 
+Requests also wait *before* the process reads them: in a proxy for a free upstream connection, in the
+socket, behind the other requests the event loop is parsing. None of that shows in the process. A proxy in
+front can stamp when it received the request (``X-Request-Start``: nginx ``"t=${msec}"``, Heroku's router,
+HAProxy); :func:`queued_seconds` reads the stamp, and the latency the limit judges is then the whole time
+from the proxy to the answer.
+
 Measured side by side with a fixed limit and with no shedding: ``python -m bench.admission``.
 
 >>> limit = LatencyLimit(target_s=0.005, minimum=4, maximum=48)
@@ -78,3 +84,43 @@ class LatencyLimit:
             return True
         self.limit = min(self.maximum, self.limit + 1.0)
         return False
+
+
+#: A stamp further than this from the local clock is another clock's (or garbage), not a wait.
+_MAX_SKEW_S = 60.0
+
+
+def queued_seconds(stamp: bytes, now: float) -> float | None:
+    """How long a request waited before this process read it, from the time a proxy received it.
+
+    ``stamp`` is an ``X-Request-Start`` value: ``t=<time since the epoch>`` or the bare number, in seconds
+    (nginx ``t=${msec}``: ``t=1700000000.123``), milliseconds (Heroku), microseconds (New Relic's
+    ``t=${usec}``) or nanoseconds, told apart by magnitude. A stamp a little ahead of ``now`` (the proxy's
+    clock runs ahead) is a wait of 0; an unreadable one, or one more than a minute away, is None.
+
+    >>> queued_seconds(b"t=1700000000.123", now=1700000000.125)
+    0.002
+    >>> [round(queued_seconds(s, now=1700000000.125) * 1000, 3)
+    ...  for s in (b"1700000000123", b"t=1700000000123000", b"1700000000123000000")]
+    [2.0, 2.0, 2.0]
+    >>> queued_seconds(b"t=1700000000.200", now=1700000000.125), queued_seconds(b"soon", now=1.0)
+    (0.0, None)
+    >>> queued_seconds(b"t=1600000000.0", now=1700000000.0) is None
+    True
+    """
+    if stamp[:2] == b"t=":
+        stamp = stamp[2:]
+    try:
+        t = float(stamp)
+    except ValueError:
+        return None
+    if t >= 1e17:
+        t /= 1e9
+    elif t >= 1e14:
+        t /= 1e6
+    elif t >= 1e11:
+        t /= 1e3
+    waited = now - t
+    if not -_MAX_SKEW_S < waited < _MAX_SKEW_S:
+        return None
+    return round(waited, 6) if waited > 0 else 0.0  # epoch seconds in a double: ~0.2 us resolution

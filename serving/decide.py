@@ -29,6 +29,7 @@ from engine.decisions import CONTROL_ARM, holdout_arm, new_decision_id, request_
 from engine.features import Profile, RawProfile, context_features, decode
 from engine.layout import identity_key, profile_key
 from engine.policies import Candidate
+from serving.admission import queued_seconds
 from serving.services import Services
 
 router = APIRouter()
@@ -342,6 +343,22 @@ def publish_decision(svc: Services, visitor: str, record: dict[str, Any]) -> Non
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
+def request_queued_seconds(svc: Services, headers: list[tuple[bytes, bytes]]) -> float:
+    """The wait before this process read the request, from the proxy's stamp (``DECIDE_QUEUE_HEADER``);
+    0 without one. Each stamp read is observed in ``pulse_decide_queue_seconds``."""
+    name = svc.queue_header
+    if name:
+        for key, value in headers:
+            if key == name:
+                queued = queued_seconds(value, time.time())
+                if queued is None:
+                    svc.metrics.errors.inc("queue_header")
+                    return 0.0
+                svc.metrics.decide_queue.observe(queued)
+                return queued
+    return 0.0
+
+
 class DecideFastPath:
     """The ASGI app uvicorn serves: ``POST /v1/decide`` is answered here, before FastAPI - no middleware
     stack (FastAPI's telemetry middleware alone looks up a tracer per request), no routing over every route,
@@ -365,6 +382,7 @@ class DecideFastPath:
             message = await receive()
             body += message.get("body", b"")
         svc = self.app.state.services
+        queued = request_queued_seconds(svc, scope["headers"])
         admission = svc.admission
         in_flight = self.in_flight
         shed = admission is not None and not admission.admit(in_flight)
@@ -375,9 +393,10 @@ class DecideFastPath:
         finally:
             self.in_flight -= 1
         # a decision degraded by a slow Redis counts too: waiting on Redis makes answers late like waiting on
-        # the CPU, and shedding then spares Redis the reads
+        # the CPU, and shedding then spares Redis the reads. The wait before the process read the request
+        # (stamped by a proxy) counts like the wait inside it.
         if admission is not None and not shed and status == 200:
-            if admission.update(time.perf_counter() - started):
+            if admission.update(queued + time.perf_counter() - started):
                 svc.metrics.admission_cuts.inc()
             svc.metrics.admission_limit.value = admission.limit
         await send({"type": "http.response.start", "status": status,

@@ -72,6 +72,9 @@ class ServingMetrics:
                                       "Pipelines that carried the decisions' profile reads")
         self.read_commands = Counter("pulse_profile_read_commands_total",
                                      "Profile read commands (per pipeline: the batching achieved)")
+        self.decide_queue = Histogram("pulse_decide_queue_seconds",
+                                      "Wait of /v1/decide requests before the API read them (from the proxy's "
+                                      "X-Request-Start stamp)")
         self.admission_limit = Gauge("pulse_decide_admission_limit",
                                      "Decisions in progress this process runs in full; past it they are shed")
         self.admission_cuts = Counter("pulse_decide_admission_cuts_total",
@@ -79,7 +82,7 @@ class ServingMetrics:
 
     def render(self) -> str:
         out: list[str] = []
-        for m in (self.decide_latency, self.decisions, self.events_in, self.events_out,
+        for m in (self.decide_latency, self.decide_queue, self.decisions, self.events_in, self.events_out,
                   self.events_rejected, self.errors, self.read_pipelines, self.read_commands,
                   self.admission_limit, self.admission_cuts):
             out += m.render()

@@ -72,6 +72,8 @@ class Services:
     decision_log: DecisionLog | None = None
     reads: ReadBatcher | None = None  # the decisions' profile reads, one pipeline per event-loop turn
     admission: LatencyLimit | None = None  # None: load shedding off (DECIDE_SHED_TARGET_MS=0)
+    #: the proxy's receipt-time header, as ASGI gives header names (lower case); b"": not read
+    queue_header: bytes = b""
     popularity: PopularitySnapshot = field(default_factory=PopularitySnapshot)
     _placement_action_ids: dict[str, list[str]] = field(default_factory=dict)
     candidates: dict[str, Candidate] = field(default_factory=dict)
@@ -128,6 +130,7 @@ class Services:
                   metrics=metrics)
         svc.decision_log = DecisionLog(producer, settings.decisions_topic, metrics)
         svc.reads = ReadBatcher(redis, metrics)
+        svc.queue_header = settings.decide_queue_header.strip().lower().encode("latin-1")
         if settings.decide_shed_target_ms > 0:
             svc.admission = LatencyLimit(settings.decide_shed_target_ms / 1000.0,
                                          minimum=settings.decide_shed_min_in_flight,

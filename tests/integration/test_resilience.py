@@ -254,6 +254,39 @@ def test_an_api_whose_decisions_end_in_time_keeps_its_admission_limit(stack: Sta
         api.stop()
 
 
+def test_the_admission_limit_counts_the_wait_a_proxy_stamped(stack: Stack, log_dir: Path) -> None:
+    import time
+
+    # decisions end well within the target inside the process; what makes them late is the 2 s their
+    # requests waited in front of it, as stamped by a proxy (X-Request-Start). Without the header setting
+    # (the default) the stamp is ignored.
+    settings = {"DECIDE_SHED_TARGET_MS": "1000", "DECIDE_SHED_MIN_IN_FLIGHT": "2", "DECIDE_SHED_MAX_IN_FLIGHT": "4"}
+    ports = free_port(), free_port()
+    apis = [api_process(stack, log_dir, ports[0], DECIDE_QUEUE_HEADER="X-Request-Start", **settings).start(),
+            api_process(stack, log_dir, ports[1], **settings).start()]
+    reading, ignoring = (f"http://127.0.0.1:{p}" for p in ports)
+    body = {"customer_id": "queued", "placement": "home_hero", "n": 2}
+    try:
+        for base, api in zip((reading, ignoring), apis, strict=True):
+            wait_http_ready(base, api)
+            with httpx.Client(base_url=base) as client:
+                for _ in range(8):
+                    stamp = f"t={(time.time() - 2.0) * 1e6:.0f}"  # New Relic's microseconds
+                    assert client.post("/v1/decide", json=body, headers={"X-Request-Start": stamp}).status_code == 200
+                assert client.post("/v1/decide", json=body, headers={"X-Request-Start": "garbage"}).status_code == 200
+        assert _metric(reading, "pulse_decide_queue_seconds_count") == 8
+        assert 16.0 <= _metric(reading, "pulse_decide_queue_seconds_sum") < 20.0
+        assert _metric(reading, 'pulse_errors_total{where="queue_header"}') == 1  # unreadable: counted, no wait
+        assert _metric(reading, "pulse_decide_admission_cuts_total") >= 2  # two late rounds of (at most) 4
+        assert _metric(reading, "pulse_decide_admission_limit") < 4.0
+        assert _metric(ignoring, "pulse_decide_queue_seconds_count") == 0
+        assert _metric(ignoring, "pulse_decide_admission_cuts_total") == 0
+        assert _metric(ignoring, "pulse_decide_admission_limit") == 4.0
+    finally:
+        for api in apis:
+            api.stop()
+
+
 def test_make_demo_runs_end_to_end_and_shows_a_changed_decision() -> None:
     import subprocess
     import sys
