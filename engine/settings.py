@@ -74,7 +74,8 @@ class Settings:
     #: answered at once from the non-personalised ranking (``"degraded": true``) without reading Redis, so
     #: that an overloaded API stays fast instead of queueing. The limit starts at its maximum and is lowered
     #: while even the fastest decisions end later than this target (ms, from request body to answer, inside
-    #: the process): ``serving.admission.LatencyLimit``. 0 turns shedding off.
+    #: the process, plus the wait a proxy stamped when ``decide_queue_header`` is set):
+    #: ``serving.admission.LatencyLimit``. 0 turns shedding off.
     decide_shed_target_ms: float = field(default_factory=lambda: float(_env("DECIDE_SHED_TARGET_MS", "5")))
     #: Bounds of the admission limit: it starts at (and never passes) the maximum, the fixed limit measured
     #: before it adapted; the minimum keeps some full decisions flowing.
