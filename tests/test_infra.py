@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infra import local
+from infra import handles, local
 from infra.probe import kafka_ready, redis_ping, split_hostport
 from infra.topics import default_topic_names, ensure_topics
 from tests.support import start_or_fail
@@ -66,7 +66,7 @@ class _FakeWrapped:
 
 
 class _FakeContainer:
-    """What ``_Container`` uses of a testcontainers ``DockerContainer``."""
+    """What ``Container`` uses of a testcontainers ``DockerContainer``."""
 
     def __init__(self, log: list[str]) -> None:
         self.log, self.wrapped = log, _FakeWrapped(log)
@@ -81,7 +81,7 @@ class _FakeContainer:
         return self.wrapped
 
 
-class _FakeService(local._Container):
+class _FakeService(local.Container):
     ready_timeout_s, stop_timeout_s = 1.0, 7
 
     def __init__(self, log: list[str]) -> None:
@@ -99,14 +99,14 @@ def test_docker_handle_creates_once_pauses_resumes_and_removes() -> None:
     svc = _FakeService(log)
     assert not svc.is_running()
     with svc:
-        assert svc.is_running() and id(svc) in local._open_handles
+        assert svc.is_running() and id(svc) in handles._open_handles
         svc.stop()
         svc.answering = False
         assert not svc.is_running()
         svc.answering = True
         svc.start()
     assert log == ["create", "pause 7", "resume", "remove"]
-    assert id(svc) not in local._open_handles and not svc.is_running()
+    assert id(svc) not in handles._open_handles and not svc.is_running()
 
 
 def test_docker_handle_start_fails_when_the_service_never_answers() -> None:
