@@ -28,6 +28,10 @@ Why pruning and not a heavy-hitter sketch: on the first 50,000 MovieLens-100K ra
 evicted count, and the tail of co-visited items is long, so rows fill with noise), 0.186 scoring the
 Space-Saving lower bounds, 0.117 with Unbiased Space-Saving, 0.195 with prune-to-75%; keeping every
 pair reached 0.207.
+
+Why one long module: it is one data structure whose learning, pruning and scoring share the same arrays
+and derived caches, and whose pickled attributes are the snapshot format the learner publishes and the
+API loads; splitting the class would move attributes between objects and break loading older snapshots.
 """
 
 from __future__ import annotations
