@@ -12,8 +12,10 @@ publishes realistic events at a few thousand per second. Each sample then
    keeps the probe from loading the system: every decision is itself published to Kafka and consumed by
    the worker, so decide polling every 2 ms would add ~500 decisions/s of work to the pipeline measured.
 
-Then the floor, under the same background load: the worker is replaced by a plain aiokafka consumer
-feeding the same ``BatchProcessor`` (no Faust), and event -> Redis is measured the same way.
+Under the same background load, decisions are then offered at 1,000/s and their latency compared with the
+same API once the load stopped (``bench/mixed.py``). Then the floor, under the same background load: the
+worker is replaced by a plain aiokafka consumer feeding the same ``BatchProcessor`` (no Faust), and
+event -> Redis is measured the same way.
 
 The producer is started and used before the first sample, and the first samples are discarded, so the
 figures are the steady state (a producer's first send fetches metadata and can take a few hundred ms).
@@ -36,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from bench import mixed
 from bench.common import (
     Infra,
     exit_cleanly_on_signals,
@@ -51,6 +54,8 @@ from bench.measure import CpuMeter, RssSampler
 from bench.traffic import EventFactory
 
 FRESHNESS_TARGET_MS = 100.0
+#: visitors of the background load (bench.mixed asks decisions for its most active ones)
+BACKGROUND_VISITORS = 50_000
 READY_KEY = "bench:bare-pipeline-ready"
 DECIDE_POLL_S = 0.002
 REDIS_POLL_S = 0.001
@@ -70,7 +75,7 @@ async def background(bootstrap: str, topic: str, rate: float, seconds: float) ->
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     factory = EventFactory(99)
-    stream = factory.stream(10**9, 50_000, prefix="bg-")
+    stream = factory.stream(10**9, BACKGROUND_VISITORS, prefix="bg-")
     tick = 0.01
     sent = 0
     t0 = time.monotonic()
@@ -344,7 +349,17 @@ def run(infra: Infra, rate: float | None = None, samples: int | None = None,
                 res = runner.run(probe(stack, api_url, samples, discard, 12.0 if quick else 150.0))
         res["cpu"] = cpu.stop()
         applied1, t1 = asyncio.run(_applied(stack.redis_url)), time.monotonic()
-        res["background"] = stop_background(bg)
+        # decision latency in this deployment: under the same background load, then idle (bench/mixed.py)
+        stopped: dict[str, Any] = {}
+
+        def stop_bg() -> dict[str, Any]:
+            stopped.update(stop_background(bg))
+            return stopped
+
+        res["decide_under_ingest"] = mixed.measure(
+            api_url, lambda: asyncio.run(_applied(stack.redis_url)), visitors=BACKGROUND_VISITORS, quick=quick,
+            stop_background=stop_bg)
+        res["background"] = stopped
         bg = None
         res["background"]["target_rate"] = rate
         res["background"]["worker_capacity_from_throughput"] = worker_capacity

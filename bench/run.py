@@ -129,6 +129,16 @@ def table(r: dict[str, Any], quick: bool) -> str:
                      f"{_ms(e.get('p50'))} / {_ms(e.get('p99'))}  (n={e.get('n', 0)}, bg {bg} ev/s)",
                      f"event->Redis {_ms(er.get('p50'))} / {_ms(er.get('p99'))}; "
                      f"no-Faust floor {_ms(fl.get('p50'))} / {_ms(fl.get('p99'))}"))
+        mx = fr.get("decide_under_ingest")
+        if mx:
+            u, i = mx["under_ingest"], mx["idle"]
+            ul, il = u["latency_ms"], i["latency_ms"]
+            rows.append((f"decide @ {int(mx['rate'])}/s + ingest p50/p99/p99.9 ms",
+                         f"{_ms(ul.get('p50'))} / {_ms(ul.get('p99'))} / {_ms(ul.get('p99_9'))}  "
+                         f"(err {u['errors'] + u['timeouts']}, degr {u['degraded']}; "
+                         f"{_n(mx['worker_applied_rate'])} ev/s applied)",
+                         f"same API idle {_ms(il.get('p50'))} / {_ms(il.get('p99'))} / {_ms(il.get('p99_9'))} "
+                         f"(err {i['errors'] + i['timeouts']}, degr {i['degraded']})"))
     th = r.get("throughput")
     if th:
         s = th["summary"]
