@@ -134,12 +134,18 @@ def meta(mode: str) -> dict[str, Any]:
     return {"date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "mode": mode, **_META}
 
 
+def results_dir() -> Path:
+    """Where results go: ``bench/results``, or ``$BENCH_RESULTS_DIR`` (the smoke test writes elsewhere, so that
+    a check of the benchmark code never overwrites the committed figures)."""
+    return Path(os.environ.get("BENCH_RESULTS_DIR") or RESULTS_DIR)
+
+
 def result_path(name: str, quick: bool) -> Path:
-    return RESULTS_DIR / (f"{name}.quick.json" if quick else f"{name}.json")
+    return results_dir() / (f"{name}.quick.json" if quick else f"{name}.json")
 
 
 def write_result(name: str, payload: dict[str, Any], quick: bool) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    results_dir().mkdir(parents=True, exist_ok=True)
     path = result_path(name, quick)
     tmp = path.with_suffix(".tmp")
     doc = {"benchmark": name, **meta("quick" if quick else "full"), **payload}
@@ -201,8 +207,8 @@ class Infra:
     repo: Path = REPO
 
     def results_file(self, name: str, ext: str) -> Path:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        return RESULTS_DIR / (f"{name}.quick.{ext}" if self.quick else f"{name}.{ext}")
+        results_dir().mkdir(parents=True, exist_ok=True)
+        return results_dir() / (f"{name}.quick.{ext}" if self.quick else f"{name}.{ext}")
 
     def redis_url(self, db: int | None = None) -> str:
         """A Redis URL on a database of its own, so benchmarks never see each other's keys/counters."""
