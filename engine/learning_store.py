@@ -5,7 +5,9 @@ Layout (see also ``engine.layout``):
 * ``dec:{<slot>}:<decision_id>`` hash - a decision waiting for rewards (``lua/reward_join.lua``);
 * ``due:{<slot>}`` zset - decision ids by the end of their reward window, 256 slots;
 * ``arms:{<placement>}`` hash - ``<arm>:impressions|clicks|conversions|reward_sum|learned``;
-* ``model:{<placement>}`` hash - ``version`` and ``blob`` (signed snapshot, ``engine.snapshots``).
+* ``model:{<placement>}`` hash - ``version`` and ``blob`` (signed snapshot, ``engine.snapshots``), and for a
+  model whose learner keeps more than serving needs, ``state``: the learner's own snapshot, which it resumes
+  from (co-visitation: with its per-visitor histories, which serving never loads).
 """
 
 from __future__ import annotations
@@ -177,9 +179,13 @@ class LearningStore:
         return out
 
     # -- model snapshots ----------------------------------------------------------------------
-    async def publish_model(self, placement: str, version: int, blob: bytes) -> None:
+    async def publish_model(self, placement: str, version: int, blob: bytes, state: bytes | None = None) -> None:
+        """``blob``: what serving loads; ``state``: what the learner resumes from, when it differs."""
         # base64 because the shared client decodes replies as text
-        await self.redis.hset(model_key(placement), mapping={"version": version, "blob": base64.b64encode(blob)})
+        mapping: dict[str, Any] = {"version": version, "blob": base64.b64encode(blob)}
+        if state is not None:
+            mapping["state"] = base64.b64encode(state)
+        await self.redis.hset(model_key(placement), mapping=mapping)
 
     async def model_version(self, placement: str) -> int | None:
         v = await self.redis.hget(model_key(placement), "version")
@@ -188,3 +194,9 @@ class LearningStore:
     async def model_blob(self, placement: str) -> bytes | None:
         blob = await self.redis.hget(model_key(placement), "blob")
         return base64.b64decode(blob) if blob is not None else None
+
+    async def learner_state(self, placement: str) -> bytes | None:
+        """The learner's own snapshot: ``state`` when one was published, else the serving ``blob``."""
+        state, blob = await self.redis.hmget(model_key(placement), ["state", "blob"])
+        chosen = state if state is not None else blob
+        return base64.b64decode(chosen) if chosen is not None else None

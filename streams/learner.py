@@ -131,7 +131,7 @@ class PlacementLearner:
 
     async def restore(self, store: LearningStore, key: bytes) -> None:
         """Resume every learned placement (and co-visitation) from its last good snapshot (if any)."""
-        if self.covisit is not None and (blob := await store.model_blob(COVISIT_MODEL)) is not None:
+        if self.covisit is not None and (blob := await store.learner_state(COVISIT_MODEL)) is not None:
             try:
                 self.covisit, self.covisit_state.version = load_model(blob, key)  # type: ignore[assignment]
             except SnapshotError:
@@ -152,7 +152,11 @@ class PlacementLearner:
         if placement == COVISIT_MODEL:
             st = self.covisit_state
             st.version += 1
-            await store.publish_model(COVISIT_MODEL, st.version, dump_model(self.covisit, st.version, key))
+            # serving gets the model without per-visitor histories (a fraction of the size, and unpickling
+            # them held the API's event loop: decisions 20-60 ms late every snapshot); the learner keeps them
+            serving = dump_model(self.covisit.for_serving(), st.version, key)
+            await store.publish_model(COVISIT_MODEL, st.version, serving,
+                                      state=dump_model(self.covisit, st.version, key))
             st.updates_since_snapshot, st.last_snapshot = 0, time.monotonic()
             return st.version
         st = self.state[placement]

@@ -6,6 +6,7 @@ Fast and offline: synthetic streams only, no dataset download.
 from __future__ import annotations
 
 import pickle
+import random
 
 import numpy as np
 import pytest
@@ -392,3 +393,28 @@ def test_prequential_ranks_covisitation_above_popularity_above_random() -> None:
     lo, hi = out["policies"]["covisit"]["hr@10_ci95"]
     assert lo < p["covisit"] < hi
     assert sum(v["n"] for v in out["by_period"].values()) == out["n_tests"]
+
+
+def test_serving_copy_scores_the_same_and_leaves_the_learning_model_untouched() -> None:
+    """``without_histories`` is what the learner publishes for serving: same neighbours and scores, no
+    per-visitor state, and taking it in the middle of learning changes nothing for the learner."""
+    rng = random.Random(4)
+    rows = [(f"u{rng.randrange(300)}", f"i{int(rng.paretovariate(1.2)) % 120}", 1.0, float(t)) for t in range(6000)]
+    params = {"top_k": 16, "history_size": 8, "half_life": 2000.0}
+    learning, control = CoVisitation(**params), CoVisitation(**params)
+    learning.learn_many(rows[:3000])
+    control.learn_many(rows[:3000])
+    lean = learning.without_histories()
+    blob = pickle.dumps(lean)
+    assert lean.state_size()["users"] == 0 and learning.state_size()["users"] == control.state_size()["users"] > 0
+    assert len(blob) < len(pickle.dumps(learning)) / 2
+    histories = [[f"i{rng.randrange(120)}" for _ in range(rng.randint(1, 8))] for _ in range(50)]
+    items = [f"i{k}" for k in range(120)]
+    loaded = pickle.loads(blob)
+    for h in histories:
+        assert loaded.score(h, items) == learning.score(h, items)
+    learning.learn_many(rows[3000:])  # the learner goes on as if no copy had been taken
+    control.learn_many(rows[3000:])
+    for h in histories:
+        assert learning.score(h, items) == control.score(h, items)
+    assert learning.history("u7") == control.history("u7")

@@ -36,6 +36,7 @@ API loads; splitting the class would move attributes between objects and break l
 
 from __future__ import annotations
 
+import copy
 import heapq
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterable, Sequence
@@ -186,6 +187,25 @@ class CoVisitation:
         used = np.flatnonzero(nbr >= 0)
         used = used[np.lexsort((nbr[used], -w[used]))][:k]
         return [(self._index.id_at(int(nbr[s])), float(w[s])) for s in used]
+
+    def without_histories(self) -> CoVisitation:
+        """The model without its per-visitor histories, sharing its arrays: what serving needs, which scores
+        the visitor's recent items read from the profile. The histories are most of a snapshot's size and
+        nearly all of its unpickling time (Python objects per visitor: on 26k visitors, 442 KB and 31-76 ms
+        with them against 98 KB and 1.8 ms without), and unpickling holds the API's event loop. Pickle the
+        result before learning goes on: the arrays are shared.
+
+        >>> model = CoVisitation(top_k=4)
+        >>> model.learn_many([("ann", "a", 1.0, None), ("ann", "b", 1.0, None)])
+        >>> lean = model.without_histories()
+        >>> lean.history("ann"), model.history_items("ann")
+        ([], ['a', 'b'])
+        >>> lean.score(["a"], ["b"]) == model.score(["a"], ["b"])
+        True
+        """
+        twin = copy.copy(self)  # through __getstate__/__setstate__: pending writes applied, caches rebuilt
+        twin._users = OrderedDict()
+        return twin
 
     def state_size(self) -> dict[str, int]:
         """Sizes that must stay bounded: items, rows, visitors, longest history, fullest neighbour row."""

@@ -16,6 +16,7 @@ items engaged with X" into a per-candidate feature ``covisit`` in [0, 1] (the be
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +49,21 @@ class CollaborativeSignal:
         """
         self.model.learn_many(rows)  # type: ignore[arg-type]
         self.n_updates += len(rows)
+
+    def for_serving(self) -> CollaborativeSignal:
+        """This signal without the model's per-visitor histories (``CoVisitation.without_histories``): the
+        snapshot serving loads. Serving passes the visitor's recent items from the profile, so its scores
+        are the same.
+
+        >>> sig = CollaborativeSignal()
+        >>> sig.learn_many([["u1", "boots", 1.0, 0.0], ["u1", "socks", 0.5, 1.0]])
+        >>> lean = sig.for_serving()
+        >>> lean.candidate_scores(["boots"], ["socks"]), lean.model.history("u1"), lean.n_updates
+        ({'socks': 1.0}, [], 2)
+        """
+        twin = copy.copy(self)
+        twin.model = self.model.without_histories()
+        return twin
 
     def candidate_scores(self, recent_first: Sequence[str], items: Sequence[str]) -> dict[str, float]:
         """Scores of ``items`` for a visitor whose recent items are given most recent first,
