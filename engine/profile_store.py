@@ -47,6 +47,13 @@ def encode_events(events: Sequence[list[Any]]) -> bytes:
     return orjson.dumps(out)
 
 
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    keys_deleted: int
+    #: the customer id and every anonymous id merged into it
+    visitors: list[str]
+
+
 @dataclass(slots=True)
 class OwnerBatch:
     """Events of one owner from one partition, in offset order, compiled to operations."""
@@ -153,16 +160,17 @@ class ProfileStore:
             pipe.delete(*customer_keys(anonymous_id, self.config).keys, *legacy_keys(anonymous_id, self.config))
         await pipe.execute()
 
-    async def erase(self, customer_id: str) -> int:
-        """Right to be forgotten: delete the profile, its aliases and their identity entries."""
-        aliases = await self.redis.smembers(aliases_key(customer_id))
+    async def erase(self, customer_id: str) -> Erasure:
+        """Right to be forgotten: delete the profile, its aliases and their identity entries. Returns what
+        was deleted and every id the customer was known by (the learner holds histories under them)."""
+        aliases = sorted(await self.redis.smembers(aliases_key(customer_id)))
         keys = [*customer_keys(customer_id, self.config).keys, *legacy_keys(customer_id, self.config),
                 aliases_key(customer_id)]
         for a in aliases:
             keys.append(identity_key(a))
             keys.extend(customer_keys(a, self.config).keys)
             keys.extend(legacy_keys(a, self.config))
-        return int(await self.redis.delete(*keys))
+        return Erasure(int(await self.redis.delete(*keys)), [customer_id, *aliases])
 
     async def incr_worker_counters(self, counters: dict[str, int]) -> None:
         pipe = self.redis.pipeline(transaction=False)

@@ -12,12 +12,10 @@ from collections.abc import Sequence
 import orjson
 
 from engine.config import EngineConfig
-from engine.recommend.signal import COVISIT_MODEL
+from engine.recommend.signal import COVISIT_KEY
 from schemas.events import Event
 from streams.pipeline import Record
 from streams.rewards import ExampleSink
-
-COVISIT_KEY = COVISIT_MODEL.encode()
 
 
 class CollaborativeFeed:

@@ -66,12 +66,18 @@ class PlacementLearner:
         self.covisit_state = _State()
 
     def learn(self, example: Mapping[str, Any]) -> bool:
-        """Route an example: item interactions to co-visitation, settled decisions to placements."""
+        """Route an example: item interactions and erasures to co-visitation, settled decisions to placements."""
         if example.get("kind") == "interactions":  # a batch of [visitor, item, weight, ts] rows
             if self.covisit is None:
                 return False
             self.covisit.learn_many(example["rows"])  # one pass over the batch (CoVisitation.learn_many)
             self.covisit_state.updates_since_snapshot += len(example["rows"])
+            return True
+        if example.get("kind") == "forget":  # an erased customer's ids (serving/profiles.py)
+            if self.covisit is None:
+                return False
+            self.covisit.forget(example["visitors"])
+            self.covisit_state.updates_since_snapshot += 1  # the stored learner state must lose them too
             return True
         return self.learn_one(example)
 

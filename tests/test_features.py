@@ -371,7 +371,8 @@ def test_identify_merges_the_anonymous_profile_and_erase_forgets_both(redis_url:
     assert set(merged.recent["recent_items"]) == {"a-0", "a-1", "a-2", "c-1"}
     assert merged.cart == {"a-1": 1}
     assert merged.first_seen == t and merged.last_seen == t + 6
-    assert anon_left == 0 and deleted >= 3 and left == []
+    assert anon_left == 0 and deleted.keys_deleted >= 3 and left == []
+    assert deleted.visitors == [cust, anon]  # the ids the learner may hold histories under
 
 
 @pytest.mark.integration

@@ -188,6 +188,18 @@ class CoVisitation:
         used = used[np.lexsort((nbr[used], -w[used]))][:k]
         return [(self._index.id_at(int(nbr[s])), float(w[s])) for s in used]
 
+    def forget(self, user_ids: Iterable[Hashable]) -> int:
+        """Drop these visitors' histories (right to be forgotten); returns how many it held. What they
+        taught the model stays: item-to-item weights and popularity hold no visitor ids.
+
+        >>> model = CoVisitation(top_k=4)
+        >>> model.learn_many([("ann", "a", 1.0, None), ("bob", "a", 1.0, None)])
+        >>> model.forget(["ann", "nobody"]), model.history("ann"), model.history_items("bob")
+        (1, [], ['a'])
+        """
+        users = self._users
+        return sum(users.pop(u, None) is not None for u in user_ids)
+
     def without_histories(self) -> CoVisitation:
         """The model without its per-visitor histories, sharing its arrays: what serving needs, which scores
         the visitor's recent items read from the profile. The histories are most of a snapshot's size and

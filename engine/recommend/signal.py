@@ -23,6 +23,8 @@ from typing import Any
 from engine.recommend.covisit import CoVisitation
 
 COVISIT_MODEL = "__covisit__/covisit"
+#: the learning topic's key of everything the co-visitation learner receives (one owner, in order)
+COVISIT_KEY = COVISIT_MODEL.encode()
 
 
 class CollaborativeSignal:
@@ -49,6 +51,10 @@ class CollaborativeSignal:
         """
         self.model.learn_many(rows)  # type: ignore[arg-type]
         self.n_updates += len(rows)
+
+    def forget(self, visitors: Sequence[str]) -> int:
+        """Drop these visitors' interaction histories (``CoVisitation.forget``); returns how many were held."""
+        return self.model.forget(visitors)
 
     def for_serving(self) -> CollaborativeSignal:
         """This signal without the model's per-visitor histories (``CoVisitation.without_histories``): the

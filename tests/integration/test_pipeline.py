@@ -185,6 +185,50 @@ def test_identify_merges_anonymous_history(stack: Stack, worker: object, api: st
     assert not profile_of(stack.redis_url, customer).exists
 
 
+def _learner_histories(redis_url: str, visitors: list[str]) -> dict[str, list[str]]:
+    """What the co-visitation learner's stored state holds for these visitors."""
+    import base64
+
+    import redis
+
+    from engine.layout import model_key
+    from engine.recommend.signal import COVISIT_MODEL
+    from engine.settings import load_settings
+    from engine.snapshots import load_model
+
+    r = redis.Redis.from_url(redis_url)
+    try:
+        blob = r.hget(model_key(COVISIT_MODEL), "state")
+    finally:
+        r.close()
+    if blob is None:
+        return {}
+    signal, _ = load_model(base64.b64decode(blob), load_settings().model_signing_key.encode())
+    return {v: h for v in visitors if (h := signal.model.history_items(v))}
+
+
+def test_erasure_reaches_the_co_visitation_learners_histories(stack: Stack, worker: object, api: str) -> None:
+    anon, customer = f"anon-{uuid.uuid4().hex[:6]}", f"cust-{uuid.uuid4().hex[:6]}"
+    produce(stack.bootstrap, stack.events_topic, [event("page_view", anon, item_id="sku-erase-1"),
+                                                  event("click", anon, item_id="sku-erase-2")])
+    wait_until(lambda: profile_of(stack.redis_url, anon).counts.get("click") == 1, timeout=60, what="anonymous")
+    ident = event("identify", anon)
+    ident["customer_id"] = customer
+    produce(stack.bootstrap, stack.events_topic,
+            [ident, event("page_view", customer, customer=True, item_id="sku-erase-3")])
+    held = wait_until(lambda: (lambda h: h if len(h) == 2 else None)(
+        _learner_histories(stack.redis_url, [anon, customer])), timeout=60, what="histories in the learner's state")
+    assert held == {anon: ["sku-erase-1", "sku-erase-2"], customer: ["sku-erase-3"]}
+
+    r = httpx.delete(f"{api}/v1/profiles/{customer}")
+    assert r.status_code == 200, r.text
+    assert r.json()["keys_deleted"] > 0 and r.json()["learner_histories"] == "erasure requested"
+    assert not profile_of(stack.redis_url, customer).exists
+    # the learner drops both ids' histories and stores its state again without them
+    wait_until(lambda: _learner_histories(stack.redis_url, [anon, customer]) == {}, timeout=60,
+               what="the learner to forget the erased customer")
+
+
 def test_consent_withdrawal_stops_personalisation(stack: Stack, worker: object, api: str) -> None:
     visitor = f"anon-{uuid.uuid4().hex[:6]}"
     produce(stack.bootstrap, stack.events_topic, [event("click", visitor, category="hats")])
