@@ -29,7 +29,8 @@ def run(redis_url: str, fn: Any) -> Any:
         try:
             await client.delete(model_key(COVISIT_MODEL))
             return await fn(LearningStore(client), client)
-        finally:
+        finally:  # signed with this test's key: leave nothing for the workers of other tests to resume from
+            await client.delete(model_key(COVISIT_MODEL))
             await client.aclose()
     return asyncio.run(go())
 
