@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from engine.config import EngineConfig
@@ -59,20 +60,23 @@ class ModelRegistry:
             if blob is None:
                 continue
             try:
-                policy, loaded_version = await asyncio.to_thread(_load_and_prepare, blob, self.key)
+                policy, loaded_version, seconds = await asyncio.to_thread(_load_and_prepare, blob, self.key)
             except SnapshotError as exc:
                 self.metrics.errors.inc("model_load")
                 log.warning("model %s v%s rejected, keeping v%s: %s", name, version, current.version, exc)
                 continue
+            self.metrics.model_load.observe(seconds)
             self.models[name] = LoadedModel(policy, loaded_version)
             swapped += 1
         return swapped
 
 
-def _load_and_prepare(blob: bytes, key: bytes) -> tuple[Policy, int]:
-    """Verify and unpickle a snapshot, and compute its request-independent products (off the event loop)."""
+def _load_and_prepare(blob: bytes, key: bytes) -> tuple[Policy, int, float]:
+    """Verify and unpickle a snapshot, and compute its request-independent products (off the event loop);
+    returns the seconds it took too (``pulse_model_load_seconds``)."""
+    started = time.perf_counter()
     policy, version = load_model(blob, key)
     prepare = getattr(policy, "prepare", None)
     if prepare is not None:
         prepare()
-    return policy, version
+    return policy, version, time.perf_counter() - started

@@ -183,6 +183,8 @@ def test_hot_reloads_keep_one_model_per_name_and_release_old_versions_and_their_
     gc.collect()
     alive = [r() for r in loaded if r() is not None]
     assert alive == [registry.get("product_recs", "linear_thompson").policy]
+    load = registry.metrics.model_load  # each swap's load time is exported
+    assert load.count == 8 and load.sum > 0 and "pulse_model_load_seconds_count 8" in registry.metrics.render()
 
 
 def test_serving_does_not_import_river() -> None:
