@@ -205,8 +205,7 @@ class CoVisitation:
         the visitor's recent items read from the profile. The histories are most of a snapshot's size and
         nearly all of its unpickling time (Python objects per visitor: on 26k visitors, 442 KB and 31-76 ms
         with them against 98 KB and 1.8 ms without; 31 MiB held against 2.5), and unpickling holds the API's
-        event loop. Pickle the
-        result before learning goes on: the arrays are shared.
+        event loop. Pickle the result before learning goes on: the arrays are shared.
 
         >>> model = CoVisitation(top_k=4)
         >>> model.learn_many([("ann", "a", 1.0, None), ("ann", "b", 1.0, None)])
