@@ -12,6 +12,7 @@ spends most of its time in socket reads and writes to Kafka and Redis, where uvl
 
 import os
 import sys
+from pathlib import Path
 
 import mode.loop
 
@@ -29,9 +30,11 @@ if os.environ.get("WORKER_LOOP", "uvloop") == "uvloop":
     except ImportError:
         pass
 
-from streams.app import app  # noqa: E402 - the loop policy is chosen before Faust creates a loop
+from streams.app import app, settings  # noqa: E402 - the loop policy is chosen before Faust creates a loop
 
 if __name__ == "__main__":
+    # Faust creates only the last level of its data directory; a fresh clone has no .cache/ yet
+    Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
     if sys.argv[1:2] == ["worker"] and not any(a in ("--with-web", "--without-web") for a in sys.argv):
         sys.argv.append("--without-web")
     app.main()
