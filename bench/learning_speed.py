@@ -345,7 +345,7 @@ async def publish(redis_url: str, version: int, blob: bytes) -> None:
     import redis.asyncio as aioredis
 
     from engine.learning_store import LearningStore
-    from streams.learner import model_name
+    from engine.models import model_name
 
     client = aioredis.from_url(redis_url, decode_responses=True)
     try:
@@ -373,7 +373,7 @@ class Publisher:
         import redis.asyncio as aioredis
 
         from engine.learning_store import LearningStore
-        from streams.learner import model_name
+        from engine.models import model_name
 
         client = aioredis.from_url(self.redis_url, decode_responses=True)
         store = LearningStore(client)

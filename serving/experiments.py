@@ -8,9 +8,9 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from engine.models import learned_policies
 from engine.stats import wilson
 from serving.services import REDIS_CALL_TIMEOUT_S, Services
-from streams.learner import learned_policies
 
 router = APIRouter()
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from engine.config import EngineConfig
 from engine.learning_store import LearningStore
+from engine.models import learned_policies, model_name
 from engine.policies import Policy, make_policy
 from engine.recommend.signal import COVISIT_MODEL, CollaborativeSignal
 from engine.snapshots import SnapshotError, load_model
 from serving.metrics import ServingMetrics
-from streams.learner import learned_policies, model_name
 
 log = logging.getLogger(__name__)
 

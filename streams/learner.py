@@ -25,9 +25,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.config import BASELINE_POLICY, EngineConfig
+from engine.config import EngineConfig
 from engine.decisions import action_features
 from engine.learning_store import LearningStore
+from engine.models import learned_policies, model_name
 from engine.policies import Candidate, Policy, make_policy
 from engine.recommend.signal import COVISIT_MODEL, CollaborativeSignal
 from engine.snapshots import SnapshotError, dump_model, load_model
@@ -37,15 +38,6 @@ RECENT_DECISIONS = 100_000
 #: Serving looks for new snapshots every 0.5 s (serving.services.MODEL_REFRESH_S); publishing more
 #: often only costs the learner: 25-70 dumps/s capped it below 5,000 rewards/s (bench/learning_speed.py).
 MIN_SNAPSHOT_INTERVAL_S = 0.5
-
-
-def model_name(placement: str, policy: str) -> str:
-    return f"{placement}/{policy}"
-
-
-def learned_policies(config: EngineConfig, placement: str) -> list[str]:
-    ls = config.placements[placement].learning
-    return [p for p in dict.fromkeys((ls.policy, ls.holdout_policy)) if p != BASELINE_POLICY]
 
 
 @dataclass(slots=True)

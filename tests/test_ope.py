@@ -1,11 +1,11 @@
-"""Off-policy estimators (bench.ope) on synthetic bandit logs whose true values are known."""
+"""Off-policy estimators (engine.ope) on synthetic bandit logs whose true values are known."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench.ope import (
+from engine.ope import (
     LoggedDecision,
     effective_sample_size,
     evaluate,
