@@ -61,8 +61,9 @@ class HttpClient:
         self.reader = self.writer = None
 
 
-def http_request(method: str, path: str, body: bytes, host: str) -> bytes:
-    return (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+def http_request(method: str, path: str, body: bytes, host: str, headers: dict[str, str] | None = None) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    return (f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 

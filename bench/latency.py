@@ -64,6 +64,10 @@ P99_TARGET_MS = 10.0
 #: the API's settings for the saturation runs (wrk): full decisions only
 NO_SHEDDING = {"DECIDE_SHED_TARGET_MS": "0"}
 TARGET_RATE = 1000
+#: keys on vs keys off at TARGET_RATE: the same API settings, one with API keys (a public key with an allowed
+#: origin, as a browser page sends it), alternated this many times in the same run
+KEY_ROUNDS = 3
+KEY_ORIGIN = "https://shop.example"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,11 +269,12 @@ class OpenLoop:
 
 
 def run_open_loop(base_url: str, bodies: Sequence[bytes], rate: float, duration: float, warmup: float,
-                  connections: int = 64, grace: float = 3.0) -> dict[str, Any]:
+                  connections: int = 64, grace: float = 3.0, headers: dict[str, str] | None = None
+                  ) -> dict[str, Any]:
     import uvloop
 
     host, port = base_url.split("://", 1)[1].rsplit(":", 1)
-    reqs = [http_request("POST", "/v1/decide", b, f"{host}:{port}") for b in bodies]
+    reqs = [http_request("POST", "/v1/decide", b, f"{host}:{port}", headers) for b in bodies]
     gen = OpenLoop(host, int(port), reqs, rate, duration, warmup, connections, grace)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(gen.run())
@@ -422,6 +427,13 @@ def run(infra: Infra) -> dict[str, Any]:
     cands = [len(orjson.loads(b)["candidates"]) for b in bodies]
 
     api, api_url = start_api(infra, stack)
+    from serving.auth import ADMIN, PUBLIC, SERVER, new_key
+
+    keys = {role: new_key(role) for role in (PUBLIC, SERVER, ADMIN)}
+    api_keyed, api_keyed_url = start_api(
+        infra, stack, name="api_keys_on",
+        API_KEYS=f"public:{keys[PUBLIC]}:{KEY_ORIGIN},server:{keys[SERVER]},admin:{keys[ADMIN]}")
+    browser = {"Authorization": f"Bearer {keys[PUBLIC]}", "Origin": KEY_ORIGIN}
     # Saturation is measured in full decisions: with load shedding on, a closed loop's excess connections would
     # cycle through cheap shed answers (one run: 39,865 shed of 71,727) and inflate the rate.
     api_full, api_full_url = start_api(infra, stack, name="api_no_shedding", **NO_SHEDDING)
@@ -433,6 +445,8 @@ def run(infra: Infra) -> dict[str, Any]:
         log("latency: warming up both servers")
         for url in (api_url, api_full_url, bare_url):
             run_open_loop(url, bodies, 200, 0.5 if quick else 2.0, 0.0, connections=16, grace=grace)
+        run_open_loop(api_keyed_url, bodies, 200, 0.5 if quick else 2.0, 0.0, connections=16, grace=grace,
+                      headers=browser)
         with RssSampler({"api": api.proc.pid, "bare": bare.proc.pid}) as rss:
             for rate in RATES:
                 for name, url, proc in (("bare", bare_url, bare), ("ours", api_url, api)):
@@ -454,6 +468,7 @@ def run(infra: Infra) -> dict[str, Any]:
                     log(f"latency: {name:4} @ {rate:>5}/s -> achieved {r['achieved_rate']:>7}/s  p50 {lat.get('p50')} "
                         f"p99 {lat.get('p99')} p99.9 {lat.get('p99_9')} ms  errors {r['errors']} timeouts "
                         f"{r['timeouts']} degraded {r['degraded']}")
+            results["keys"] = keys_on_vs_off(api_url, api_keyed_url, bodies, browser, duration, warmup, grace)
             for name, url, proc in (("bare", bare_url, bare), ("bare_route", bare_route_url, bare_route),
                                     ("ours", api_full_url, api_full)):
                 before = decision_counters(url) if name == "ours" else {}
@@ -485,6 +500,7 @@ def run(infra: Infra) -> dict[str, Any]:
 
         # uvicorn --workers 2 for both: does a second server process on 2 shared cores buy throughput?
         api.stop()
+        api_keyed.stop()
         api_full.stop()
         bare.stop()
         bare_route.stop()
@@ -508,6 +524,7 @@ def run(infra: Infra) -> dict[str, Any]:
                 proc.stop()
     finally:
         api.stop()
+        api_keyed.stop()
         api_full.stop()
         bare.stop()
         bare_route.stop()
@@ -545,6 +562,34 @@ def run(infra: Infra) -> dict[str, Any]:
         "config": config_summary(), "uvicorn_argv": api.argv,
     }
     return results
+
+
+def keys_on_vs_off(off_url: str, on_url: str, bodies: Sequence[bytes], browser: dict[str, str],
+                   duration: float, warmup: float, grace: float) -> dict[str, Any]:
+    """Decide at TARGET_RATE without keys and with them (Bearer public key + allowed Origin), alternated
+    KEY_ROUNDS times; the medians of the rounds' p99s side by side."""
+    rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for i in range(KEY_ROUNDS):
+        for side in (("off", "on") if i % 2 == 0 else ("on", "off")):
+            r = run_open_loop(off_url if side == "off" else on_url, bodies, TARGET_RATE, duration, warmup,
+                              grace=grace, headers=browser if side == "on" else None)
+            rounds[side].append(r)
+            lat = r["latency_ms"]
+            log(f"latency: keys {side:3} @ {TARGET_RATE}/s -> achieved {r['achieved_rate']}/s p50 {lat.get('p50')} "
+                f"p99 {lat.get('p99')} ms  errors {r['errors']} timeouts {r['timeouts']} degraded {r['degraded']}")
+
+    def side(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        p99s = sorted(r["latency_ms"].get("p99", float("nan")) for r in runs)
+        p50s = sorted(r["latency_ms"].get("p50", float("nan")) for r in runs)
+        return {"p99_ms_median": p99s[len(p99s) // 2], "p50_ms_median": p50s[len(p50s) // 2], "p99_ms": p99s,
+                "errors": sum(r["errors"] + r["timeouts"] for r in runs),
+                "degraded": sum(r["degraded"] for r in runs), "ok": sum(r["ok"] for r in runs),
+                "requests": sum(r["requests"] for r in runs)}
+
+    off, on = side(rounds["off"]), side(rounds["on"])
+    return {"rate": TARGET_RATE, "rounds": KEY_ROUNDS, "origin": KEY_ORIGIN, "off": off, "on": on,
+            "p99_ratio_on_vs_off": round(on["p99_ms_median"] / off["p99_ms_median"], 3)
+            if off["p99_ms_median"] else None}
 
 
 def _holds(r: dict[str, Any], rate: float) -> bool:

@@ -59,6 +59,12 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                     f"p99 {_ms(at['latency_ms'].get('p99'))} ms, {errs} errors/timeouts/degraded", "", ok))
     else:
         out.append(("decide p99 <= 10 ms at 1,000 req/s, 0 errors", "not measured", "", None))
+    keys = _g(r, "latency", "keys")
+    if keys:
+        kr = keys["p99_ratio_on_vs_off"]
+        out.append(("decide p99 @ 1,000 req/s: keys on within 10% of off",
+                    f"on {_ms(keys['on']['p99_ms_median'])} vs off {_ms(keys['off']['p99_ms_median'])} ms "
+                    f"(x{kr}), errors {keys['on']['errors']}", "", None if kr is None else kr <= 1.10))
     ratio = _g(r, "latency", "summary", "throughput_ratio_vs_bare")
     out.append(("decide throughput >= 50% of bare", "-" if ratio is None else f"{100 * ratio:.0f}% of bare", "",
                 None if ratio is None else ratio >= 0.5))
@@ -94,6 +100,14 @@ def table(r: dict[str, Any], quick: bool) -> str:
                          f"({_n(o['achieved_rate'])}/s, err {errs}, degr {o['degraded']})",
                          f"bare {_ms(bl.get('p50'))} / {_ms(bl.get('p99'))} / {_ms(bl.get('p99_9'))} "
                          f"({_n(b['achieved_rate'])}/s)"))
+        keys = lat.get("keys")
+        if keys:
+            on, off = keys["on"], keys["off"]
+            rows.append((f"decide @ {keys['rate']:,} req/s, API keys on: p50 / p99 ms",
+                         f"{_ms(on['p50_ms_median'])} / {_ms(on['p99_ms_median'])}  (err {on['errors']}, "
+                         f"median of {keys['rounds']})",
+                         f"keys off {_ms(off['p50_ms_median'])} / {_ms(off['p99_ms_median'])} -> p99 "
+                         f"x{keys['p99_ratio_on_vs_off']}"))
         held = lat["summary"]["highest_rate_with_p99_under_10ms"]
         rows.append(("highest rate held with p99 <= 10 ms", f"{_n(held)} req/s",
                      f"of {', '.join(str(x) for x in latency.RATES)}"))

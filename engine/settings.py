@@ -90,6 +90,16 @@ class Settings:
     #: Secret used to sign model snapshots (HMAC-SHA256). Change it in production.
     model_signing_key: str = field(default_factory=lambda: _env("MODEL_SIGNING_KEY", "dev-only-signing-key"))
 
+    # --- API keys and the production checks (serving/auth.py, engine/production.py, docs/security.md) ---
+    #: ``dev`` allows development defaults (no API keys: every endpoint open; the default signing key).
+    #: Anything else, unset included, is production: the API and the workers refuse those defaults.
+    pulse_env: str = field(default_factory=lambda: _env("PULSE_ENV", "prod"))
+    #: API keys, comma separated: ``role:key`` or ``role:key:origin|origin`` (roles: public, server, admin).
+    api_keys: str = field(default_factory=lambda: _env("API_KEYS", ""))
+    #: A TOML or JSON file of API keys (role, key or key_sha256, origins, name); used with ``API_KEYS``.
+    api_keys_file: str = field(default_factory=lambda: _env("API_KEYS_FILE", ""))
+    # --- end of the API keys block ---
+
 
 def load_settings() -> Settings:
     return Settings()

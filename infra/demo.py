@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 
 from infra import local
 from infra.processes import Stack, api_process, free_port, wait_http_ready, wait_until, worker_process
+from serving.auth import ADMIN, PUBLIC, ROLES, SERVER, new_key
 
 CATEGORIES = {"shoes": ["sku-shoe-1", "sku-shoe-2"], "jackets": ["sku-jacket-1"], "books": ["sku-book-1"],
               "electronics": ["sku-phones-1"], "hats": ["sku-hat-1"]}
@@ -58,8 +59,8 @@ async def publish(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> f
     return time.perf_counter() - started
 
 
-def worker_applied(base: str) -> int:
-    for line in httpx.get(f"{base}/metrics").text.splitlines():
+def worker_applied(base: str, admin: dict[str, str]) -> int:
+    for line in httpx.get(f"{base}/metrics", headers=admin).text.splitlines():
         if line.startswith("pulse_worker_events_applied_total"):
             return int(float(line.split()[1]))
     return 0
@@ -82,21 +83,30 @@ def run(visitors: int, exit_after: bool) -> int:
     stack.create_topics()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    # keys new for this run, one per role; the public one for the page, as a site would embed it
+    keys = {role: new_key(role) for role in ROLES}
+    shop = "http://localhost:8080"
+    api_keys = f"{PUBLIC}:{keys[PUBLIC]}:{shop},{SERVER}:{keys[SERVER]},{ADMIN}:{keys[ADMIN]}"
+    page, admin = ({"Authorization": f"Bearer {keys[role]}"} for role in (PUBLIC, ADMIN))
     worker = worker_process(stack, log_dir).start()
-    api = api_process(stack, log_dir, port).start()
+    api = api_process(stack, log_dir, port, API_KEYS=api_keys).start()
     try:
         wait_http_ready(base, api, timeout=60)
         print(f"  Kafka {kafka.bootstrap}, Redis {redis.url}, API {base}  (infra up in {infra_s:.1f}s; "
               f"logs in {log_dir})")
+        print(f"  API keys (new for this run; API_KEYS={api_keys[:6]}...):")
+        for role in ROLES:
+            extra = f"   (pages on {shop})" if role == PUBLIC else ""
+            print(f"    {role:<7} {keys[role]}{extra}")
 
         rng = random.Random(7)
         now_ms = int(time.time() * 1000) - 3_600_000
         crowd = [e for v in range(visitors) for e in visit_events(f"visitor-{v}", rng, now_ms, rng.randint(3, 12))]
         print(f"\nPublishing {len(crowd)} events from {visitors} visitors...")
-        baseline = worker_applied(base)
+        baseline = worker_applied(base, admin)
         t_pub = time.perf_counter()
         asyncio.run(publish(kafka.bootstrap, stack.events_topic, crowd))
-        wait_until(lambda: worker_applied(base) - baseline >= len(crowd), timeout=120, interval=0.05,
+        wait_until(lambda: worker_applied(base, admin) - baseline >= len(crowd), timeout=120, interval=0.05,
                    what="the worker to apply the crowd's events")
         events_s = len(crowd) / (time.perf_counter() - t_pub)
         print(f"  worker applied them all: {events_s:,.0f} events/s end to end (publish -> Redis)")
@@ -104,23 +114,24 @@ def run(visitors: int, exit_after: bool) -> int:
         you = f"you-{uuid.uuid4().hex[:6]}"
         body = {"anonymous_id": you, "placement": "home_hero", "n": 3}
         print(f"\nA new visitor '{you}' arrives on the home page:")
-        show("before any click:", httpx.post(f"{base}/v1/decide", json=body).json())
+        show("before any click:", httpx.post(f"{base}/v1/decide", json=body, headers=page).json())
         clicks = [{"event_id": uuid.uuid4().hex, "type": t, "timestamp": int(time.time() * 1000),
                    "anonymous_id": you, "context": {"channel": "web"},
                    "properties": {"category": "hats", "item_id": "sku-hat-1"}}
                   for t in ("page_view", "click")]
         print("  ...they look at a sun hat and click it (POST /v1/events)")
         t_click = time.perf_counter()
-        assert httpx.post(f"{base}/v1/events", json=clicks).status_code == 202
+        assert httpx.post(f"{base}/v1/events", json=clicks, headers=page).status_code == 202
         after = wait_until(
-            lambda: (lambda a: a if a["personalised"] else None)(httpx.post(f"{base}/v1/decide", json=body).json()),
+            lambda: (lambda a: a if a["personalised"] else None)(httpx.post(f"{base}/v1/decide", json=body,
+                                                                        headers=page).json()),
             timeout=30, interval=0.005, what="the decision to reflect the clicks")
         fresh_ms = (time.perf_counter() - t_click) * 1000
         show("a moment later:", after)
         print(f"  the decision changed {fresh_ms:.0f} ms after the clicks were posted")
 
         lat = []
-        with httpx.Client() as client:
+        with httpx.Client(headers=page) as client:
             for i in range(500):
                 req = {"anonymous_id": f"visitor-{i % visitors}", "placement": "home_hero"}
                 s = time.perf_counter()
@@ -129,11 +140,12 @@ def run(visitors: int, exit_after: bool) -> int:
         q = statistics.quantiles(lat, n=100)
         print(f"\nDecision latency over 500 sequential calls (client-side, incl. HTTP): "
               f"p50 {q[49]:.2f} ms, p99 {q[98]:.2f} ms")
-        profile = httpx.get(f"{base}/v1/profiles/{you}").json()
+        profile = httpx.get(f"{base}/v1/profiles/{you}", headers=admin).json()
         print(f"Profile of '{you}': counts={profile['counts']} "
               f"category affinity={ {k: round(v, 2) for k, v in profile['affinities']['category'].items()} }")
         if not exit_after:
-            print(f"\nRunning. Try: curl -s -XPOST {base}/v1/decide -d '{orjson.dumps(body).decode()}'"
+            print(f"\nRunning. Try: curl -s -XPOST {base}/v1/decide -H 'Authorization: Bearer {keys[PUBLIC]}' "
+                  f"-d '{orjson.dumps(body).decode()}'"
                   f"\nPress Ctrl-C to stop.")
             while True:
                 time.sleep(3600)

@@ -63,6 +63,8 @@ class Stack:
             "EVENTS_PARTITIONS": str(self.partitions),
             "WORKER_APP_ID": self.app_id, "WORKER_DATA_DIR": f"/tmp/pulse-faust-{self.tag}",
             "PYTHONUNBUFFERED": "1",
+            # development defaults allowed (the default signing key; an API without keys is open)
+            "PULSE_ENV": "dev",
         })
         env.update(extra)
         return env

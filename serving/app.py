@@ -4,17 +4,34 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
+from engine.production import is_dev, production_problems, refuse_to_start
 from engine.runtime import freeze_startup_heap
 from engine.settings import Settings, load_settings
-from serving import collector, decide, experiments, health, profiles
+from serving import auth, collector, decide, experiments, health, profiles
 from serving.services import Services
+
+
+def load_keyring(settings: Settings) -> auth.KeyRing:
+    """The API keys, or exit saying why (bad keys anywhere; no keys or dev secrets outside development)."""
+    try:
+        ring = auth.keyring_from(settings.api_keys, settings.api_keys_file, dev=is_dev(settings))
+    except auth.KeyConfigError as exc:
+        refuse_to_start("API", [str(exc)])
+        raise
+    refuse_to_start("API", production_problems(settings, api_keys=len(ring)))
+    auth.warn_if_open(ring)
+    return ring
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    keyring = load_keyring(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -30,9 +47,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Decisions that reflect what a visitor did a moment ago.",
         lifespan=lifespan,
+        # served below behind the admin role instead
+        docs_url=None, redoc_url=None, openapi_url=None,
     )
+    app.state.keyring = keyring
+    app.add_exception_handler(auth.AuthError, auth.auth_error_response)
     for module in (decide, collector, profiles, experiments, health):
         app.include_router(module.router)
+
+    build_openapi = app.openapi
+
+    def openapi_with_keys() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = auth.document_security(build_openapi(), app.routes)
+        return app.openapi_schema
+
+    app.openapi = openapi_with_keys  # type: ignore[method-assign]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[auth.require(auth.ADMIN)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[auth.require(auth.ADMIN)])
+    async def docs(request: Request) -> HTMLResponse:
+        # a browser asked for the key (Basic challenge) and sends it again for /openapi.json
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
     return app
 
 

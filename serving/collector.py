@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from schemas.events import InvalidEvent, dumps_event, parse_event
+from serving import auth
 from serving.services import Services
 
 router = APIRouter()
@@ -35,6 +36,9 @@ EVENTS_OPENAPI: dict[str, Any] = {
     "responses": {
         "202": {"description": "all events delivered to Kafka"},
         "400": {"description": "body is not JSON or too large"},
+        "401": {"description": "no API key, or an unknown one"},
+        "403": {"description": "a public key sent an event type only a server key may send, or from an origin "
+                               "the key does not list; none were published"},
         "422": {"description": "some events are invalid; none were published; reasons per event"},
         "503": {"description": "Kafka did not confirm delivery; retry"},
     },
@@ -42,7 +46,7 @@ EVENTS_OPENAPI: dict[str, Any] = {
 
 
 @router.post("/v1/events", status_code=202, openapi_extra=EVENTS_OPENAPI, summary="Collect events")
-async def collect(request: Request) -> Response:
+async def collect(request: Request, caller: auth.PublicCaller) -> Response:
     svc: Services = request.app.state.services
     try:
         body = orjson.loads(await request.body())
@@ -70,12 +74,16 @@ async def collect(request: Request) -> Response:
     if errors:
         svc.metrics.events_rejected.inc(n=len(errors))
         return _answer(422, {"accepted": 0, "errors": errors})
+    refused = auth.refuse_event_types(caller, [ev.type for ev in events])
+    if refused is not None:
+        return Response(refused.body, status_code=refused.status, media_type="application/json")
 
     topic = svc.settings.events_topic
+    headers = auth.source_headers(caller)  # who sent it, for the stream (engine/trust.py)
     try:
         # send() enqueues and returns a delivery future; awaiting them all pipelines the batch
         futures = [
-            await svc.producer.send(topic, value=dumps_event(ev), key=ev.visitor_id.encode())
+            await svc.producer.send(topic, value=dumps_event(ev), key=ev.visitor_id.encode(), headers=headers)
             for ev in events
         ]
         await asyncio.gather(*futures)

@@ -29,6 +29,7 @@ from engine.decisions import CONTROL_ARM, holdout_arm, new_decision_id, request_
 from engine.features import Profile, RawProfile, context_features, decode
 from engine.layout import identity_key, profile_key
 from engine.policies import Candidate
+from serving import auth
 from serving.admission import queued_seconds
 from serving.services import Services
 
@@ -191,6 +192,8 @@ DECIDE_OPENAPI: dict[str, Any] = {
             },
         }}}},
         "400": {"description": "invalid request, with the reason"},
+        "401": {"description": "no API key, or an unknown one"},
+        "403": {"description": "the key's origins do not include the page's Origin"},
     },
 }
 
@@ -267,7 +270,8 @@ def decision_record(decision_id: str, req: DecideRequest, ranking: Ranking, cont
     }
 
 
-@router.post("/v1/decide", openapi_extra=DECIDE_OPENAPI, summary="Rank actions for a visitor")
+@router.post("/v1/decide", openapi_extra=DECIDE_OPENAPI, summary="Rank actions for a visitor",
+             dependencies=[auth.require(auth.PUBLIC)])
 async def decide(request: Request) -> Response:
     """The documented route. Requests normally never reach it: :class:`DecideFastPath` answers
     ``POST /v1/decide`` before FastAPI's routing; both run :func:`decide_bytes`."""
@@ -340,8 +344,6 @@ def publish_decision(svc: Services, visitor: str, record: dict[str, Any]) -> Non
     svc.decision_log.publish(visitor.encode(), value)
 
 
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-
 
 def request_queued_seconds(svc: Services, headers: list[tuple[bytes, bytes]]) -> float:
     """The wait before this process read the request, from the proxy's stamp (``DECIDE_QUEUE_HEADER``);
@@ -363,10 +365,15 @@ class DecideFastPath:
     """The ASGI app uvicorn serves: ``POST /v1/decide`` is answered here, before FastAPI - no middleware
     stack (FastAPI's telemetry middleware alone looks up a tracer per request), no routing over every route,
     no ``Request``, dependency solving or ``Response`` objects per call. Everything else, including the
-    lifespan, goes to the FastAPI ``app`` (whose documented ``/v1/decide`` route runs the same code)."""
+    lifespan, goes to the FastAPI ``app`` (whose documented ``/v1/decide`` route runs the same code).
+
+    The API key (any role: ``public`` and up) and the page's origin are checked here too, and CORS is answered
+    for the paths a browser may call (``serving.auth.CORS_PATHS``), preflights included."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        ring = getattr(getattr(app, "state", None), "keyring", None)
+        self.keyring: auth.KeyRing = ring if ring is not None else auth.KeyRing([])
         #: decisions in progress in this process. Requests queue in the event loop, not in a visible queue, so
         #: the number in progress is what says "overloaded": each of them waits for all the others' CPU. Past
         #: the admission limit (``serving.admission``) a new one is shed.
@@ -374,8 +381,26 @@ class DecideFastPath:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] != "/v1/decide" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
+            if scope["type"] == "http" and scope["path"] in auth.CORS_PATHS:
+                await auth.cors(self.keyring, self.app, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
+        # one pass over the headers for the key and the origin; no key configured (development): any origin
+        authorization = origin = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = value
+            elif key == b"origin":
+                origin = value
+        ring = self.keyring
+        cors = auth.cors_headers(ring, origin) if origin is not None else None
+        if not ring.open:
+            caller = ring.check(authorization, origin.decode("latin-1") if origin is not None else None,
+                                auth.PUBLIC)
+            if isinstance(caller, auth.Denial):
+                await auth.send_json(send, caller.status, caller.body, [*caller.headers, *(cors or ())])
+                return
         message = await receive()
         body = message.get("body", b"")
         while message.get("more_body"):
@@ -399,9 +424,7 @@ class DecideFastPath:
             if admission.update(queued + time.perf_counter() - started):
                 svc.metrics.admission_cuts.inc()
             svc.metrics.admission_limit.value = admission.limit
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())]})
-        await send({"type": "http.response.body", "body": answer})
+        await auth.send_json(send, status, answer, cors)
 
 
 _rng = random.Random()

@@ -10,9 +10,11 @@ from fastapi.responses import Response
 
 from engine.models import learned_policies
 from engine.stats import wilson
+from serving import auth
 from serving.services import REDIS_CALL_TIMEOUT_S, Services
 
-router = APIRouter()
+#: every route here is the admin's (routes added later included)
+router = APIRouter(dependencies=[auth.require(auth.ADMIN)])
 
 
 def arm_summary(counters: dict[str, float]) -> dict[str, float | list[float]]:

@@ -1,15 +1,19 @@
-"""Liveness, readiness and metrics."""
+"""Liveness and readiness (open to anyone: they say only ok or not, no addresses or errors), and metrics
+(the admin role's)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
+from serving import auth
 from serving.services import Services
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -26,18 +30,20 @@ async def readyz(request: Request) -> Response:
         await asyncio.wait_for(svc.redis.ping(), timeout=1.0)
         checks["redis"] = "ok"
     except Exception as exc:
-        checks["redis"] = f"unreachable: {exc!r}"
+        checks["redis"] = "unreachable"
+        log.warning("readiness: Redis unreachable: %r", exc)
     try:
         await asyncio.wait_for(svc.producer.client.fetch_all_metadata(), timeout=2.0)
         checks["kafka"] = "ok"
     except Exception as exc:
-        checks["kafka"] = f"unreachable: {exc!r}"
+        checks["kafka"] = "unreachable"
+        log.warning("readiness: Kafka unreachable: %r", exc)
     ready = all(v == "ok" for v in checks.values())
     return Response(orjson.dumps({"ready": ready, "checks": checks}), status_code=200 if ready else 503,
                     media_type="application/json")
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", dependencies=[auth.require(auth.ADMIN)])
 async def metrics(request: Request) -> PlainTextResponse:
     svc: Services = request.app.state.services
     text = svc.metrics.render()

@@ -12,9 +12,11 @@ from fastapi.responses import Response
 
 from engine.features import decode
 from engine.recommend.signal import COVISIT_KEY
+from serving import auth
 from serving.services import REDIS_CALL_TIMEOUT_S, Services
 
-router = APIRouter()
+#: every route here is the admin's (routes added later included)
+router = APIRouter(dependencies=[auth.require(auth.ADMIN)])
 
 
 @router.get("/v1/profiles/{customer_id}", summary="Features held for a customer")

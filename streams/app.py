@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer
 
 from engine.config import load_config
 from engine.learning_store import LearningStore
+from engine.production import production_problems, refuse_to_start
 from engine.profile_store import ProfileStore
 from engine.redis_connection import HiredisPackedConnection
 from engine.runtime import batch_young_threshold, freeze_startup_heap
@@ -45,6 +46,7 @@ from streams.rewards import RewardJoiner
 
 log = logging.getLogger(__name__)
 settings = load_settings()
+refuse_to_start("worker", production_problems(settings))  # outside PULSE_ENV=dev: no development secrets
 config = load_config(settings.engine_config)
 signing_key = settings.model_signing_key.encode()
 INGEST, LEARN = "ingest" in settings.worker_roles, "learn" in settings.worker_roles

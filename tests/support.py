@@ -21,6 +21,7 @@ from infra.processes import (  # noqa: F401 - re-exported for the tests
     wait_until,
     worker_process,
 )
+from serving.auth import ADMIN, PUBLIC, ROLES, SERVER, new_key
 
 
 async def produce_async(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]]) -> None:
@@ -57,6 +58,28 @@ def event(type_: str, visitor: str, *, customer: bool = False, ts_ms: int | None
 
 
 CONFIG_PATH = REPO_ROOT / "config" / "engine.toml"
+
+#: The API keys of the integration tests' API (``api`` fixture), one per role, new for each test session.
+TEST_KEYS = {role: new_key(role) for role in ROLES}
+#: The browser origin the public test key allows.
+TEST_ORIGIN = "https://shop.test"
+
+
+def keys_env() -> dict[str, str]:
+    """``API_KEYS`` for an API process with :data:`TEST_KEYS`."""
+    return {"API_KEYS": f"{PUBLIC}:{TEST_KEYS[PUBLIC]}:{TEST_ORIGIN},{SERVER}:{TEST_KEYS[SERVER]},"
+                        f"{ADMIN}:{TEST_KEYS[ADMIN]}"}
+
+
+def with_key(base_url: str, role: str = ADMIN) -> str:
+    """``http://<key>:@host:port``: httpx sends the key as HTTP Basic user name (as the Segment SDKs do)."""
+    scheme, _, rest = base_url.partition("://")
+    return f"{scheme}://{TEST_KEYS[role]}:@{rest.rpartition('@')[2]}"
+
+
+def without_key(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
 def with_store(redis_url: str, fn: Callable[[Any], Any]) -> Any:

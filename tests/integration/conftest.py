@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from infra import local
-from tests.support import Stack, api_process, free_port, start_or_fail, wait_http_ready, worker_process
+from tests.support import (
+    Stack,
+    api_process,
+    free_port,
+    keys_env,
+    start_or_fail,
+    wait_http_ready,
+    with_key,
+    worker_process,
+)
 
 
 @pytest.fixture(scope="session")
@@ -51,9 +60,11 @@ def worker(stack: Stack, log_dir: Path) -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def api(stack: Stack, log_dir: Path) -> Iterator[str]:
+    """The API's URL with the admin test key as HTTP Basic user name (``http://<key>:@127.0.0.1:<port>``),
+    which httpx sends on every call; ``tests.support.without_key`` / ``with_key`` give other callers."""
     port = free_port()
-    proc = api_process(stack, log_dir, port).start()
+    proc = api_process(stack, log_dir, port, **keys_env()).start()
     base = f"http://127.0.0.1:{port}"
     wait_http_ready(base, proc)
-    yield base
+    yield with_key(base)
     proc.stop()

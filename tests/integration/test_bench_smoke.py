@@ -35,7 +35,8 @@ def test_make_bench_quick_runs_every_benchmark_and_writes_its_results(tmp_path: 
 
     summary = _load(tmp_path, "summary")
     assert summary["failures"] == {}
-    assert [t["status"] in ("PASS", "MISS") for t in summary["targets"]] == [True] * 6, summary["targets"]
+    targets = summary["targets"]
+    assert len(targets) >= 7 and all(t["status"] in ("PASS", "MISS") for t in targets), targets
     assert summary["machine"]["cores"] >= 1 and summary["git"]
 
     latency = _load(tmp_path, "latency")
