@@ -60,86 +60,37 @@ P99_SLACK_MS = 1.0
 # configuration and realistic examples
 
 
-def config_text() -> str:
-    """An engine config: the shipped features, one learning placement per policy, 40 actions."""
+def config_document() -> dict[str, Any]:
+    """An overlay of the shipped config: its features, one learning placement per policy, 40 actions."""
     rng = random.Random(3)
-    parts = ['''[profile]
-ttl_days = 7
-
-[[feature]]
-name = "category"
-kind = "affinity"
-field = "category"
-half_life_hours = 72
-top_k = 30
-weights = { page_view = 1.0, click = 2.0, add_to_cart = 4.0, purchase = 8.0, search = 0.5 }
-
-[[feature]]
-name = "item"
-kind = "affinity"
-field = "item_id"
-half_life_hours = 72
-top_k = 50
-weights = { page_view = 1.0, click = 2.0, add_to_cart = 4.0, purchase = 8.0 }
-
-[[feature]]
-name = "recent_items"
-kind = "recent"
-field = "item_id"
-size = 20
-events = ["page_view", "click", "add_to_cart"]
-
-[[feature]]
-name = "views"
-kind = "window"
-events = ["page_view"]
-windows = ["1h", "24h", "7d"]
-
-[[feature]]
-name = "clicks"
-kind = "window"
-events = ["click"]
-windows = ["1h", "24h", "7d"]
-
-[[feature]]
-name = "purchases"
-kind = "window"
-events = ["purchase"]
-windows = ["24h", "7d"]
-
-[collaborative]
-enabled = false
-''']
-    for policy in POLICIES:
-        parts.append(f'''[[placement]]
-id = "ls_{policy}"
-max_items = 3
-policy = "{policy}"
-snapshot_every_updates = 200
-snapshot_every_seconds = 1.0
-reward = {{ window_seconds = 2.0, default = 0.0, aggregation = "first" }}
-''')
-    placements = ", ".join(f'"ls_{p}"' for p in POLICIES)
+    placements = [f"ls_{p}" for p in POLICIES]
+    actions = []
     for i in range(N_ACTIONS):
         cat = CATEGORIES[i % 10]
         k = i // 10
-        tags = ", ".join(f'"{t}"' for t in rng.sample(TAGS, rng.randint(1, 3)))
-        parts.append(f'''[[action]]
-id = "act-{cat}-{k}"
-placements = [{placements}]
-category = "{cat}"
-item_id = "sku-{cat}-{k}"
-tags = [{tags}]
-title = "{cat} pick {k}"
-''')
-    return "\n".join(parts)
+        actions.append({"id": f"act-{cat}-{k}", "placements": placements, "category": cat,
+                        "item_id": f"sku-{cat}-{k}", "tags": rng.sample(TAGS, rng.randint(1, 3)),
+                        "title": f"{cat} pick {k}"})
+    return {
+        "include": [str(REPO / "config" / "engine.toml")],
+        "replace": ["placement", "action", "collaborative"],
+        "profile": {"ttl_days": 7},
+        "feature": [{"name": "item", "top_k": 50}],
+        "collaborative": {"enabled": False},
+        "placement": [{"id": f"ls_{policy}", "max_items": 3, "policy": policy, "snapshot_every_updates": 200,
+                       "snapshot_every_seconds": 1.0,
+                       "reward": {"window_seconds": 2.0, "default": 0.0, "aggregation": "first"}}
+                      for policy in POLICIES],
+        "action": actions,
+    }
 
 
 def write_config() -> Path:
     from engine.config import load_config
+    from engine.config.compose import dumps
 
     path = Path(tempfile.mkdtemp(prefix="pulse-ls-config-")) / "engine.toml"
-    path.write_text(config_text())
+    path.write_text(dumps(config_document()))
     load_config(path)
     return path
 

@@ -50,7 +50,6 @@ import asyncio
 import contextlib
 import math
 import random
-import re
 import tempfile
 import time
 import uuid
@@ -521,21 +520,17 @@ def print_cross_check(check: dict[str, Any]) -> str:
 
 
 def config_for(policy: str | None, params: str | None) -> Path:
-    """bench/config/simulator.toml, or a copy with another policy for the learning arm."""
+    """bench/config/simulator.toml, or an overlay of it with another policy (and parameters) for the learning arm."""
     if not policy and not params:
         return CONFIG
-    text = CONFIG.read_text()
-    if policy:
-        text = re.sub(r'(?m)^policy = ".*"$', f'policy = "{policy}"', text, count=1)
-    inline = ""
-    if params:
-        parsed = orjson.loads(params)
-        inline = "{ " + ", ".join(f"{k} = {orjson.dumps(v).decode()}" for k, v in parsed.items()) + " }"
-    text = re.sub(r"(?m)^policy_params = .*$", f"policy_params = {inline}" if inline else "policy_params = {}",
-                  text, count=1)
-    path = Path(tempfile.mkdtemp(prefix="pulse-sim-config-")) / "simulator.toml"
-    path.write_text(text)
     from engine.config import load_config
+    from engine.config.compose import dumps
+
+    placement: dict[str, Any] = {"id": PLACEMENT, "policy_params": orjson.loads(params) if params else {}}
+    if policy:
+        placement["policy"] = policy
+    path = Path(tempfile.mkdtemp(prefix="pulse-sim-config-")) / "simulator.toml"
+    path.write_text(dumps({"include": [str(CONFIG)], "placement": [placement]}))
     load_config(path)
     return path
 

@@ -5,15 +5,97 @@ Every setting has a documented default that works with the local services starte
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the setting cannot take; the message names both."""
+
+
+def _bad(name: str, value: str, expected: str) -> SettingsError:
+    return SettingsError(f"{name}={value!r}: expected {expected}")
+
+
+def _int(name: str, default: int, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer setting in ``[minimum, maximum]``.
+
+    >>> os.environ["PULSE_DOCTEST_INT"] = "abc"
+    >>> _int("PULSE_DOCTEST_INT", 1)
+    Traceback (most recent call last):
+    ...
+    engine.settings.SettingsError: PULSE_DOCTEST_INT='abc': expected an integer >= 1
+    >>> del os.environ["PULSE_DOCTEST_INT"]
+    """
+    expected = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+    value = _env(name, str(default))
+    try:
+        number = int(value)
+    except ValueError:
+        raise _bad(name, value, expected) from None
+    if number < minimum or (maximum is not None and number > maximum):
+        raise _bad(name, value, expected)
+    return number
+
+
+def _float(name: str, default: float, *, minimum: float = 0.0, positive: bool = True) -> float:
+    """A finite number setting: ``> minimum`` when ``positive``, else ``>= minimum``."""
+    expected = f"a finite number {'>' if positive else '>='} {minimum:g}"
+    value = _env(name, str(default))
+    try:
+        number = float(value)
+    except ValueError:
+        raise _bad(name, value, expected) from None
+    if not math.isfinite(number) or number < minimum or (positive and number == minimum):
+        raise _bad(name, value, expected)
+    return number
+
+
+def _text(name: str, default: str, *, pattern: str = r".+", expected: str = "a non-empty string") -> str:
+    """A string setting matching ``pattern`` (whole)."""
+    value = _env(name, default)
+    if not re.fullmatch(pattern, value):
+        raise _bad(name, value, expected)
+    return value
+
+
+#: An HTTP header name (RFC 9110 token), or empty.
+_HEADER = r"[!#$%&'*+.^_`|~0-9A-Za-z-]*"
+#: Kafka's rule for topic names.
+_TOPIC = r"[A-Za-z0-9._-]{1,249}"
+
+
+def _topic(name: str, default: str) -> str:
+    return _text(name, default, pattern=_TOPIC, expected="a Kafka topic name (1-249 of A-Z a-z 0-9 . _ -)")
+
+
+def _header(name: str, default: str) -> str:
+    return _text(name, default, pattern=_HEADER, expected="an HTTP header name or empty")
+
+
+def _bootstrap(value: str) -> str:
+    """``host:port[,host:port...]``; a port, when given, is 1-65535."""
+    for server in value.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not server.strip() or (sep and (not host or not port.isdigit() or not 1 <= int(port) <= 65535)):
+            raise _bad("KAFKA_BOOTSTRAP", value, "comma-separated host:port pairs")
+    return value
+
+
+def _redis_url(value: str) -> str:
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise _bad("REDIS_URL", value, "a redis://, rediss:// or unix:// URL")
+    return value
 
 
 #: What a worker process runs: ``ingest`` (events and decisions -> profiles, reward join) and ``learn``
@@ -25,70 +107,77 @@ def _roles(value: str) -> frozenset[str]:
     roles = frozenset(r.strip() for r in value.split(",") if r.strip())
     unknown = roles - set(WORKER_ROLES)
     if unknown or not roles:
-        raise ValueError(f"WORKER_ROLES={value!r}: expected a comma-separated subset of {', '.join(WORKER_ROLES)}")
+        raise _bad("WORKER_ROLES", value, f"a comma-separated subset of {', '.join(WORKER_ROLES)}")
     return roles
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     #: Kafka bootstrap servers, comma separated.
-    kafka_bootstrap: str = field(default_factory=lambda: _env("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    kafka_bootstrap: str = field(default_factory=lambda: _bootstrap(_env("KAFKA_BOOTSTRAP", "127.0.0.1:9092")))
     #: Redis URL holding profiles, identity map and model snapshots.
-    redis_url: str = field(default_factory=lambda: _env("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    redis_url: str = field(default_factory=lambda: _redis_url(_env("REDIS_URL", "redis://127.0.0.1:6379/0")))
     #: Topic names.
-    events_topic: str = field(default_factory=lambda: _env("EVENTS_TOPIC", "events"))
-    dlq_topic: str = field(default_factory=lambda: _env("DLQ_TOPIC", "events.dlq"))
-    decisions_topic: str = field(default_factory=lambda: _env("DECISIONS_TOPIC", "decisions"))
-    learning_topic: str = field(default_factory=lambda: _env("LEARNING_TOPIC", "learning"))
+    events_topic: str = field(default_factory=lambda: _topic("EVENTS_TOPIC", "events"))
+    dlq_topic: str = field(default_factory=lambda: _topic("DLQ_TOPIC", "events.dlq"))
+    decisions_topic: str = field(default_factory=lambda: _topic("DECISIONS_TOPIC", "decisions"))
+    learning_topic: str = field(default_factory=lambda: _topic("LEARNING_TOPIC", "learning"))
     #: Partition count used when the project creates the events/decisions topics.
-    events_partitions: int = field(default_factory=lambda: int(_env("EVENTS_PARTITIONS", "8")))
+    events_partitions: int = field(default_factory=lambda: _int("EVENTS_PARTITIONS", 8, maximum=10_000))
     #: Declared configuration: features, catalogue, placements (TOML).
     engine_config: Path = field(
-        default_factory=lambda: Path(_env("ENGINE_CONFIG", str(REPO_ROOT / "config" / "engine.toml")))
+        default_factory=lambda: Path(_text("ENGINE_CONFIG", str(REPO_ROOT / "config" / "engine.toml")))
     )
     #: Faust application id (consumer group) and its local state directory.
-    worker_app_id: str = field(default_factory=lambda: _env("WORKER_APP_ID", "pulse-worker"))
-    worker_data_dir: str = field(default_factory=lambda: _env("WORKER_DATA_DIR", str(REPO_ROOT / ".cache" / "faust")))
+    worker_app_id: str = field(default_factory=lambda: _text("WORKER_APP_ID", "pulse-worker"))
+    worker_data_dir: str = field(default_factory=lambda: _text("WORKER_DATA_DIR", str(REPO_ROOT / ".cache" / "faust")))
     #: Roles of this worker process (``python -m streams ingest`` / ``learner`` set them; ``worker`` runs both).
     worker_roles: frozenset[str] = field(default_factory=lambda: _roles(_env("WORKER_ROLES", "ingest,learn")))
     #: Events taken from the stream per batch (at most: a batch is what Kafka has ready; the ingest loop takes
     #: what has arrived, it never waits to fill a batch). 2000 rather than 500: more customers appear twice in
     #: a batch, so fewer Lua calls per event (bench.throughput, 60k events, 2 runs each: 1 worker
     #: 11,208-12,010 -> 12,626-14,015 events/s, Redis 40.8-42.9 -> 35.5-37.9 us CPU per event).
-    worker_batch_size: int = field(default_factory=lambda: int(_env("WORKER_BATCH_SIZE", "2000")))
+    worker_batch_size: int = field(default_factory=lambda: _int("WORKER_BATCH_SIZE", 2000, maximum=1_000_000))
     #: The learner's longest wait to fill a batch of learning examples (seconds). Models are published as
     #: snapshots every few seconds, so waiting 50 ms costs no freshness; waking every 5 ms kept an idle learner
     #: at 1.6-1.8% of a core against 0.8-0.9% (measured with /proc, idle learner, alternated).
-    worker_batch_timeout: float = field(default_factory=lambda: float(_env("WORKER_BATCH_TIMEOUT", "0.05")))
+    worker_batch_timeout: float = field(default_factory=lambda: _float("WORKER_BATCH_TIMEOUT", 0.05, positive=False))
     #: Consumer group of the worker's batch loop over events and decisions (default ``<worker_app_id>-stream``;
     #: the Faust app, which only consumes ``learning``, keeps ``worker_app_id`` as its group).
     worker_stream_group: str = field(default_factory=lambda: _env("WORKER_STREAM_GROUP", ""))
     #: Offsets of applied batches are committed at most this often (seconds), and on rebalance and shutdown:
     #: a crash replays at most that much, which the idempotent Lua scripts absorb.
-    worker_commit_interval: float = field(default_factory=lambda: float(_env("WORKER_COMMIT_INTERVAL", "1.0")))
+    worker_commit_interval: float = field(default_factory=lambda: _float("WORKER_COMMIT_INTERVAL", 1.0, positive=False))
     #: How long the group waits for a silent worker before handing its partitions to others (seconds).
-    worker_session_timeout: float = field(default_factory=lambda: float(_env("WORKER_SESSION_TIMEOUT", "10")))
+    worker_session_timeout: float = field(default_factory=lambda: _float("WORKER_SESSION_TIMEOUT", 10.0))
     #: Hard time budget of one /v1/decide call; past it the answer is non-personalised and degraded.
-    decide_budget_ms: float = field(default_factory=lambda: float(_env("DECIDE_BUDGET_MS", "25")))
+    decide_budget_ms: float = field(default_factory=lambda: _float("DECIDE_BUDGET_MS", 25.0))
     #: Load shedding: a decision past the admission limit (decisions in progress in one API process) is shed:
     #: answered at once from the non-personalised ranking (``"degraded": true``) without reading Redis, so
     #: that an overloaded API stays fast instead of queueing. The limit starts at its maximum and is lowered
     #: while even the fastest decisions end later than this target (ms, from request body to answer, inside
     #: the process, plus the wait a proxy stamped when ``decide_queue_header`` is set):
     #: ``serving.admission.LatencyLimit``. 0 turns shedding off.
-    decide_shed_target_ms: float = field(default_factory=lambda: float(_env("DECIDE_SHED_TARGET_MS", "5")))
+    decide_shed_target_ms: float = field(default_factory=lambda: _float("DECIDE_SHED_TARGET_MS", 5.0, positive=False))
     #: Bounds of the admission limit: it starts at (and never passes) the maximum, the fixed limit measured
     #: before it adapted; the minimum keeps some full decisions flowing.
-    decide_shed_min_in_flight: int = field(default_factory=lambda: int(_env("DECIDE_SHED_MIN_IN_FLIGHT", "4")))
-    decide_shed_max_in_flight: int = field(default_factory=lambda: int(_env("DECIDE_SHED_MAX_IN_FLIGHT", "48")))
+    decide_shed_min_in_flight: int = field(default_factory=lambda: _int("DECIDE_SHED_MIN_IN_FLIGHT", 4))
+    decide_shed_max_in_flight: int = field(default_factory=lambda: _int("DECIDE_SHED_MAX_IN_FLIGHT", 48))
     #: Header in which the proxy in front stamps when it received a request (``t=<epoch s|ms|us>``, as nginx,
     #: Heroku and HAProxy set ``X-Request-Start``): the wait before the process read the request is then
     #: exported (``pulse_decide_queue_seconds``) and counted in the latency the admission limit judges. Empty
     #: (the default): no such header is read. Set it only behind a proxy that overwrites the header and shares
     #: the API's clock: a client could otherwise send old stamps and have decisions shed.
-    decide_queue_header: str = field(default_factory=lambda: _env("DECIDE_QUEUE_HEADER", ""))
+    decide_queue_header: str = field(default_factory=lambda: _header("DECIDE_QUEUE_HEADER", ""))
     #: Secret used to sign model snapshots (HMAC-SHA256). Change it in production.
-    model_signing_key: str = field(default_factory=lambda: _env("MODEL_SIGNING_KEY", "dev-only-signing-key"))
+    model_signing_key: str = field(default_factory=lambda: _text("MODEL_SIGNING_KEY", "dev-only-signing-key"))
+
+
+    def __post_init__(self) -> None:
+        if self.decide_shed_max_in_flight < self.decide_shed_min_in_flight:
+            raise SettingsError(
+                f"DECIDE_SHED_MAX_IN_FLIGHT={self.decide_shed_max_in_flight!r}: expected an integer >= "
+                f"DECIDE_SHED_MIN_IN_FLIGHT ({self.decide_shed_min_in_flight})")
 
     # --- API keys and the production checks (serving/auth.py, engine/production.py, docs/security.md) ---
     #: ``dev`` allows development defaults (no API keys: every endpoint open; the default signing key).

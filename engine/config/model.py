@@ -1,0 +1,144 @@
+"""The validated configuration as the rest of the code reads it: frozen dataclasses, built once.
+
+``engine.config.schema`` says what a file may contain; ``engine.config.load`` turns a checked file
+into these objects.
+
+>>> Placement(id="home").learning.learns
+False
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The transparent, non-learning scorer (engine.scoring); every other policy name is a learner.
+BASELINE_POLICY = "affinity_popularity"
+#: How several rewards of one decision combine.
+REWARD_AGGREGATIONS = ("first", "sum", "max")
+#: Window name -> (bucket width seconds, number of buckets). Ring buffers keep state bounded.
+WINDOWS: dict[str, tuple[int, int]] = {"1h": (300, 12), "24h": (3600, 24), "7d": (86400, 7)}
+
+
+@dataclass(frozen=True, slots=True)
+class AffinityFeature:
+    name: str
+    field: str
+    weights: Mapping[str, float]
+    half_life_hours: float = 72.0
+    top_k: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class RecentFeature:
+    name: str
+    field: str
+    events: tuple[str, ...]
+    size: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class WindowFeature:
+    name: str
+    events: tuple[str, ...]
+    windows: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileSettings:
+    ttl_days: float = 90.0
+    session_timeout_minutes: float = 30.0
+    dedup_window: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringSettings:
+    category_weight: float = 1.0
+    item_weight: float = 2.0
+    tag_weight: float = 0.3
+    popularity_half_life_hours: float = 24.0
+    covisit_weight: float = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class CollaborativeSettings:
+    """Item-to-item co-visitation learned in the stream and used as a ranking feature."""
+
+    enabled: bool = True
+    #: Interaction weight per event type (events carrying an ``item_id``).
+    weights: Mapping[str, float] = field(
+        default_factory=lambda: {"page_view": 0.5, "click": 1.0, "add_to_cart": 1.5, "purchase": 2.0}
+    )
+    params: Mapping[str, Any] = field(default_factory=dict)
+    snapshot_every_updates: int = 50_000
+    snapshot_every_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RewardSettings:
+    #: How long a decision waits for its click/conversion before the default reward is learned.
+    window_seconds: float = 600.0
+    default: float = 0.0
+    #: How several rewards of one decision combine: the first one, their sum, or their maximum.
+    aggregation: str = "max"
+    #: Learn a conversion's monetary value instead of 1.0.
+    conversion_value: bool = False
+    click: float = 1.0
+    conversion: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class LearningSettings:
+    policy: str = BASELINE_POLICY
+    params: Mapping[str, Any] = field(default_factory=dict)
+    #: Share of visitors (sticky per visitor) who get ``holdout_policy`` instead: the control arm.
+    holdout_share: float = 0.0
+    holdout_policy: str = BASELINE_POLICY
+    reward: RewardSettings = field(default_factory=RewardSettings)
+    snapshot_every_updates: int = 200
+    snapshot_every_seconds: float = 5.0
+
+    @property
+    def learns(self) -> bool:
+        return self.policy != BASELINE_POLICY or self.holdout_policy != BASELINE_POLICY
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    id: str
+    max_items: int = 5
+    learning: LearningSettings = field(default_factory=LearningSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    id: str
+    placements: tuple[str, ...]
+    category: str | None = None
+    item_id: str | None = None
+    tags: tuple[str, ...] = ()
+    title: str | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    valid_from: float | None = None
+    valid_to: float | None = None
+
+    def is_valid_at(self, now: float) -> bool:
+        return (self.valid_from is None or now >= self.valid_from) and (
+            self.valid_to is None or now < self.valid_to
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    profile: ProfileSettings
+    scoring: ScoringSettings
+    affinities: tuple[AffinityFeature, ...]
+    recents: tuple[RecentFeature, ...]
+    windows: tuple[WindowFeature, ...]
+    placements: Mapping[str, Placement]
+    actions: Mapping[str, Action]
+    collaborative: CollaborativeSettings = field(default_factory=CollaborativeSettings)
+
+    def actions_for(self, placement: str) -> list[Action]:
+        return [a for a in self.actions.values() if placement in a.placements]

@@ -1,0 +1,240 @@
+"""What an engine configuration file may contain: strict pydantic models of the TOML document.
+
+Every table rejects unknown keys, every value is checked for its type (strictly: ``true`` is not a
+number, ``"5"`` is not an integer) and range, and floats must be finite. The same models give the JSON
+Schema editors use (``config/engine.schema.json``, written by ``python -m engine.config --schema``).
+Cross-references (duplicate ids, placements an action names, policy names) are checked in
+``engine.config.load``, which also turns these models into the dataclasses of ``engine.config.model``.
+
+>>> doc = Document.model_validate({"placement": [{"id": "home", "max_items": 3}]})
+>>> doc.placement[0].max_items, doc.placement[0].policy
+(3, 'affinity_popularity')
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import cache
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from engine.config.model import BASELINE_POLICY
+
+
+@cache
+def event_types() -> tuple[str, ...]:
+    """The event types of the contract: the ``type`` enum of ``schemas/json/envelope.v1.schema.json``.
+
+    Read from the file rather than imported from ``schemas.events``, which compiles every validator.
+
+    >>> "page_view" in event_types(), "pageview" in event_types()
+    (True, False)
+    """
+    spec = find_spec("schemas")
+    assert spec is not None and spec.submodule_search_locations, "the schemas package is part of pulse"
+    path = Path(next(iter(spec.submodule_search_locations))) / "json" / "envelope.v1.schema.json"
+    enum = json.loads(path.read_text())["properties"]["type"]["enum"]
+    return tuple(str(e) for e in enum)
+
+
+def _event_type(value: str) -> str:
+    if value not in event_types():
+        raise ValueError(f"unknown event type {value!r}; expected one of {', '.join(event_types())}")
+    return value
+
+
+def _timestamp(value: Any) -> Any:
+    """TOML date-times as they are, ISO-8601 strings parsed; both become epoch seconds."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO-8601 timestamp") from None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    raise ValueError(f"expected a TOML date-time or an ISO-8601 string, got {value!r}")
+
+
+def _unique(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{v!r} is listed twice")
+        seen.add(v)
+    return values
+
+
+EventType = Annotated[str, AfterValidator(_event_type), WithJsonSchema({"type": "string", "enum": []})]
+EventList = Annotated[list[EventType], Field(min_length=1), AfterValidator(_unique)]
+Timestamp = Annotated[
+    float | None,
+    BeforeValidator(_timestamp),
+    WithJsonSchema({"type": "string", "format": "date-time", "description": "RFC 3339 / ISO-8601 date-time"}),
+]
+#: The keys of ``engine.config.model.WINDOWS`` (a test keeps the two equal).
+WindowName = Literal["1h", "24h", "7d"]
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s]+$")]
+Text = Annotated[str, Field(max_length=1024)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Weight = Annotated[float, Field(ge=0)]
+
+
+class Strict(BaseModel):
+    """A table: unknown keys are errors, types are not coerced, numbers are finite."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class Profile(Strict):
+    ttl_days: PositiveFloat = Field(default=90.0, description="A profile untouched for this long expires (retention).")
+    session_timeout_minutes: PositiveFloat = Field(default=30.0, description="Inactivity that starts a new session.")
+    dedup_window: int = Field(default=64, ge=1, le=1024, description="Event ids kept per customer (dedup).")
+
+
+class AffinityFeature(Strict):
+    """A time-decayed score per value of an event property; the strongest ``top_k`` values are kept."""
+
+    name: Name
+    kind: Literal["affinity"]
+    field: Name = Field(description="The event property (also looked up in a purchase's items).")
+    weights: Annotated[dict[EventType, float], Field(min_length=1)] = Field(
+        description="How much one event of each type adds.")
+    half_life_hours: PositiveFloat = 72.0
+    top_k: int = Field(default=50, ge=1, le=10_000)
+
+
+class RecentFeature(Strict):
+    """The last ``size`` distinct values of an event property."""
+
+    name: Name
+    kind: Literal["recent"]
+    field: Name
+    events: EventList
+    size: int = Field(default=20, ge=1, le=1000)
+
+
+class WindowFeature(Strict):
+    """Counts of events over sliding windows (ring buffers of buckets)."""
+
+    name: Name
+    kind: Literal["window"]
+    events: EventList
+    windows: Annotated[list[WindowName], Field(min_length=1), AfterValidator(_unique)]
+
+
+Feature = Annotated[AffinityFeature | RecentFeature | WindowFeature, Field(discriminator="kind")]
+#: The accepted feature kinds (counts per event type are always kept, so there is no "count" kind).
+FEATURE_KINDS = ("affinity", "recent", "window")
+
+
+class Collaborative(Strict):
+    """Item-to-item co-visitation learned in the stream, a ranking feature for every policy."""
+
+    enabled: bool = True
+    weights: dict[EventType, Weight] = Field(
+        default_factory=lambda: {"page_view": 0.5, "click": 1.0, "add_to_cart": 1.5, "purchase": 2.0},
+        description="Interaction weight per event type (events carrying an item_id).")
+    params: dict[str, Any] = Field(default_factory=dict, description="engine.recommend.CoVisitation parameters.")
+    snapshot_every_updates: int = Field(default=50_000, ge=1)
+    snapshot_every_seconds: PositiveFloat = 5.0
+
+
+class Scoring(Strict):
+    """The transparent baseline scorer (affinity x popularity)."""
+
+    category_weight: Weight = 1.0
+    item_weight: Weight = 2.0
+    tag_weight: Weight = 0.3
+    popularity_half_life_hours: PositiveFloat = 24.0
+    covisit_weight: Weight = 1.5
+
+
+class Reward(Strict):
+    window_seconds: PositiveFloat = Field(
+        default=600.0, description="How long a decision waits for its click/conversion before the default is learned.")
+    default: float = 0.0
+    aggregation: Literal["first", "sum", "max"] = Field(
+        default="max", description="How several rewards of one decision combine.")
+    conversion_value: bool = Field(default=False, description="Learn a conversion's monetary value instead of 1.0.")
+    click: float = 1.0
+    conversion: float = 1.0
+
+
+class Placement(Strict):
+    """Where on the site a decision is asked for, and the policy that decides."""
+
+    id: Id
+    max_items: int = Field(default=5, ge=1, le=100, description="Actions returned when a request gives no n.")
+    policy: str = Field(default=BASELINE_POLICY, min_length=1, description="affinity_popularity or a learner's name.")
+    policy_params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the policy.")
+    holdout_share: float = Field(default=0.0, ge=0.0, lt=1.0, description="Share of visitors (sticky) on the holdout.")
+    holdout_policy: str = Field(default=BASELINE_POLICY, min_length=1)
+    reward: Reward = Field(default_factory=Reward)
+    snapshot_every_updates: int = Field(default=200, ge=1)
+    snapshot_every_seconds: PositiveFloat = 5.0
+
+
+class Action(Strict):
+    """One entry of the catalogue of actions / content."""
+
+    id: Id
+    placements: Annotated[list[Id], Field(min_length=1), AfterValidator(_unique)]
+    category: Text | None = None
+    item_id: Text | None = None
+    tags: Annotated[list[Text], Field(max_length=100)] = []
+    title: Text | None = None
+    payload: dict[str, Any] = Field(default_factory=dict, description="Returned as is with the decision.")
+    valid_from: Timestamp = None
+    valid_to: Timestamp = None
+
+
+class Document(Strict):
+    """An engine configuration file (TOML)."""
+
+    include: list[str] = Field(
+        default_factory=list, description="Files (relative to this one) loaded first; this file overlays them.")
+    replace: list[str] = Field(
+        default_factory=list, description="Top-level keys this file replaces whole instead of merging.")
+    profile: Profile = Field(default_factory=Profile)
+    feature: list[Feature] = []
+    collaborative: Collaborative = Field(default_factory=Collaborative)
+    scoring: Scoring = Field(default_factory=Scoring)
+    placement: list[Placement] = []
+    action: list[Action] = []
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a configuration file, for editors (e.g. Even Better TOML / taplo).
+
+    >>> schema = json_schema()
+    >>> "page_view" in schema["$defs"]["RecentFeature"]["properties"]["events"]["items"]["enum"]
+    True
+    """
+    from engine.policies import POLICIES  # numpy/river: only to write the schema
+
+    schema = Document.model_json_schema()
+    policies = [BASELINE_POLICY, *sorted(POLICIES)]
+    _fill(schema, list(event_types()), policies)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "pulse engine configuration",
+            **schema}
+
+
+def _fill(node: Any, events: list[str], policies: list[str]) -> None:
+    """Put the event-type and policy enums (known only at run time) into the generated schema."""
+    if isinstance(node, dict):
+        if node.get("enum") == []:
+            node["enum"] = events
+        for key in ("policy", "holdout_policy"):
+            prop = node.get(key)
+            if isinstance(prop, dict) and prop.get("type") == "string" and "properties" not in node:
+                prop["enum"] = policies
+        for value in node.values():
+            _fill(value, events, policies)
+    elif isinstance(node, list):
+        for value in node:
+            _fill(value, events, policies)
