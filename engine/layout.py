@@ -25,7 +25,8 @@ field                        content
                              ``L`` moves forward every 10 half-lives (scores rescaled) to keep them short
 ``r<f>:<i>``                 recent values, most recent first, distinct, at most ``size``: joined by
                              ``\x1f`` and cut into chunks ``i = 0, 1, ...`` of at most 64 bytes
-``C:<item>``                 cart: item -> quantity (removed at 0; all cleared by a purchase)
+``C:<item>``                 cart: item -> quantity (removed at 0; all cleared by a purchase; at most
+                             ``MAX_CART_ITEMS``)
 ``w<f>:<window>``            time-window ring ``<newest bucket>:<n0>,<n1>,...``: counts of the newest bucket
                              first, then each older one (empty = 0, trailing zeros dropped); bucket =
                              ``ts // width`` (1h: 12 x 5 min, 24h: 24 x 1 h, 7d: 7 x 1 day); a bucket older
@@ -70,6 +71,10 @@ DEDUP_TOKEN_CHARS = 6
 RECENT_SEP = "\x1f"
 #: Maximum bytes of one chunk field value (Redis's default ``hash-max-listpack-value``).
 CHUNK_BYTES = 64
+#: Items a cart holds at most (``lua/apply_ops.lua`` MAX_CART): adding one more leaves the cart as it was.
+MAX_CART_ITEMS = 100
+#: Anonymous ids merged into one customer at most (``p:{cid}:aliases``); a later one is still merged, not linked.
+MAX_ALIASES = 100
 #: Key suffixes of the previous layout (one key per section); erasure deletes them too.
 LEGACY_SUFFIXES = (":dedup", ":cart", ":win")
 

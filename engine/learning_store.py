@@ -13,6 +13,8 @@ Layout (see also ``engine.layout``):
 from __future__ import annotations
 
 import base64
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -24,11 +26,17 @@ from redis.exceptions import NoScriptError
 
 from engine.config import RewardSettings
 from engine.decisions import Reward, decision_slot
+from engine.faults import is_infrastructure
 from engine.layout import model_key
 
+log = logging.getLogger(__name__)
 REWARD_JOIN_LUA = resources.files("engine").joinpath("lua/reward_join.lua").read_text()
 #: Decision state outlives its window by this much, so late rewards are recognised as late.
 LATE_GRACE_S = 3600
+#: State created by a reward whose decision record has not arrived lives this long (``lua/reward_join.lua``).
+EARLY_REWARD_TTL_S = 300
+#: A final decision whose learning example Kafka has not acknowledged within this long is sent again.
+SETTLE_LEASE_S = 120.0
 SLOTS = 256
 
 
@@ -54,24 +62,31 @@ class Finalised:
     converted: bool
     defaulted: bool
 
+    @property
+    def decision_id(self) -> str:
+        return str(self.record["decision_id"])
+
 
 @dataclass(slots=True)
 class JoinOutcome:
-    status: str  # final | pending | late | duplicate
+    status: str  # final | pending | late | duplicate | error (the script refused this one: ``error``)
     finalised: Finalised | None = None
     record: dict[str, Any] | None = None
     new_click: bool = False
     new_conversion: bool = False
+    error: Exception | None = None
 
 
 class LearningStore:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, settle_lease: float = SETTLE_LEASE_S) -> None:
         self.redis = redis
+        self.settle_lease = settle_lease
         self._sha: str | None = None
 
     # -- the join -----------------------------------------------------------------------------
     async def _eval_many(self, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
-        """Several script calls in one pipelined round trip, executed by Redis in this order."""
+        """Several script calls in one pipelined round trip, executed by Redis in this order. A call the script
+        refused has its error in its place; infrastructure errors (``engine.faults``) are raised."""
         if not calls:
             return []
         for attempt in (0, 1):
@@ -80,24 +95,32 @@ class LearningStore:
             pipe = self.redis.pipeline(transaction=False)
             for keys, args in calls:
                 pipe.evalsha(self._sha, len(keys), *keys, *args)
-            try:
-                return await pipe.execute()
-            except NoScriptError:  # Redis restarted or flushed its scripts: every call failed, none applied
-                self._sha = None
-                if attempt:
-                    raise
+            replies = await pipe.execute(raise_on_error=False)
+            errors = [r for r in replies if isinstance(r, Exception)]
+            if not errors:
+                return replies
+            if not attempt and any(isinstance(e, NoScriptError) for e in errors):
+                self._sha = None  # Redis restarted or flushed its scripts: the calls that failed wrote nothing
+                continue
+            infra = next((e for e in errors if is_infrastructure(e)), None)
+            if infra is not None:
+                raise infra
+            return replies
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _decision_call(record: dict[str, Any], settings: RewardSettings) -> tuple[list[str], list[Any]]:
+    def _decision_call(record: dict[str, Any], settings: RewardSettings, lease_until: float
+                       ) -> tuple[list[str], list[Any]]:
         did = record["decision_id"]
         expires_at = record["timestamp"] / 1000.0 + settings.window_seconds
         ttl = int(settings.window_seconds + LATE_GRACE_S)
         return ([decision_key(did), due_key(decision_slot(did))],
-                ["decision", did, orjson.dumps(record), expires_at, ttl, settings.aggregation])
+                ["decision", did, orjson.dumps(record), expires_at, ttl, settings.aggregation, lease_until])
 
     @staticmethod
-    def _decision_outcome(record: dict[str, Any], reply: Sequence[Any]) -> JoinOutcome:
+    def _decision_outcome(record: dict[str, Any], reply: Any) -> JoinOutcome:
+        if isinstance(reply, Exception):
+            return JoinOutcome("error", record=record, error=reply)
         status, reward, clicked, converted, _ = reply
         out = JoinOutcome(status, record=record, new_click=clicked == "1", new_conversion=converted == "1")
         if status == "final":
@@ -110,19 +133,22 @@ class LearningStore:
     async def decisions_logged(self, items: Sequence[tuple[dict[str, Any], RewardSettings]], now: float
                                ) -> list[JoinOutcome]:
         """``decision_logged`` for a batch of decision records: one pipeline, applied in order."""
-        replies = await self._eval_many([self._decision_call(r, s) for r, s in items])
+        lease_until = time.time() + self.settle_lease
+        replies = await self._eval_many([self._decision_call(r, s, lease_until) for r, s in items])
         return [self._decision_outcome(r, reply) for (r, _), reply in zip(items, replies, strict=True)]
 
     @staticmethod
-    def _reward_call(reward: Reward, event_id: str, value: float, settings: RewardSettings
+    def _reward_call(reward: Reward, event_id: str, value: float, settings: RewardSettings, lease_until: float
                      ) -> tuple[list[str], list[Any]]:
         did = reward.decision_id
         ttl = int(settings.window_seconds + LATE_GRACE_S)
         return ([decision_key(did), due_key(decision_slot(did))],
-                ["reward", did, event_id, value, reward.kind, ttl, settings.aggregation])
+                ["reward", did, event_id, value, reward.kind, ttl, settings.aggregation, lease_until])
 
     @staticmethod
-    def _reward_outcome(reply: Sequence[Any]) -> JoinOutcome:
+    def _reward_outcome(reply: Any) -> JoinOutcome:
+        if isinstance(reply, Exception):
+            return JoinOutcome("error", error=reply)
         status, agg, clicked, converted, record, new_click, new_conv = reply
         rec = orjson.loads(record) if record else None
         out = JoinOutcome(status, record=rec, new_click=new_click == "1", new_conversion=new_conv == "1")
@@ -138,24 +164,48 @@ class LearningStore:
                                ) -> list[JoinOutcome]:
         """``reward_received`` for a batch of rewards: one pipeline, applied in order (so a duplicate
         within the batch is still counted once)."""
-        replies = await self._eval_many([self._reward_call(*item) for item in items])
+        lease_until = time.time() + self.settle_lease
+        replies = await self._eval_many([self._reward_call(*item, lease_until) for item in items])
         return [self._reward_outcome(reply) for reply in replies]
 
     async def expire_due(self, now: float, default_reward: dict[str, float], limit: int = 500) -> list[Finalised]:
-        """Settle every decision whose window ended: its aggregated reward, or the placement's default."""
-        pipe = self.redis.pipeline(transaction=False)
-        sha = self._sha or await self.redis.script_load(REWARD_JOIN_LUA)
-        self._sha = sha
-        for slot in range(SLOTS):
-            pipe.evalsha(sha, 1, due_key(slot), "expire", now, limit, f"dec:{{{slot:02x}}}:")
+        """Fix the reward of every decision whose window ended (its aggregated reward, or the placement's
+        default), and of every final one whose lease ran out before it was settled: learn them, then
+        ``settle`` them once Kafka has their examples."""
         out: list[Finalised] = []
-        for flat in await pipe.execute():
-            for i in range(0, len(flat), 4):
-                record = orjson.loads(flat[i])
-                has_reward = flat[i + 1] != ""
-                reward = float(flat[i + 1]) if has_reward else default_reward.get(record["placement"], 0.0)
-                out.append(Finalised(record, reward, flat[i + 2] == "1", flat[i + 3] == "1", not has_reward))
-        return out
+        for attempt in (0, 1):
+            sha = self._sha or await self.redis.script_load(REWARD_JOIN_LUA)
+            self._sha = sha
+            pipe = self.redis.pipeline(transaction=False)
+            for slot in range(SLOTS):
+                pipe.evalsha(sha, 1, due_key(slot), "expire", now, limit, f"dec:{{{slot:02x}}}:", self.settle_lease)
+            replies = await pipe.execute(raise_on_error=False)
+            if not attempt and any(isinstance(r, NoScriptError) for r in replies):
+                self._sha = None
+                continue
+            for flat in replies:
+                if isinstance(flat, Exception):
+                    if is_infrastructure(flat):
+                        raise flat
+                    log.error("reward expiry failed for a slot: %s", flat)
+                    continue
+                for i in range(0, len(flat), 5):
+                    try:
+                        record = orjson.loads(flat[i + 1])
+                        has_reward = flat[i + 2] != ""
+                        reward = float(flat[i + 2]) if has_reward else default_reward.get(record["placement"], 0.0)
+                        out.append(Finalised(record, reward, flat[i + 3] == "1", flat[i + 4] == "1", not has_reward))
+                    except (ValueError, KeyError, TypeError) as exc:  # a record that cannot be learned: drop it
+                        log.error("dropping decision %s from the reward join: %r", flat[i], exc)
+                        await self.settle([flat[i]])
+            return out
+        raise AssertionError("unreachable")
+
+    async def settle(self, decision_ids: Sequence[str]) -> list[bool]:
+        """Mark decisions settled (their examples are in Kafka): never sent again. True where newly settled."""
+        replies = await self._eval_many([([decision_key(d), due_key(decision_slot(d))], ["settled", d])
+                                         for d in decision_ids])
+        return [r == 1 for r in replies]
 
     # -- experiment counters -----------------------------------------------------------------
     async def count(self, increments: Sequence[tuple[str, str, str, float]]) -> None:

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from engine.config import EngineConfig
+from engine.faults import is_infrastructure
 from engine.features import FeatureExtractor, RawProfile
 from engine.layout import (
     OwnerKeys,
@@ -81,38 +82,56 @@ class ProfileStore:
         self._sha = await self.redis.script_load(APPLY_OPS_LUA)
         return self._sha
 
-    async def apply(self, batches: Sequence[OwnerBatch], on_sent: Callable[[], None] | None = None) -> list[int]:
+    async def apply(self, batches: Sequence[OwnerBatch], on_sent: Callable[[], None] | None = None, *,
+                    raise_on_error: bool = True) -> list[Any]:
         """Apply owner batches in one pipelined round trip; returns events applied per batch
         (fewer than sent when some were replays or duplicates).
 
         The calls are encoded and sent in chunks (``execute_streamed``): Redis runs the first ones while the
-        rest are encoded. Every call is idempotent, so after an error the whole list may be sent again."""
+        rest are encoded. Every call is idempotent, so after an error the whole list may be sent again.
+        ``raise_on_error=False``: a batch whose script failed, or that could not be encoded, has its error in
+        its place (a failed script wrote nothing: its writes come last, and the first write of a script is
+        where Redis refuses for memory); infrastructure errors (``engine.faults``) are raised either way."""
         if not batches:
             return []
         sha = self._sha or await self._load_script()
         for attempt in (0, 1):
-            replies = await execute_streamed(self.redis, self._evalsha_chunks(sha, batches), on_sent)
+            unsent: dict[int, Exception] = {}
+            replies = await execute_streamed(self.redis, self._evalsha_chunks(sha, batches, unsent), on_sent)
+            if unsent:  # put the batches that could not be encoded back in their places
+                it = iter(replies)
+                replies = [unsent[i] if i in unsent else next(it) for i in range(len(batches))]
             errors = [r for r in replies if isinstance(r, Exception)]
             if not errors:
                 return [int(r) for r in replies]
-            if attempt or not all(isinstance(e, NoScriptError) for e in errors):
-                raise errors[0]
-            sha = await self._load_script()  # Redis restarted or flushed its script cache
+            if not attempt and any(isinstance(e, NoScriptError) for e in errors):
+                sha = await self._load_script()  # Redis restarted or flushed its script cache
+                continue
+            infra = next((e for e in errors if is_infrastructure(e)), None)
+            if infra is not None or raise_on_error:
+                raise infra or errors[0]
+            return [r if isinstance(r, Exception) else int(r) for r in replies]
         raise AssertionError("unreachable")
 
-    def _evalsha_chunks(self, sha: str, batches: Sequence[OwnerBatch], first: int = 32,
-                        size: int = 256) -> Iterator[list[tuple[Any, ...]]]:
-        """EVALSHA commands in chunks: a small first one, so that Redis starts early, then bigger ones."""
+    def _evalsha_chunks(self, sha: str, batches: Sequence[OwnerBatch], unsent: dict[int, Exception],
+                        first: int = 32, size: int = 256) -> Iterator[list[tuple[Any, ...]]]:
+        """EVALSHA commands in chunks: a small first one, so that Redis starts early, then bigger ones. A batch
+        that cannot be encoded (a number JSON cannot carry) is left out, its error put in ``unsent``."""
         ttl, dedup_window = self._ttl, self.config.profile.dedup_window
         start, n = 0, first
         while start < len(batches):
             chunk = []
-            for b in batches[start:start + n]:
+            for i in range(start, min(start + n, len(batches))):
+                b = batches[i]
                 keys = b.owner_keys.keys
                 per_customer = b.dedup
+                try:
+                    encoded = encode_events(b.events)
+                except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
+                    unsent[i] = exc
+                    continue
                 chunk.append(("EVALSHA", sha, len(keys), *keys, offset_field(b.topic, b.partition),
-                              ttl if per_customer else 0, dedup_window if per_customer else 0,
-                              encode_events(b.events)))
+                              ttl if per_customer else 0, dedup_window if per_customer else 0, encoded))
             yield chunk
             start, n = start + n, size
 

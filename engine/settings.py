@@ -150,6 +150,9 @@ class Settings:
     worker_commit_interval: float = field(default_factory=lambda: _float("WORKER_COMMIT_INTERVAL", 1.0, positive=False))
     #: How long the group waits for a silent worker before handing its partitions to others (seconds).
     worker_session_timeout: float = field(default_factory=lambda: _float("WORKER_SESSION_TIMEOUT", 10.0))
+    #: A final decision whose learning example Kafka did not acknowledge within this long is sent again
+    #: (a worker died between the reward expiry and the flush; streams/rewards.py).
+    reward_settle_lease: float = field(default_factory=lambda: _float("REWARD_SETTLE_LEASE_S", 120.0))
     #: Hard time budget of one /v1/decide call; past it the answer is non-personalised and degraded.
     decide_budget_ms: float = field(default_factory=lambda: _float("DECIDE_BUDGET_MS", 25.0))
     #: Load shedding: a decision past the admission limit (decisions in progress in one API process) is shed:

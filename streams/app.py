@@ -20,6 +20,7 @@ learners scale by placements.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,8 +31,10 @@ import mode
 import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from engine.config import load_config
+from engine.faults import is_infrastructure
 from engine.learning_store import LearningStore
 from engine.production import production_problems, refuse_to_start
 from engine.profile_store import ProfileStore
@@ -50,6 +53,8 @@ refuse_to_start("worker", production_problems(settings))  # outside PULSE_ENV=de
 config = load_config(settings.engine_config)
 signing_key = settings.model_signing_key.encode()
 INGEST, LEARN = "ingest" in settings.worker_roles, "learn" in settings.worker_roles
+#: The longest wait between two attempts while Redis or Kafka is away.
+MAX_BACKOFF_S = 5.0
 
 app = faust.App(
     # the Faust group consumes only ``learning``: an ingest-only process stays out of it, so scaling ingest
@@ -84,7 +89,7 @@ class Components:
     def __init__(self) -> None:
         self.redis = aioredis.from_url(settings.redis_url, decode_responses=True,
                                        connection_class=HiredisPackedConnection)
-        self.learning_store = LearningStore(self.redis)
+        self.learning_store = LearningStore(self.redis, settle_lease=settings.reward_settle_lease)
         # dead letters and learning examples: a commit waits for their acknowledgements (streams/consumer.py)
         self.outbox = Outbox(settings.kafka_bootstrap)
         self.joiner = RewardJoiner(self.learning_store, config, self.send_learning_example, self.send_dead_letter)
@@ -103,8 +108,8 @@ class Components:
     async def send_dead_letter(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         await self.outbox.send(settings.dlq_topic, key, value, headers)
 
-    async def send_learning_example(self, key: bytes, value: bytes) -> None:
-        await self.outbox.send(settings.learning_topic, key, value)
+    async def send_learning_example(self, key: bytes, value: bytes) -> asyncio.Future[None]:
+        return await self.outbox.send(settings.learning_topic, key, value)
 
 
 _components: Components | None = None
@@ -118,15 +123,33 @@ def components() -> Components:
 
 
 async def retry_forever(what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
-    """Never drop a batch: retry until Redis answers (offsets are not committed meanwhile)."""
-    delay = 0.1
+    """Never drop a batch: on an infrastructure fault (Redis unreachable, out of memory or restarted, Kafka
+    away; ``engine.faults``) wait with a bounded exponential backoff and run ``fn`` again (offsets are not
+    committed meanwhile, and every write is idempotent). The pause is logged and, once over, counted in the
+    worker counters (``pulse_worker_infra_pauses_total``, ``pulse_worker_infra_pause_seconds_total``)."""
+    delay, started = 0.1, None
     while True:
         try:
-            return await fn()
-        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
-            log.warning("redis unavailable during %s (%s); retrying in %.1fs", what, exc, delay)
+            result = await fn()
+        except Exception as exc:
+            if not (is_infrastructure(exc) or isinstance(exc, KafkaError)):
+                raise
+            if started is None:
+                started = time.monotonic()
+                log.warning("%s paused: %s (%r); retrying with backoff", what, type(exc).__name__, exc)
+            else:
+                log.info("%s still paused (%r); retrying in %.1fs", what, exc, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, MAX_BACKOFF_S)
+            continue
+        if started is not None:
+            paused = time.monotonic() - started
+            log.warning("%s resumed after %.1fs", what, paused)
+            with contextlib.suppress(Exception):  # a counter must not fail the batch it follows
+                store = components().processor.store
+                await store.incr_worker_counters({"infra_pauses": 1})
+                await store.add_worker_seconds({"infra_pause": paused})
+        return result
 
 
 def stream_consumer() -> AIOKafkaConsumer:

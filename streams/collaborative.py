@@ -31,7 +31,8 @@ class CollaborativeFeed:
         for _, ev in events:
             w = self.weights.get(ev.type)
             item = ev.properties.get("item_id")
-            if w and item:
-                rows.append([ev.visitor_id, str(item), w, ev.timestamp])
+            # only string ids (the schemas' item_id): anything else would be a model key no catalogue item has
+            if w and item and type(item) is str:
+                rows.append([ev.visitor_id, item, w, ev.timestamp])
         if rows:
             await self.emit(COVISIT_KEY, orjson.dumps({"kind": "interactions", "rows": rows}))

@@ -24,7 +24,10 @@ exactly-once effect.
   (``streams.pipeline.split_linked``) 16,100-20,200;
 * a rebalance waits for the batch in progress, then commits it (``on_partitions_revoked``); a batch fetched
   across a rebalance is not processed, its partitions are rewound (or left to their new owner);
-* Redis unavailable: the batch is retried until Redis answers, nothing is committed meanwhile.
+* Redis unavailable (or out of memory, or restarted: ``engine.faults``): the batch is retried with a bounded
+  backoff until Redis answers, nothing is committed meanwhile (``streams.app.retry_forever``);
+* Kafka unavailable: sends that fail are sent again by ``Outbox.flush`` until acknowledged, and the commit waits
+  for them; a failed commit is retried with the next one. Nothing stops the loop for good but a bug.
 """
 
 from __future__ import annotations
@@ -36,7 +39,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    ConsumerStoppedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+)
 
 from streams.pipeline import Record
 
@@ -51,12 +61,42 @@ Write = Callable[[Callable[[], None]], Awaitable[Any]]
 BatchHandler = Callable[[Sequence[Record]], Awaitable[Write]]
 
 
-class Outbox:
-    """Kafka sends (dead letters, learning examples) whose acknowledgement a commit must wait for."""
+def transient_kafka_error(exc: BaseException) -> bool:
+    """A Kafka error that waiting can cure (broker away, leader moving, a batch expired while it was away)."""
+    return isinstance(exc, KafkaTimeoutError | KafkaConnectionError) or (
+        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False)))
 
-    def __init__(self, bootstrap: str, linger_ms: int = 5) -> None:
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms)
-        self.pending: list[asyncio.Future[Any]] = []
+
+class _Send:
+    """One message of the outbox: sent again until Kafka acknowledges it; ``delivered`` resolves then."""
+
+    __slots__ = ("topic", "key", "value", "headers", "ack", "delivered")
+
+    def __init__(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None,
+                 delivered: asyncio.Future[None]) -> None:
+        self.topic, self.key, self.value, self.headers, self.delivered = topic, key, value, headers, delivered
+        self.ack: asyncio.Future[Any] | None = None
+
+    def on_ack(self, fut: asyncio.Future[Any]) -> None:
+        if not self.delivered.done() and not fut.cancelled() and fut.exception() is None:
+            self.delivered.set_result(None)
+
+
+class Outbox:
+    """Kafka sends (dead letters, learning examples) whose acknowledgement a commit must wait for.
+
+    A send that fails for a transient reason (Kafka stopped, a leader moving) is sent again by ``flush``,
+    with a bounded backoff, until Kafka takes it: ``flush`` (and so the commit that waits for it) pauses
+    meanwhile instead of failing the worker. The producer is idempotent, so a resend the broker had already
+    written is not written twice."""
+
+    def __init__(self, bootstrap: str, linger_ms: int = 5, max_backoff: float = 5.0) -> None:
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms,
+                                         enable_idempotence=True)
+        self.pending: list[_Send] = []
+        self.max_backoff = max_backoff
+        #: sends given up (a permanent error such as a message too large), and resends after a failure
+        self.dropped = self.resent = 0
         self._started = False
 
     async def start(self) -> None:
@@ -65,17 +105,58 @@ class Outbox:
             self._started = True
 
     async def send(self, topic: str, key: bytes | None, value: bytes,
-                   headers: list[tuple[str, bytes]] | None = None) -> None:
-        fut = await self.producer.send(topic, value=value, key=key, headers=headers)
+                   headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[None]:
+        """Queue a message; the returned future resolves once Kafka acknowledged it (``acks=all``)."""
+        entry = _Send(topic, key, value, headers, asyncio.get_running_loop().create_future())
+        await self._send(entry)
         if len(self.pending) >= 1024:  # sends outside batches (the expiry timer): forget the delivered ones
-            self.pending = [f for f in self.pending if not f.done() or f.cancelled() or f.exception() is not None]
-        self.pending.append(fut)
+            self.pending = [e for e in self.pending if not e.delivered.done()]
+        self.pending.append(entry)
+        return entry.delivered
+
+    async def _send(self, entry: _Send) -> None:
+        try:
+            ack = await self.producer.send(entry.topic, value=entry.value, key=entry.key, headers=entry.headers)
+        except KafkaError as exc:  # e.g. no metadata while the broker is away: flush sends it again
+            ack = asyncio.get_running_loop().create_future()
+            ack.set_exception(exc)
+            ack.exception()  # retrieved: no "exception never retrieved" warning
+        entry.ack = ack
+        ack.add_done_callback(entry.on_ack)
 
     async def flush(self) -> None:
-        """Wait until every send so far is acknowledged (raises if one failed: nothing may be committed)."""
+        """Wait until every send so far is acknowledged, sending again those that failed transiently."""
+        delay, started = 0.1, None
         while self.pending:
             pending, self.pending = self.pending, []
-            await asyncio.gather(*pending)
+            await asyncio.gather(*(e.ack for e in pending if e.ack is not None), return_exceptions=True)
+            failed = []
+            for e in pending:
+                exc = e.ack.exception() if e.ack is not None and not e.ack.cancelled() else None
+                if exc is None:
+                    continue
+                if not transient_kafka_error(exc):  # waiting cannot cure it: give it up, loudly
+                    self.dropped += 1
+                    log.error("dropping a message to %s (%d bytes): %r", e.topic, len(e.value), exc)
+                    if not e.delivered.done():
+                        e.delivered.set_exception(exc)
+                        e.delivered.exception()
+                    continue
+                failed.append(e)
+            if not failed:
+                continue
+            if started is None:
+                started = time.monotonic()
+                log.warning("kafka unavailable (%r): %d sends wait, nothing is committed meanwhile",
+                            failed[0].ack.exception() if failed[0].ack else None, len(failed))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff)
+            for e in failed:
+                self.resent += 1
+                await self._send(e)
+            self.pending = failed + self.pending
+        if started is not None:
+            log.warning("kafka back: sends acknowledged after %.1fs", time.monotonic() - started)
 
     async def stop(self) -> None:
         if self._started:
@@ -108,6 +189,7 @@ class BatchLoop(ConsumerRebalanceListener):
         self._failure: BaseException | None = None  # a batch or a commit that failed: nothing more is committed
         self._writing: asyncio.Task[None] | None = None  # the previous batch's writes, if still running
         self.batches = 0
+        self.commit_failures = 0
         # where the loop's wall time went: fetching, preparing, waiting for the previous batch's writes, committing
         self.seconds = {"poll": 0.0, "prepare": 0.0, "wait_writes": 0.0, "head_start": 0.0, "commit": 0.0}
 
@@ -133,6 +215,12 @@ class BatchLoop(ConsumerRebalanceListener):
                 if self._stopping:
                     break
                 raise
+            except KafkaError as exc:  # the broker away: the consumer reconnects on its own
+                if not transient_kafka_error(exc):
+                    raise
+                log.warning("fetch failed (%r); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
             t1 = time.perf_counter()
             seconds["poll"] += t1 - t0
             async with self._lock:
@@ -230,22 +318,31 @@ class BatchLoop(ConsumerRebalanceListener):
 
     async def _commit(self) -> None:
         self._last_commit = time.monotonic()
-        if not self._processed:
-            return
         # offsets taken before the flush: every send of these batches was queued before their offsets were
-        # recorded, so the flush covers them (a batch finishing during the flush waits for the next commit)
+        # recorded, so the flush covers them (a batch finishing during the flush waits for the next commit).
+        # The flush runs even with nothing to commit: it resends what the expiry timer's sends lost.
         offsets, self._processed = self._processed, {}
         try:
             await self.outbox.flush()  # dead letters and learning examples of these batches are durable first
         except Exception as exc:
             self._failure = exc  # never commit past a lost send: the worker stops, a restart replays
             raise
+        if not offsets:
+            return
         try:
             await self.consumer.commit(offsets)  # type: ignore[union-attr]
         except (CommitFailedError, IllegalStateError) as exc:
             # we were removed from the group: the partitions' new owner replays from the last commit, and the
             # idempotent scripts make that replay harmless
             log.warning("offset commit failed (%s); the new owner of these partitions replays them", exc)
+        except KafkaError as exc:
+            if not transient_kafka_error(exc):
+                raise
+            # the coordinator is away: commit these offsets with the next ones (later batches' are newer)
+            for tp, offset in offsets.items():
+                self._processed.setdefault(tp, offset)
+            self.commit_failures += 1
+            log.warning("offset commit failed (%r); retried at the next commit", exc)
 
     # -- rebalance listener ---------------------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: Any) -> None:

@@ -10,15 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from engine.faults import is_infrastructure
 from engine.layout import dedup_token
 from engine.profile_store import OwnerBatch, ProfileStore
 from schemas.events import Event, InvalidEvent, parse_event
 
 log = logging.getLogger(__name__)
+
+#: Events further than this into the future (by the worker's clock) are dead-lettered: a far-future time would
+#: move the decay landmarks and time-window rings there, zeroing the global popularity and every later event
+#: of the profile. The collector refuses more than its skew (minutes); this also covers events produced
+#: straight to the topic.
+MAX_FUTURE_S = 3600.0
+#: Events before this (2000-01-01) are dead-lettered too (epoch milliseconds mistaken for seconds, zeros).
+MIN_TIMESTAMP_S = 946_684_800.0
+#: Stages named in a dead letter's ``dlq.stage`` header.
+STAGE_VALIDATE, STAGE_PREPARE, STAGE_IDENTITY, STAGE_APPLY, STAGE_POPULARITY = (
+    "validate", "prepare", "identity", "apply", "popularity")
 
 
 class Record(NamedTuple):
@@ -35,7 +48,10 @@ class Record(NamedTuple):
 class BatchStats:
     received: int = 0
     applied: int = 0
+    #: dead-lettered while prepared (invalid, or a value the feature code could not take)
     invalid: int = 0
+    #: dead-lettered while written (a script error on its profile, a failed identity merge, a hook's error)
+    isolated: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
 
 
@@ -56,8 +72,11 @@ class PreparedBatch:
     #: valid events in record order, each with its profile row ``[offset, token, ts, ops, is_consent]``
     #: and its popularity operations (or None)
     items: list[PreparedItem]
-    #: the hooks have run (a retried ``apply`` does not run them again)
+    #: the hooks have run (a retried ``apply`` does not run them again), or how many of them did
     hooks_done: bool = False
+    hooks_run: int = 0
+    #: events a hook failed on (dead-lettered)
+    hook_isolated: int = 0
 
 
 class BatchProcessor:
@@ -78,33 +97,45 @@ class BatchProcessor:
         items: list[PreparedItem] = []
         by_type = stats.by_type
         ops_for, popularity_ops_for = self.extractor.ops_for, self.extractor.popularity_ops_for
+        now = time.time()
+        latest, earliest = now + MAX_FUTURE_S, MIN_TIMESTAMP_S
         for rec in records:
+            # one try per event: whatever this event makes the code raise, it is dead-lettered, the batch goes on
             try:
                 ev = parse_event(rec.value)
+                etype, ts = ev.type, ev.timestamp
+                if not earliest <= ts <= latest:
+                    raise InvalidEvent(f"timestamp: {ts:.0f} s is more than {MAX_FUTURE_S:.0f} s in the future"
+                                       if ts > latest else f"timestamp: {ts:.0f} s is before {earliest:.0f} s")
+                if etype == "identify" and ev.anonymous_id and ev.customer_id:
+                    item: PreparedItem = (rec, ev, [], None)  # merged in apply: its ops depend on the stored profile
+                else:
+                    row = [rec.offset, dedup_token(ev.event_id), ts, ops_for(etype, ts, ev.properties, ev.context),
+                           1 if etype == "consent" else 0]
+                    item = (rec, ev, row, popularity_ops_for(etype, ts, ev.properties) or None)
             except InvalidEvent as exc:
                 stats.invalid += 1
-                await self.dead_letters(rec.key, rec.value, _dlq_headers(rec, exc.reason))
+                await self.dead_letters(rec.key, rec.value, _dlq_headers(rec, exc.reason, STAGE_VALIDATE))
                 continue
-            except Exception as exc:  # a bug must not stall the partition: dead-letter with the cause
-                log.exception("unexpected error parsing record %s:%s@%s", rec.topic, rec.partition, rec.offset)
+            except Exception as exc:  # a value the feature code cannot take must not stall the partition
+                log.warning("dead-lettering %s:%s@%s (prepare): %r", rec.topic, rec.partition, rec.offset, exc)
                 stats.invalid += 1
-                await self.dead_letters(rec.key, rec.value, _dlq_headers(rec, f"internal error: {exc!r}"))
+                await self.dead_letters(rec.key, rec.value, _dlq_headers(rec, f"internal error: {exc!r}",
+                                                                         STAGE_PREPARE))
                 continue
-            etype, ts = ev.type, ev.timestamp
             by_type[etype] = by_type.get(etype, 0) + 1
-            if etype == "identify" and ev.anonymous_id and ev.customer_id:
-                items.append((rec, ev, [], None))  # merged in apply: its operations depend on the stored profile
-                continue
-            row = [rec.offset, dedup_token(ev.event_id), ts, ops_for(etype, ts, ev.properties, ev.context),
-                   1 if etype == "consent" else 0]
-            items.append((rec, ev, row, popularity_ops_for(etype, ts, ev.properties) or None))
+            items.append(item)
         return PreparedBatch(stats, items)
 
     async def apply(self, prepared: PreparedBatch, on_sent: Callable[[], None] | None = None) -> BatchStats:
         """Write a prepared batch. ``on_sent`` is called once the bulk of its profile writes is sent to Redis
-        (the batch loop then prepares the next batch while Redis runs them; see ``streams/consumer.py``)."""
+        (the batch loop then prepares the next batch while Redis runs them; see ``streams/consumer.py``).
+
+        An event whose write fails (a script error on its profile, a failed merge, a hook's error) is
+        dead-lettered and the rest is written; only an infrastructure fault (``engine.faults``) raises, and
+        the caller retries the whole batch (every write is idempotent)."""
         stats, items = prepared.stats, prepared.items
-        stats.applied = 0  # apply may be retried (Redis outage): count once
+        stats.applied = stats.isolated = 0  # apply may be retried (Redis outage): count once
         # Resolve anonymous ids once per batch (one round trip); identify events update the map.
         anon = [ev.anonymous_id for _, ev, _, _ in items if ev.customer_id is None and ev.anonymous_id]
         identity = await self.store.resolve(anon)
@@ -114,27 +145,49 @@ class BatchProcessor:
         # order-free sums) goes with the bulk, for every event.
         # The hooks (reward join, co-visitation feed) run meanwhile: Redis runs their few commands between the
         # bulk's, and their CPU no longer waits for the bulk's replies.
-        results = await asyncio.gather(self._apply(bulk, identity, items, on_sent),
-                                       self._apply_linked(linked, identity), self._run_hooks(prepared),
+        results = await asyncio.gather(self._apply(bulk, identity, items, stats, on_sent),
+                                       self._apply_linked(linked, identity, stats), self._run_hooks(prepared),
                                        return_exceptions=True)
         for r in results:  # every part ran to its end: a retry never overlaps a write still running
             if isinstance(r, BaseException):
                 raise r
         stats.applied = results[0] + results[1]  # type: ignore[operator]
         await self.store.incr_worker_counters(
-            {"events_received": stats.received, "events_applied": stats.applied, "dead_letters": stats.invalid}
+            {"events_received": stats.received, "events_applied": stats.applied, "dead_letters": stats.invalid,
+             "dead_letters_isolated": stats.isolated + prepared.hook_isolated}
         )
         return stats
+
+    async def _dead_letter(self, rec: Record, exc: BaseException, stage: str) -> None:
+        log.warning("dead-lettering %s:%s@%s (%s): %s", rec.topic, rec.partition, rec.offset, stage, exc)
+        await self.dead_letters(rec.key, rec.value, _dlq_headers(rec, f"{type(exc).__name__}: {exc}", stage))
 
     async def _run_hooks(self, prepared: PreparedBatch) -> None:
         if prepared.hooks_done or not self.hooks:
             return
         valid = [(rec, ev) for rec, ev, _, _ in prepared.items]
-        for hook in self.hooks:
-            await hook(valid)
+        for i, hook in enumerate(self.hooks):
+            if i < prepared.hooks_run:
+                continue  # done before an infrastructure fault interrupted a later hook
+            try:
+                await hook(valid)
+            except Exception as exc:
+                if is_infrastructure(exc):
+                    raise
+                # a bug a hook did not isolate itself: find the events it fails on, one at a time
+                log.warning("hook %s failed on a batch (%r); running it event by event", hook, exc)
+                for item in valid:
+                    try:
+                        await hook([item])
+                    except Exception as one:
+                        if is_infrastructure(one):
+                            raise
+                        prepared.hook_isolated += 1
+                        await self._dead_letter(item[0], one, f"hook:{getattr(hook, '__qualname__', hook)}")
+            prepared.hooks_run = i + 1
         prepared.hooks_done = True
 
-    async def _apply_linked(self, items: Sequence[PreparedItem], identity: dict[str, str]) -> int:
+    async def _apply_linked(self, items: Sequence[PreparedItem], identity: dict[str, str], stats: BatchStats) -> int:
         """Events of owners linked by identify events, in record order: the anonymous history before an
         identify is written, then merged into the customer's profile, and what follows goes to the customer."""
         applied = 0
@@ -142,43 +195,82 @@ class BatchProcessor:
         for item in items:
             rec, ev = item[0], item[1]
             if _merges(ev):
-                applied += await self._apply(segment, identity, ())
+                applied += await self._apply(segment, identity, (), stats)
                 segment = []
-                await self.store.merge_identity(
-                    ev.anonymous_id, ev.customer_id, rec.topic, rec.partition, rec.offset, ev.event_id,  # type: ignore[arg-type]
-                    ev.timestamp,
-                )
+                try:
+                    await self.store.merge_identity(
+                        ev.anonymous_id, ev.customer_id, rec.topic, rec.partition, rec.offset,  # type: ignore[arg-type]
+                        ev.event_id, ev.timestamp,
+                    )
+                except Exception as exc:
+                    if is_infrastructure(exc):
+                        raise
+                    stats.isolated += 1  # the ids stay apart: later events go to their own profiles
+                    await self._dead_letter(rec, exc, STAGE_IDENTITY)
+                    continue
                 identity[ev.anonymous_id] = ev.customer_id  # type: ignore[index,assignment]
                 applied += 1
             else:
                 segment.append(item)
-        return applied + await self._apply(segment, identity, ())
+        return applied + await self._apply(segment, identity, (), stats)
 
     async def _apply(self, items: Sequence[PreparedItem], identity: dict[str, str],
-                     popularity_items: Sequence[PreparedItem], on_sent: Callable[[], None] | None = None) -> int:
+                     popularity_items: Sequence[PreparedItem], stats: BatchStats,
+                     on_sent: Callable[[], None] | None = None) -> int:
         """One pipeline: the owners' events of ``items`` and the popularity operations of ``popularity_items``."""
         owners: dict[tuple[str, int], OwnerBatch] = {}
+        sources: dict[tuple[str, int], list[Record]] = {}  # the records of each owner batch, for dead letters
         popularity: dict[tuple[str, int], OwnerBatch] = {}
+        pop_sources: dict[tuple[str, int], list[Record]] = {}
         for rec, ev, row, _ in items:
             owner = _owner(ev, identity)
             key = (owner, rec.partition)
             batch = owners.get(key)
             if batch is None:
                 batch = owners[key] = self.store.customer_batch(owner, rec.topic, rec.partition)
+                sources[key] = []
             batch.events.append(row)
+            sources[key].append(rec)
         for rec, _, row, pop_ops in popularity_items:
             if pop_ops:
                 pkey = (rec.topic, rec.partition)
                 pb = popularity.get(pkey)
                 if pb is None:
                     pb = popularity[pkey] = self.store.popularity_batch(rec.topic, rec.partition)
+                    pop_sources[pkey] = []
                 pb.events.append([rec.offset, "", row[2], pop_ops, 0])
+                pop_sources[pkey].append(rec)
         if not owners and not popularity:
             if on_sent is not None:
                 on_sent()
             return 0
-        results = await self.store.apply([*owners.values(), *popularity.values()], on_sent)
-        return sum(results[: len(owners)])  # popularity is bookkeeping, not customer events
+        batches = [*owners.values(), *popularity.values()]
+        results = await self.store.apply(batches, on_sent, raise_on_error=False)
+        applied = 0
+        srcs = [*sources.values(), *pop_sources.values()]
+        for i, (batch, r) in enumerate(zip(batches, results, strict=True)):
+            if isinstance(r, Exception):  # this owner's script failed (and wrote nothing): find the bad events
+                r = await self._isolate(batch, srcs[i], r, STAGE_APPLY if i < len(owners) else STAGE_POPULARITY,
+                                        stats)
+            if i < len(owners):  # popularity is bookkeeping, not customer events
+                applied += r
+        return applied
+
+    async def _isolate(self, batch: OwnerBatch, records: Sequence[Record], error: Exception, stage: str,
+                       stats: BatchStats) -> int:
+        """Apply one failed owner batch event by event (in order, one pipeline): dead-letter those that fail."""
+        log.warning("profile script failed for %s (%s); applying its %d events one by one",
+                    batch.owner_keys.keys[0], error, len(batch.events))
+        singles = [OwnerBatch(batch.owner_keys, batch.topic, batch.partition, batch.dedup, [row])
+                   for row in batch.events]
+        applied = 0
+        for rec, r in zip(records, await self.store.apply(singles, raise_on_error=False), strict=True):
+            if isinstance(r, Exception):
+                stats.isolated += 1
+                await self._dead_letter(rec, r, stage)
+            else:
+                applied += r
+        return applied
 
 
 def _merges(ev: Event) -> bool:
@@ -231,8 +323,10 @@ def split_linked(items: Sequence[PreparedItem],
     return bulk, linked
 
 
-def _dlq_headers(rec: Record, reason: str) -> list[tuple[str, bytes]]:
+def _dlq_headers(rec: Record, reason: str, stage: str) -> list[tuple[str, bytes]]:
+    """A dead letter is the original bytes with these headers: why, where in the worker, and where from."""
     return [
-        ("dlq.reason", reason.encode()),
+        ("dlq.reason", reason[:1000].encode()),
+        ("dlq.stage", stage.encode()),
         ("dlq.source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
     ]

@@ -3,16 +3,23 @@
 * a decision record (from the ``decisions`` topic) opens a reward window;
 * an event naming a ``decision_id`` (click, purchase, feedback) adds a reward - duplicates (same
   ``event_id``) are counted once, rewards after the decision was learned are counted as late;
-* when the window ends, the aggregated reward (or the placement's default) is settled once and sent
+* when the window ends, the aggregated reward (or the placement's default) is fixed once and sent
   as a learning example to the ``learning`` topic, keyed by placement, so that exactly one learner
-  owns each placement's model.
+  owns each placement's model;
+* a decision is *settled* (never sent again; counted as learned) only once Kafka acknowledged its example
+  (``confirm``). A worker that dies in between leaves it final but unsettled: after its lease
+  (``engine.learning_store.SETTLE_LEASE_S``) the expiry sends it again, with the same decision id and
+  reward, and the learner learns each decision id once (``streams.learner``).
+* one decision or reward the join cannot take (a value it refuses, a bug) is dead-lettered; the others go on.
 
 Faust-free: the worker wires it to topics, tests and benchmarks call it directly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +35,9 @@ from streams.pipeline import DeadLetterSink, Record
 
 log = logging.getLogger(__name__)
 
-#: Sends one learning example: (placement key, example JSON).
-ExampleSink = Callable[[bytes, bytes], Awaitable[None]]
+#: Sends one learning example: (placement key, example JSON); may return a future that resolves once Kafka
+#: acknowledged it (None: taken as acknowledged at once).
+ExampleSink = Callable[[bytes, bytes], Awaitable["asyncio.Future[None] | None"]]
 
 
 @dataclass(slots=True)
@@ -41,6 +49,9 @@ class JoinStats:
     unknown_placement: int = 0
     learned: int = 0
     defaulted: int = 0
+    #: examples sent again (a lease ran out before Kafka acknowledged them)
+    resent: int = 0
+    dead_letters: int = 0
 
 
 def learning_example(f: Finalised) -> dict[str, Any]:
@@ -67,47 +78,87 @@ class RewardJoiner:
         self.store, self.config, self.emit, self.dead_letters = store, config, emit, dead_letters
         self.stats = JoinStats()
         self._default_placement = next(iter(config.placements.values()), None)
+        #: examples sent, waiting for Kafka's acknowledgement before their decisions are settled
+        self._unconfirmed: list[tuple[asyncio.Future[None] | None, Finalised]] = []
 
     async def _settle(self, finalised: Sequence[Finalised]) -> None:
-        increments = []
         for f in finalised:
             example = learning_example(f)
-            await self.emit(example["placement"].encode(), orjson.dumps(example))
-            increments.append((example["placement"], example["arm"], "learned", 1))
-            increments.append((example["placement"], example["arm"], "reward_sum", f.reward))
+            self._unconfirmed.append((await self.emit(example["placement"].encode(), orjson.dumps(example)), f))
+        await self.confirm()
+
+    async def confirm(self) -> int:
+        """Settle the decisions whose examples Kafka acknowledged (one pipeline), and count them as learned
+        once; an example whose send failed is left to its lease. Returns how many were settled now."""
+        done = [(fut, f) for fut, f in self._unconfirmed if fut is None or fut.done()]
+        if not done:
+            return 0
+        self._unconfirmed = [(fut, f) for fut, f in self._unconfirmed if not (fut is None or fut.done())]
+        acked = [f for fut, f in done if fut is None or (not fut.cancelled() and fut.exception() is None)]
+        try:
+            newly = await self.store.settle([f.decision_id for f in acked])
+        except BaseException:
+            self._unconfirmed = done + self._unconfirmed  # a retry settles them (the script is idempotent)
+            raise
+        increments = []
+        for f, new in zip(acked, newly, strict=True):
+            if not new:
+                self.stats.resent += 1
+                continue
+            placement, arm = f.record["placement"], f.record["holdout_arm"]
+            increments.append((placement, arm, "learned", 1))
+            increments.append((placement, arm, "reward_sum", f.reward))
             self.stats.learned += 1
             self.stats.defaulted += f.defaulted
         await self.store.count(increments)
+        return len(increments) // 2
+
+    async def _dead_letter(self, rec: Record, reason: str, stage: str) -> None:
+        self.stats.dead_letters += 1
+        log.warning("dead-lettering %s:%s@%s (%s): %s", rec.topic, rec.partition, rec.offset, stage, reason)
+        await self.dead_letters(rec.key, rec.value, [
+            ("dlq.reason", reason[:1000].encode()), ("dlq.stage", stage.encode()),
+            ("dlq.source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode())])
 
     async def on_decisions(self, records: Sequence[Record], now: float) -> None:
         await self.apply_decisions(await self.prepare_decisions(records), now)
 
-    async def prepare_decisions(self, records: Sequence[Record]) -> list[tuple[dict[str, Any], RewardSettings]]:
+    async def prepare_decisions(self, records: Sequence[Record]
+                                ) -> list[tuple[dict[str, Any], RewardSettings, Record]]:
         """Decode and validate decision records (invalid ones are dead-lettered); no Redis."""
-        logged: list[tuple[dict[str, Any], RewardSettings]] = []
+        logged: list[tuple[dict[str, Any], RewardSettings, Record]] = []
         placements = self.config.placements
         for rec in records:
             try:
                 record = orjson.loads(rec.value)
                 validate_decision(record)
+                placement = placements.get(record["placement"])
+                if placement is not None:
+                    self.store._decision_call(record, placement.learning.reward, 0.0)  # what apply will send
             except (orjson.JSONDecodeError, InvalidEvent) as exc:
                 reason = exc.reason if isinstance(exc, InvalidEvent) else f"not JSON: {exc}"
-                await self.dead_letters(rec.key, rec.value, [("dlq.reason", reason.encode()),
-                                        ("dlq.source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode())])
+                await self._dead_letter(rec, reason, "validate")
                 continue
-            placement = placements.get(record["placement"])
+            except Exception as exc:  # a record the join cannot take must not stop the decisions
+                await self._dead_letter(rec, f"internal error: {exc!r}", "reward_join")
+                continue
             if placement is None:
                 self.stats.unknown_placement += 1
                 continue
-            logged.append((record, placement.learning.reward))
+            logged.append((record, placement.learning.reward, rec))
         return logged
 
-    async def apply_decisions(self, logged: Sequence[tuple[dict[str, Any], RewardSettings]], now: float) -> None:
+    async def apply_decisions(self, logged: Sequence[tuple[dict[str, Any], RewardSettings, Record]],
+                              now: float) -> None:
         """Open the reward windows of a batch of decisions: one pipeline of reward-join calls, counters in one more."""
         if not logged:
             return
         settled, increments = [], []
-        for (record, _), out in zip(logged, await self.store.decisions_logged(logged, now), strict=True):
+        outcomes = await self.store.decisions_logged([(r, s) for r, s, _ in logged], now)
+        for (record, _, rec), out in zip(logged, outcomes, strict=True):
+            if out.status == "error":
+                await self._dead_letter(rec, str(out.error), "reward_join")
+                continue
             if out.status == "duplicate":
                 continue
             self.stats.decisions += 1
@@ -121,24 +172,37 @@ class RewardJoiner:
     async def on_events(self, events: Sequence[tuple[Record, Event]]) -> None:
         """The events pipeline hook: rewards carried by events (one pipeline of reward-join calls per batch)."""
         rewards: list[tuple[Reward, str, float, RewardSettings]] = []
+        sources: list[Record] = []
         placements = self.config.placements
-        for _, ev in events:
+        for rec, ev in events:
             props = ev.properties
             if "decision_id" not in props:  # most events carry no reward: skip them cheaply
                 continue
-            reward = reward_of(ev.type, props)
-            if reward is None:
+            try:
+                reward = reward_of(ev.type, props)
+                if reward is None:
+                    continue
+                # the placement is known from the decision record; until it arrives use the first
+                # placement's settings only for the value, which depends on the kind alone by default
+                record_placement = props.get("placement")
+                placement = placements.get(record_placement) if isinstance(record_placement, str) else None
+                settings = (placement or self._default_placement).learning.reward  # type: ignore[union-attr]
+                value = float(reward_value(reward, settings))
+                if len(reward.decision_id) > 256 or not isinstance(reward.kind, str) or not math.isfinite(value):
+                    raise ValueError(f"decision_id {reward.decision_id[:300]!r}, kind {reward.kind!r}, "
+                                     f"value {value!r}: not a reward the join can take")
+            except Exception as exc:
+                await self._dead_letter(rec, f"{type(exc).__name__}: {exc}", "reward_join")
                 continue
-            # the placement is known from the decision record; until it arrives use the first
-            # placement's settings only for the value, which depends on the kind alone by default
-            record_placement = props.get("placement")
-            placement = placements.get(record_placement) if record_placement else None
-            settings = (placement or self._default_placement).learning.reward
-            rewards.append((reward, ev.event_id, reward_value(reward, settings), settings))
+            rewards.append((reward, ev.event_id, value, settings))
+            sources.append(rec)
         if not rewards:
             return
         settled, increments = [], []
-        for out in await self.store.rewards_received(rewards):
+        for rec, out in zip(sources, await self.store.rewards_received(rewards), strict=True):
+            if out.status == "error":
+                await self._dead_letter(rec, str(out.error), "reward_join")
+                continue
             self.stats.rewards += 1
             if out.status == "duplicate":
                 self.stats.duplicates += 1
@@ -155,6 +219,8 @@ class RewardJoiner:
         await self._settle(settled)
 
     async def expire(self, now: float) -> int:
+        """Settle what Kafka acknowledged since the last call, then fix and send the decisions now due."""
+        await self.confirm()
         defaults = {p.id: p.learning.reward.default for p in self.config.placements.values()}
         finalised = await self.store.expire_due(now, defaults)
         await self._settle(finalised)

@@ -61,12 +61,19 @@ local function del(f)
   end
 end
 local function int(x) return NUM[x] or fmt('%d', x) end
+-- a number that must not be stored (inf, -inf, nan): the event is refused (the worker dead-letters it)
+local HUGE = math.huge
+local function finite(x, what)
+  if x ~= x or x == HUGE or x == -HUGE then error('non-finite ' .. what .. ': ' .. tostring(x)) end
+  return x
+end
 local function score(x)
   -- 7 significant digits, rounded toward zero: a stored sum never exceeds what was added (so a decayed
   -- score never exceeds the undecayed total); the bias is below 1e-6 of the score per update
+  finite(x, 'score')
   local s = fmt('%.7g', x)
   if tonumber(s) > x then
-    s = fmt('%.7g', x - 0.5 * 10 ^ (floor(math.log10(x)) - 6))
+    s = fmt('%.7g', x - 0.5 * 10 ^ (floor(math.log10(math.abs(x))) - 6))
   end
   return s
 end
@@ -430,6 +437,19 @@ local function keep_on_wipe(f)
   return c == 'o' or c == 'k' or c == 'd'
 end
 
+-- cart items: counted on the first cart operation of the batch
+local MAX_CART = 100 -- engine/layout.py MAX_CART_ITEMS
+local cart_n = nil
+local function cart_count()
+  if cart_n == nil then
+    cart_n = 0
+    for f, _ in pairs(H) do
+      if sub(f, 1, 2) == 'C:' then cart_n = cart_n + 1 end
+    end
+  end
+  return cart_n
+end
+
 -- operations: a code, then its arguments (ARITY of them); an unknown code is an error (it cannot be skipped)
 local ARITY = {i = 2, a = 7, w = 4, r = 3, ra = 3, min = 2, max = 2, sess = 3, cart = 2, cartclear = 0, f = 2,
                set = 2, setnx = 2, z = 7, wipe = 0}
@@ -500,19 +520,27 @@ while p <= nA do
         end
         p = p + 4
       elseif c == 'cart' then
-        -- cart, field, quantity_delta
+        -- cart, field, quantity_delta; at most MAX_CART items (a new one beyond is not added)
         local f = A[p + 1]
+        local had = H[f] ~= nil
         local q = (tonumber(H[f]) or 0) + A[p + 2]
-        if q <= 0 then del(f) else set(f, int(q)) end
+        if q <= 0 then
+          del(f)
+          if had and cart_n then cart_n = cart_n - 1 end
+        elseif had or cart_count() < MAX_CART then
+          set(f, int(q))
+          if not had then cart_n = cart_n + 1 end
+        end
         p = p + 3
       elseif c == 'cartclear' then
         for f, _ in pairs(H) do
           if sub(f, 1, 2) == 'C:' then del(f) end
         end
+        cart_n = 0
         p = p + 1
       elseif c == 'f' then
         local f = A[p + 1]
-        set(f, fmt('%.15g', (tonumber(H[f]) or 0) + A[p + 2]))
+        set(f, fmt('%.15g', finite((tonumber(H[f]) or 0) + A[p + 2], f)))
         p = p + 3
       elseif c == 'set' then
         set(A[p + 1], tostring(A[p + 2]))
@@ -530,7 +558,7 @@ while p <= nA do
           pz = {inc = {}, top_k = A[p + 6]}
           zpending[ki] = pz
         end
-        pz.inc[member] = (pz.inc[member] or 0) + A[p + 3] * 2 ^ e
+        pz.inc[member] = finite((pz.inc[member] or 0) + A[p + 3] * 2 ^ e, 'popularity')
         p = p + 8
       elseif c == 'wipe' then
         -- consent withdrawn: drop every behavioural field; keep offsets, consent flags and dedup tokens
@@ -540,6 +568,7 @@ while p <= nA do
         recents = {}
         aff_members = {}
         Ls = {}
+        cart_n = nil
         p = p + 1
       else
         error('unknown operation ' .. tostring(c))

@@ -2,45 +2,67 @@
 --
 -- State of one decision: hash KEYS[1] = "dec:{<slot>}:<decision_id>" with fields
 --   record (the decision record JSON, once the decisions topic delivered it), expires_at,
---   reward (aggregated value), n (rewards counted), clicked, converted, final ("1" once learned),
---   "e:<event_id>" (reward events already counted: duplicates are ignored).
--- KEYS[2] = "due:{<slot>}": zset of decision ids by expiry time.
+--   reward (aggregated value), n (rewards counted), clicked, converted, final ("1" once its reward is
+--   fixed and its learning example sent: later rewards are late), settled ("1" once Kafka acknowledged
+--   that example), "e:<event_id>" (reward events already counted: duplicates are ignored).
+-- KEYS[2] = "due:{<slot>}": zset of decision ids by expiry time; a final decision stays in it, scored by
+--   its lease, until it is settled: if the worker dies before Kafka acknowledged the example, the next
+--   expiry after the lease sends it again (same decision id and reward; the learner learns a decision once).
 --
 -- ARGV[1] = mode:
 --   "decision": ARGV[2] decision id, ARGV[3] record JSON, ARGV[4] expires_at, ARGV[5] ttl,
---               ARGV[6] aggregation.  Returns {status, reward, clicked_early, converted_early, "1"}
+--               ARGV[6] aggregation, ARGV[7] lease deadline.
+--               Returns {status, reward, clicked_early, converted_early, "1"}
 --   "reward":   ARGV[2] decision id, ARGV[3] event_id, ARGV[4] value, ARGV[5] kind, ARGV[6] ttl,
---               ARGV[7] aggregation.  Returns {status, reward, clicked, converted, record, new_click, new_conv}
---   "expire":   ARGV[2] now, ARGV[3] limit, ARGV[4] key prefix ("dec:{<slot>}:").
---               Returns a flat list {record, reward_or_"", clicked, converted, ...} of decisions to learn
+--               ARGV[7] aggregation, ARGV[8] lease deadline.
+--               Returns {status, reward, clicked, converted, record, new_click, new_conv}
+--   "expire":   ARGV[2] now, ARGV[3] limit, ARGV[4] key prefix ("dec:{<slot>}:"), ARGV[5] lease seconds.
+--               Returns a flat list {id, record, reward_or_"", clicked, converted, ...} of decisions to learn
+--               (again, for a final one whose lease ran out unsettled)
+--   "settled":  ARGV[2] decision id. Returns 1 if it was settled now, 0 if before (or gone).
 -- status: "final" (learn now), "pending", "late" (already learned), "duplicate".
 local mode = ARGV[1]
+local EARLY_TTL = 300 -- engine/learning_store.py EARLY_REWARD_TTL_S
 
-local function finalize(key)
+local function finalize(key, due, id, lease_until)
   redis.call('HSET', key, 'final', '1')
+  redis.call('ZADD', due, lease_until, id)
   local v = redis.call('HMGET', key, 'record', 'reward', 'clicked', 'converted')
   return v
 end
 
+local function finite(x)
+  return x ~= nil and x == x and x ~= math.huge and x ~= -math.huge
+end
+
 if mode == 'expire' then
   local due = KEYS[1]
+  local lease_until = tonumber(ARGV[2]) + tonumber(ARGV[5])
   local ids = redis.call('ZRANGEBYSCORE', due, '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
   local out = {}
   for _, id in ipairs(ids) do
-    redis.call('ZREM', due, id)
     local key = ARGV[4] .. id
-    if redis.call('HGET', key, 'final') ~= '1' and redis.call('HEXISTS', key, 'record') == 1 then
-      local v = finalize(key)
+    local st = redis.call('HMGET', key, 'record', 'settled')
+    if st[1] and st[2] ~= '1' then
+      local v = finalize(key, due, id, lease_until)
+      table.insert(out, id)
       table.insert(out, v[1])
       table.insert(out, v[2] or '')
       table.insert(out, v[3] or '0')
       table.insert(out, v[4] or '0')
+    else
+      redis.call('ZREM', due, id)
     end
   end
   return out
 end
 
 local key, due = KEYS[1], KEYS[2]
+if mode == 'settled' then
+  redis.call('ZREM', due, ARGV[2])
+  if redis.call('EXISTS', key) == 1 and redis.call('HSETNX', key, 'settled', '1') == 1 then return 1 end
+  return 0
+end
 local final = redis.call('HGET', key, 'final') == '1'
 
 if mode == 'decision' then
@@ -53,8 +75,7 @@ if mode == 'decision' then
   local early = redis.call('HMGET', key, 'clicked', 'converted')
   local has_reward = redis.call('HEXISTS', key, 'reward') == 1
   if ARGV[6] == 'first' and has_reward then
-    redis.call('ZREM', due, ARGV[2])
-    local v = finalize(key)
+    local v = finalize(key, due, ARGV[2], ARGV[7])
     return {'final', v[2], early[1] or '0', early[2] or '0', '1'}
   end
   redis.call('ZADD', due, 'NX', ARGV[4], ARGV[2])
@@ -63,15 +84,16 @@ end
 
 -- mode == 'reward'
 if final then return {'late', '', '0', '0', redis.call('HGET', key, 'record') or '', '0', '0'} end
+local value = tonumber(ARGV[4])
+if not finite(value) then return redis.error_reply('reward value is not a finite number: ' .. ARGV[4]) end
 if redis.call('HSETNX', key, 'e:' .. ARGV[3], '1') == 0 then
   return {'duplicate', '', '0', '0', '', '0', '0'}
 end
-local value = tonumber(ARGV[4])
 local agg = redis.call('HGET', key, 'agg') or ARGV[7]  -- the decision's own placement setting
 local cur = tonumber(redis.call('HGET', key, 'reward') or '')
 if cur == nil then
   redis.call('HSET', key, 'reward', value)
-elseif agg == 'sum' then
+elseif agg == 'sum' and finite(cur + value) then
   redis.call('HSET', key, 'reward', cur + value)
 elseif agg == 'max' and value > cur then
   redis.call('HSET', key, 'reward', value)
@@ -80,12 +102,16 @@ redis.call('HINCRBY', key, 'n', 1)
 local new_click, new_conv = '0', '0'
 if ARGV[5] == 'click' and redis.call('HSETNX', key, 'clicked', '1') == 1 then new_click = '1' end
 if ARGV[5] == 'conversion' and redis.call('HSETNX', key, 'converted', '1') == 1 then new_conv = '1' end
--- a reward that arrives before its decision record keeps the state alive until the record comes
-if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, tonumber(ARGV[6])) end
 local record = redis.call('HGET', key, 'record') or ''
+-- a reward that arrives before its decision record keeps the state alive for EARLY_TTL, time enough for the
+-- record to come (it follows within a second); a decision_id no API served leaves nothing behind for longer
+if record == '' then
+  if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, math.min(EARLY_TTL, tonumber(ARGV[6]))) end
+elseif redis.call('TTL', key) < 0 then
+  redis.call('EXPIRE', key, tonumber(ARGV[6]))
+end
 if agg == 'first' and record ~= '' then
-  redis.call('ZREM', due, ARGV[2])
-  local v = finalize(key)
+  local v = finalize(key, due, ARGV[2], ARGV[8])
   return {'final', v[2], v[3] or '0', v[4] or '0', v[1], new_click, new_conv}
 end
 return {'pending', '', '0', '0', record, new_click, new_conv}
