@@ -37,6 +37,8 @@ from engine.layout import (
 Op = list[Any]
 #: Global popularity keeps more values than a single profile does.
 POPULARITY_TOP_K = 2000
+#: The largest cart quantity one event may add or remove (a larger one is refused: dead-lettered).
+MAX_QUANTITY = 1_000_000
 #: Consent flags the stream records besides personalisation.
 CONSENT_KINDS = ("analytics", "marketing")
 _COUNT_NAMES = {code: name for name, code in COUNT_CODES.items()}
@@ -130,10 +132,15 @@ class FeatureExtractor:
             item = properties.get("item_id")
             if item:
                 q = int(properties.get("quantity") or 1)
+                if not 0 < q <= MAX_QUANTITY:
+                    raise ValueError(f"quantity {q} is not within 1..{MAX_QUANTITY}")
                 ops.append(["cart", f"C:{item}", q if event_type == "add_to_cart" else -q])
         elif event_type == "purchase":
             ops.append(["cartclear"])
-            ops.append(["f", "m", float(properties.get("value") or 0.0)])
+            value = float(properties.get("value") or 0.0)
+            if not math.isfinite(value):  # never stored (and JSON would carry it as null)
+                raise ValueError(f"purchase value {value} is not finite")
+            ops.append(["f", "m", value])
         for fld, width, n in plan.windows:
             ops.append(["w", fld, int(ts // width), n, 1])
         return ops
@@ -179,8 +186,11 @@ class FeatureExtractor:
                     continue
                 hl = f.half_life_hours * 3600.0
                 landmark = float(h.get(fl.landmark[f.name], ts))
-                # the score is relative to the anonymous landmark; re-express it at ts
-                at_ts = float(v) * 2.0 ** ((landmark - ts) / hl)
+                # the score is relative to the anonymous landmark; re-express it at ts (the exponent clamped: a
+                # landmark stored far from ts must neither overflow nor bring a non-finite score)
+                at_ts = float(v) * 2.0 ** max(-1000.0, min(60.0, (landmark - ts) / hl))
+                if not math.isfinite(at_ts):
+                    continue
                 ops.append(["a", prefix, k[len(prefix):], at_ts, ts, hl, f.top_k, fl.landmark[f.name]])
         for r in cfg.recents:
             for v in _recent(h, fl.recent[r.name]):

@@ -19,6 +19,7 @@ from engine.config import EngineConfig
 from engine.faults import is_infrastructure
 from engine.features import FeatureExtractor, RawProfile
 from engine.layout import (
+    MAX_ALIASES,
     OwnerKeys,
     aliases_key,
     customer_keys,
@@ -171,10 +172,13 @@ class ProfileStore:
         ops = merge + self.extractor.ops_for("identify", ts, {}, {})
         batch.events.append([offset, dedup_token(event_id), ts, ops, 0])
         await self.apply([batch])
+        # bounded: past MAX_ALIASES anonymous ids the profile is still merged, the id no longer linked
+        linked = await self.redis.scard(aliases_key(customer_id)) < MAX_ALIASES
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(identity_key(anonymous_id), customer_id, ex=self._ttl)
-        pipe.sadd(aliases_key(customer_id), anonymous_id)
-        pipe.expire(aliases_key(customer_id), self._ttl)
+        if linked:
+            pipe.set(identity_key(anonymous_id), customer_id, ex=self._ttl)
+            pipe.sadd(aliases_key(customer_id), anonymous_id)
+            pipe.expire(aliases_key(customer_id), self._ttl)
         if anonymous_id != customer_id:
             pipe.delete(*customer_keys(anonymous_id, self.config).keys, *legacy_keys(anonymous_id, self.config))
         await pipe.execute()

@@ -57,6 +57,10 @@ async def metrics(request: Request) -> PlainTextResponse:
             text += render_arm_counters(placement, counters)
     except Exception:
         svc.metrics.errors.inc("metrics_arm_counters")
+    try:  # alert on the ratio: at 1 (noeviction) Redis refuses writes and the worker's ingest pauses
+        text += render_redis_memory(await asyncio.wait_for(svc.redis.info("memory"), 0.5))
+    except Exception:
+        svc.metrics.errors.inc("metrics_redis_memory")
     for name, model in svc.models.models.items():
         text += f'pulse_model_version{{model="{name}"}} {model.version}\n'
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
@@ -76,3 +80,21 @@ def render_worker_counters(counters: dict[str, str]) -> str:
         metric = f"pulse_worker_{name}_total"
         lines += [f"# TYPE {metric} counter", f"{metric} {counters[name]}"]
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def render_redis_memory(info: dict[str, object]) -> str:
+    """Redis memory in use, its limit and their ratio (0 when no limit is set).
+
+    >>> print(render_redis_memory({"used_memory": 512, "maxmemory": 1024}), end="")
+    # TYPE pulse_redis_used_memory_bytes gauge
+    pulse_redis_used_memory_bytes 512
+    # TYPE pulse_redis_maxmemory_bytes gauge
+    pulse_redis_maxmemory_bytes 1024
+    # TYPE pulse_redis_memory_used_ratio gauge
+    pulse_redis_memory_used_ratio 0.5
+    """
+    used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))  # type: ignore[call-overload]
+    ratio = used / limit if limit else 0.0
+    return (f"# TYPE pulse_redis_used_memory_bytes gauge\npulse_redis_used_memory_bytes {used}\n"
+            f"# TYPE pulse_redis_maxmemory_bytes gauge\npulse_redis_maxmemory_bytes {limit}\n"
+            f"# TYPE pulse_redis_memory_used_ratio gauge\npulse_redis_memory_used_ratio {ratio:.4g}\n")

@@ -182,6 +182,7 @@ class StreamService(mode.Service):
     async def on_start(self) -> None:
         c = await components().ready()
         self._published = {}
+        self._faults: dict[str, int] = {}
 
         async def events(records: Sequence[Record]) -> Write:
             prepared = await c.processor.prepare(records)  # no Redis: parsed and dead-lettered once
@@ -216,8 +217,18 @@ class StreamService(mode.Service):
             return
         now = dict(self.loop_.seconds)
         delta = {f"loop_{k}": v - self._published.get(k, 0.0) for k, v in now.items()}
-        await retry_forever("loop seconds", lambda: components().processor.store.add_worker_seconds(delta))
+        store = components().processor.store
+        await retry_forever("loop seconds", lambda: store.add_worker_seconds(delta))
         self._published = now
+        # Kafka faults the loop waited out: sends sent again, sends given up, commits retried
+        outbox = components().outbox
+        faults = {"kafka_resends": outbox.resent, "kafka_dropped": outbox.dropped,
+                  "kafka_commit_failures": self.loop_.commit_failures,
+                  "rewards_resent": components().joiner.stats.resent}
+        counts = {k: v - self._faults.get(k, 0) for k, v in faults.items()}
+        if any(counts.values()):
+            await retry_forever("fault counters", lambda: store.incr_worker_counters(counts))
+            self._faults = faults
 
     async def on_stop(self) -> None:
         if self.loop_ is not None:

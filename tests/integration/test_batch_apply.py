@@ -146,12 +146,12 @@ def test_hooks_run_once_per_batch_even_when_the_writes_are_retried(redis_server:
     async def go(store: Any) -> tuple[int, int]:
         real_apply, failures = store.apply, [1]
 
-        async def flaky_apply(batches: Any, on_sent: Any = None) -> Any:
+        async def flaky_apply(batches: Any, on_sent: Any = None, **kw: Any) -> Any:
             if failures:  # Redis drops the connection once, after the hooks started
                 failures.pop()
                 await asyncio.sleep(0.01)
                 raise RedisConnectionError("connection reset by peer")
-            return await real_apply(batches, on_sent)
+            return await real_apply(batches, on_sent, **kw)
 
         store.apply = flaky_apply
         proc = BatchProcessor(store, dead, hooks=[hook])
