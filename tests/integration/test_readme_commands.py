@@ -29,13 +29,13 @@ from tests.support import Stack, free_port, wait_until
 #: Commands the README gives that a test cannot run, each with the reason; matched by prefix.
 NOT_RUN_HERE = {
     "make test": "this suite is what it runs (CI runs it through .ci/run)",
-    "make bench": "its own target: minutes of load on every core (the smoke run is tests/integration/test_bench_smoke.py)",
-    "make demo": "starts its own Kafka and Redis on the default ports; `python -m infra.demo --exit` is run instead",
+    "make bench": "its own target: minutes of load on every core (its smoke run: test_bench_smoke.py)",
+    "make demo": "its make part only installs; the demo itself runs in test_resilience.py (infra.demo --exit)",
     "make fuzz": "its own long campaign with fresh seeds; the fixed-seed fuzz runs in make test",
     "make chaos": "its own target: restarts shared services for minutes",
     "make unit": "a subset of this suite",
     "make lint": "run by make test before the tests",
-    "docker compose": "needs a Docker engine (CI has none); `make compose-config` validates the file where the CLI exists",
+    "docker compose": "needs a Docker engine (CI has none); `make compose-config` validates the file",
     "pre-commit": "a developer's hook; its commands are make lint's",
 }
 
@@ -147,16 +147,17 @@ def test_readme_commands_work_in_a_fresh_clone(fresh_copy: Path, readme_env: dic
     servers: list[tuple[str, Started]] = []
     ran: list[str] = []
     try:
+        # the servers first: the README shows requests before it shows how to run the API
         for i, command in enumerate(commands):
-            if _not_run_reason(command):
-                continue
-            if command.startswith(SERVERS):
+            if command.startswith(SERVERS) and not _not_run_reason(command):
                 proc = Started(_argv(command, port), fresh_copy, readme_env, tmp_path / f"cmd{i}.log")
                 _wait_ready(command, proc, port)
                 servers.append((command, proc))
-            else:
+                ran.append(command)
+        for command in commands:
+            if not command.startswith(SERVERS) and not _not_run_reason(command):
                 _run_once(command, fresh_copy, readme_env, port)
-            ran.append(command)
+                ran.append(command)
     finally:
         codes = [(command, proc.stop(), proc) for command, proc in servers]
     for command, code, proc in codes:
