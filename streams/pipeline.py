@@ -218,7 +218,7 @@ def split_linked(items: Sequence[PreparedItem],
         return list(items), []
     merged_anonymous = {a for a, _ in merges}
     linked_owners = merged_anonymous | {c for _, c in merges} | {
-        identity[a] for a in merged_anonymous if a in identity}  # type: ignore[index]
+        identity[a] for a in merged_anonymous if a in identity}
     bulk: list[PreparedItem] = []
     linked: list[PreparedItem] = []
     for item in items:

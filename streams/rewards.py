@@ -69,7 +69,7 @@ class RewardJoiner:
         self._default_placement = next(iter(config.placements.values()), None)
 
     async def _settle(self, finalised: Sequence[Finalised]) -> None:
-        increments = []
+        increments: list[tuple[str, str, str, float]] = []
         for f in finalised:
             example = learning_example(f)
             await self.emit(example["placement"].encode(), orjson.dumps(example))
@@ -133,7 +133,8 @@ class RewardJoiner:
             # placement's settings only for the value, which depends on the kind alone by default
             record_placement = props.get("placement")
             placement = placements.get(record_placement) if record_placement else None
-            settings = (placement or self._default_placement).learning.reward
+            # None only for a configuration without any placement
+            settings = (placement or self._default_placement).learning.reward  # type: ignore[union-attr]
             rewards.append((reward, ev.event_id, reward_value(reward, settings), settings))
         if not rewards:
             return
