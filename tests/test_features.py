@@ -248,12 +248,12 @@ def test_stored_profile_matches_a_reference_model(redis_url: str) -> None:
     for f in CFG.affinities:
         expect_aff: dict[str, float] = {}
         for t, e, props in events:
-            w = f.weights.get(e)
-            if w:
+            wt = f.weights.get(e)
+            if wt:
                 vals = [props.get(f.field)] + [it.get(f.field) for it in props.get("items", [])]
                 for v in vals:
                     if v:
-                        expect_aff[v] = expect_aff.get(v, 0.0) + w * 2 ** ((t - now) / (f.half_life_hours * 3600))
+                        expect_aff[v] = expect_aff.get(v, 0.0) + wt * 2 ** ((t - now) / (f.half_life_hours * 3600))
         assert set(p.affinities[f.name]) == set(expect_aff)
         for v, s in expect_aff.items():
             # stored with 7 significant digits rounded toward zero: at most 1e-6 low per update
