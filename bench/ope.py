@@ -74,7 +74,7 @@ class Estimate:
     n: int
     ess: float
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, Any]:
         return {"value": self.value, "ci95": [self.ci_low, self.ci_high], "n": self.n, "ess": self.ess}
 
 
@@ -244,10 +244,11 @@ def join_logs(decisions: Sequence[Mapping[str, Any]], examples: Sequence[Mapping
         if did in seen:
             dup += 1
             continue
-        d = by_id.get(did)
-        if d is None:
+        found = by_id.get(did)
+        if found is None:
             unmatched += 1
             continue
+        d = found
         seen.add(did)
         rows.append(LoggedDecision(
             decision_id=did, placement=d["placement"], arm=d["holdout_arm"], policy=d["policy"],

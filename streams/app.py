@@ -207,7 +207,7 @@ async def learn(stream: faust.StreamT[Any]) -> None:
         c.restored = True
         freeze_startup_heap(batch_young_threshold(settings.worker_batch_size))
     # faust's StreamT protocol omits take_events, which its Stream (what agents get) has
-    async for events in stream.take_events(  # type: ignore[attr-defined]
+    async for events in stream.take_events(  # type: ignore[attr-defined]  # see above
             settings.worker_batch_size, within=settings.worker_batch_timeout):
         for e in events:
             try:

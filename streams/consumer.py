@@ -241,7 +241,7 @@ class BatchLoop(ConsumerRebalanceListener):
             self._failure = exc  # never commit past a lost send: the worker stops, a restart replays
             raise
         try:
-            await self.consumer.commit(offsets)  # type: ignore[union-attr]
+            await self.consumer.commit(offsets)  # type: ignore[union-attr]  # set while the loop runs
         except (CommitFailedError, IllegalStateError) as exc:
             # we were removed from the group: the partitions' new owner replays from the last commit, and the
             # idempotent scripts make that replay harmless

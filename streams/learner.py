@@ -139,6 +139,7 @@ class PlacementLearner:
         """Resume every learned placement (and co-visitation) from its last good snapshot (if any)."""
         if self.covisit is not None and (blob := await store.learner_state(COVISIT_MODEL)) is not None:
             try:
+                # the co-visitation snapshot holds a CollaborativeSignal (load_model checks its class name)
                 self.covisit, self.covisit_state.version = load_model(blob, key)  # type: ignore[assignment]
             except SnapshotError:
                 pass

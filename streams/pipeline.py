@@ -120,7 +120,7 @@ class BatchProcessor:
         for r in results:  # every part ran to its end: a retry never overlaps a write still running
             if isinstance(r, BaseException):
                 raise r
-        stats.applied = results[0] + results[1]  # type: ignore[operator]
+        stats.applied = results[0] + results[1]  # type: ignore[operator]  # ints: exceptions raised above
         await self.store.incr_worker_counters(
             {"events_received": stats.received, "events_applied": stats.applied, "dead_letters": stats.invalid}
         )
@@ -144,11 +144,12 @@ class BatchProcessor:
             if _merges(ev):
                 applied += await self._apply(segment, identity, ())
                 segment = []
+                # _merges(ev): both ids are set
                 await self.store.merge_identity(
                     ev.anonymous_id, ev.customer_id, rec.topic, rec.partition, rec.offset, ev.event_id,  # type: ignore[arg-type]
                     ev.timestamp,
                 )
-                identity[ev.anonymous_id] = ev.customer_id  # type: ignore[index,assignment]
+                identity[ev.anonymous_id] = ev.customer_id  # type: ignore[index,assignment]  # as above
                 applied += 1
             else:
                 segment.append(item)

@@ -295,7 +295,7 @@ def test_event_is_slotted_dataclass() -> None:
     parsed = parse_event(event())
     assert not hasattr(parsed, "__dict__")
     with pytest.raises(AttributeError):
-        parsed.not_a_field = 1  # type: ignore[attr-defined]
+        parsed.not_a_field = 1  # type: ignore[attr-defined]  # what the test checks is refused
 
 
 # --------------------------------------------------------------------------------------------
