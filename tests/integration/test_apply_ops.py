@@ -14,36 +14,19 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Iterator
 from typing import Any, cast
 
 import orjson
-import pytest
 
 from engine.config import load_config
 from engine.features import FeatureExtractor, RawProfile
 from engine.layout import OwnerKeys, dedup_token
-from engine.profile_store import OwnerBatch, ProfileStore, encode_events
+from engine.profile_store import OwnerBatch, ProfileStore
 from engine.settings import REPO_ROOT
 
 CFG = load_config(REPO_ROOT / "config" / "engine.toml")
 FX = FeatureExtractor(CFG)
 REFERENCE = (REPO_ROOT / "tests" / "data" / "apply_ops_reference.lua").read_text()
-
-
-def test_encode_events_is_one_flat_array_without_the_timestamp() -> None:
-    rows = [[7, "AbC-9x", 12.5, [["i", "cv", 1], ["wipe"]], 0], [8, "", 13.0, [], 1]]
-    assert orjson.loads(encode_events(rows)) == [7, "AbC-9x", 0, 2, "i", "cv", 1, "wipe", 8, "", 1, 0]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    from infra import local
-    from tests.support import start_or_fail
-
-    svc = start_or_fail("Redis", local.start_redis)
-    yield svc.url
-    svc.close()
 
 
 def _events(rng: random.Random, n: int, t0: float) -> list[tuple[str, float, dict[str, Any], dict[str, Any]]]:
