@@ -18,12 +18,12 @@ $(VENV)/.installed: pyproject.toml
 deps:
 	bash infra/install-deps.sh
 
-test: install deps
-	$(VENV)/bin/ruff check .
+test: lint deps
 	$(VENV)/bin/pytest
 
+# no Kafka or Redis needed: the tests outside tests/integration/ and every module's doctests
 unit: install
-	$(VENV)/bin/pytest -m "not integration"
+	$(VENV)/bin/pytest --ignore=tests/integration
 
 demo: install deps
 	$(PY) -m infra.demo $(DEMO_ARGS)
@@ -40,6 +40,7 @@ bench-quality: install deps
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 compose-config:
 	bash infra/install-deps.sh compose

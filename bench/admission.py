@@ -30,7 +30,7 @@ import httpx
 from bench.common import Infra, exit_cleanly_on_signals, log, median, start_api, write_result
 from bench.latency import decision_counters, make_bodies, run_open_loop, write_profiles
 
-SETTINGS: dict[str, dict[str, str]] = {
+SETTINGS: dict[str, dict[str, Any]] = {  # start_api env
     "fixed_48": {"DECIDE_SHED_TARGET_MS": "1000000", "DECIDE_SHED_MIN_IN_FLIGHT": "48",
                  "DECIDE_SHED_MAX_IN_FLIGHT": "48"},
     "adaptive": {},

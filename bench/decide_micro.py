@@ -67,6 +67,7 @@ async def time_parts(svc: Any, bodies: list[bytes]) -> None:
     raws = []
     for req in reqs:  # what read_profile gets from Redis, before decoding
         subject = req.customer_id or req.anonymous_id
+        assert subject is not None  # a parsed request has one of them
         ident = await svc.redis.get(identity_key(subject)) if req.customer_id is None else None
         raws.append((ident or subject, await svc.store.read_raw(ident or subject)))
     profiles = [decode(s, raw, svc.config, now) for s, raw in raws]
@@ -90,14 +91,14 @@ async def time_parts(svc: Any, bodies: list[bytes]) -> None:
         req, (ranking, context) = reqs[i], ranked[i]
         cands = req.candidates if req.candidates is not None else svc.placement_action_ids[req.placement]
         rec = d.decision_record("x" * 32, req, ranking, context, cands, False, now)
-        d.publish_decision(svc, req.customer_id or req.anonymous_id, rec)
+        d.publish_decision(svc, req.customer_id or req.anonymous_id or "", rec)
 
     stages: dict[str, Any] = {
         "parse": lambda: [d.parse_decide_request(b, svc.config) for b in bodies],
         "decode": lambda: [decode(s, raw, svc.config, now) for s, raw in raws],
         "rank (all)": lambda: [d.rank(svc, r, p, ok, now, rng) for r, p, ok in zip(reqs, profiles, pers, strict=True)],
         "answer": lambda: [answer(r) for r, _ in ranked],
-        "record+publish": lambda: [record(i) for i in range(len(reqs))],
+        "record+publish": lambda: list(map(record, range(len(reqs)))),
     }
     thompson = [i for i, (r, _) in enumerate(ranked) if r.policy == "linear_thompson"]
     if thompson:

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         bodies, _ = make_bodies(customers, anons, 4000)
         bodies_file = Path(tempfile.mkstemp(suffix=".jsonl")[1])
         bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
-        api, url = start_api(infra, stack, name="api_rss", app="bench.decide_rss:app", **{STATS_ENV: str(stats_file)})
+        env: dict[str, Any] = {STATS_ENV: str(stats_file)}
+        api, url = start_api(infra, stack, name="api_rss", app="bench.decide_rss:app", **env)
         pid = api.proc.pid
         samples: list[tuple[str, float]] = []
         stop, phase = threading.Event(), ["start"]

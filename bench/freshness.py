@@ -221,7 +221,11 @@ async def probe(stack: Any, api_url: str, samples: int, discard: int, budget_s: 
     http = HttpClient.for_url(api_url)
     factory = EventFactory(5)
     rng = random.Random(9)
-    total, to_redis, serving, acks, polls = [], [], [], [], []
+    total: list[float] = []
+    to_redis: list[float] = []
+    serving: list[float] = []
+    acks: list[float] = []
+    polls: list[float] = []
     timeouts = 0
     started = time.monotonic()
     stopped_early = ""
@@ -353,6 +357,7 @@ def run(infra: Infra, rate: float | None = None, samples: int | None = None,
         stopped: dict[str, Any] = {}
 
         def stop_bg() -> dict[str, Any]:
+            assert bg is not None
             stopped.update(stop_background(bg))
             return stopped
 

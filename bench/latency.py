@@ -62,7 +62,7 @@ from bench.traffic import EventFactory, populate_profiles
 RATES = (500, 1000, 2000, 4000, 6000)
 P99_TARGET_MS = 10.0
 #: the API's settings for the saturation runs (wrk): full decisions only
-NO_SHEDDING = {"DECIDE_SHED_TARGET_MS": "0"}
+NO_SHEDDING: dict[str, Any] = {"DECIDE_SHED_TARGET_MS": "0"}  # start_api env
 TARGET_RATE = 1000
 #: keys on vs keys off at TARGET_RATE: the same API settings, one with API keys (a public key with an allowed
 #: origin, as a browser page sends it), alternated this many times in the same run
@@ -87,7 +87,7 @@ class _Conn(asyncio.Protocol):
         self.idx = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a TCP connection: a Transport
         sock = transport.get_extra_info("socket")
         with contextlib.suppress(Exception):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

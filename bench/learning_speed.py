@@ -182,6 +182,7 @@ def _timed_learning(config: Any, placement: str, raw: Sequence[bytes], warm: int
             if every is not None and learner.state[placement].updates_since_snapshot >= every:
                 ts = time.perf_counter()
                 if ts - last >= min_interval:
+                    # a store stand-in with what snapshot() calls
                     loop.run_until_complete(learner.snapshot(store, key, placement))  # type: ignore[arg-type]
                     last = time.perf_counter()
                     snapshot_s += last - ts
@@ -217,7 +218,7 @@ def learner_throughput(config: Any, n: int, repeats: int = 3, seed: int = 1) -> 
                 snapshot_ms.append(1000 * snap_s / snaps["configured"])
             secs, snaps["limited"], _, _ = _timed_learning(config, placement, raw, warm, every, RELOAD_EVERY_S)
             rates["limited"].append(timed / secs)
-        model = learner.models[placement][policy]  # type: ignore[union-attr]
+        model = learner.models[placement][policy]  # type: ignore[union-attr]  # learned: it has models
         dumps, loads = [], []
         for _ in range(5):
             ts = time.perf_counter()

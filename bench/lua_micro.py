@@ -147,9 +147,9 @@ async def run(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
                 calls.append(list(batches))
                 return await real_apply(batches, on_sent)
 
-            store.apply = recording_apply  # type: ignore[method-assign]
+            store.apply = recording_apply  # type: ignore[method-assign]  # records, then calls the real one
             await _process(proc, live_recs)
-            store.apply = real_apply  # type: ignore[method-assign]
+            store.apply = real_apply  # type: ignore[method-assign]  # restored
             ps.APPLY_OPS_LUA = current
             print(f"# {len(warm_recs)} warm-up events, {len(keys)} keys saved, {len(live_recs)} measured events "
                   f"in {len(calls)} apply calls ({time.perf_counter() - t0:.1f}s)", flush=True)

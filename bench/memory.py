@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from typing import Any
+from typing import Any, cast
 
 from bench.common import Infra, bench_config, exit_cleanly_on_signals, log, median, percentile, write_result
 from bench.traffic import EventFactory, populate_profiles
@@ -46,7 +46,7 @@ async def measure(redis_url: str, customers: list[str]) -> dict[str, Any]:
         sizes: dict[str, list[int]] = {}
         sections: dict[str, list[int]] = {}
         for cid in customers:
-            fields = await client.hgetall(customer_keys(cid, cfg).keys[0])
+            fields = cast(dict[str, str], await client.hgetall(customer_keys(cid, cfg).keys[0]))  # decoding client
             by: dict[str, int] = {}
             for k, v in fields.items():
                 sec = SECTIONS.get(k[0], "scalars")

@@ -39,7 +39,8 @@ def background_visitors(visitors: int, n: int, anonymous_share: float = 0.4) -> 
     >>> len(wanted), round(sum(k in wanted for k in keys) / len(keys), 1)  # 6% of visitors, ~1/3 of events
     (3000, 0.3)
     """
-    customers, anons = [], []
+    customers: list[str] = []
+    anons: list[str] = []
     for i in range(n):
         v = (i * 2654435761) % visitors
         customer = (v % 100) >= anonymous_share * 100

@@ -418,7 +418,7 @@ def run_movielens(
     hits = result.pop("_hits")
     pop_hr = result["policies"]["popularity"]["hr@10"]
     ours = result["policies"]["covisit"]["hr@10"]
-    covisit: CoVisitation = policies["covisit"].model  # type: ignore[attr-defined]
+    covisit: CoVisitation = policies["covisit"].model  # type: ignore[attr-defined]  # the covisit adapter
     return {
         "dataset": "movielens-100k",
         "source": ratings.source,

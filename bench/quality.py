@@ -45,7 +45,7 @@ def machine() -> dict[str, Any]:
                 mem_kb = int(line.split()[1])
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("river", "numpy", "orjson", "scipy"):
         try:
             versions[pkg] = md.version(pkg)
@@ -126,15 +126,16 @@ def run_speed(quick: bool = False, n_candidates: int = 30) -> dict[str, Any]:
     for label, pol in policies:
         rng = random.Random(0)
         out["policies"][label] = _measure(
-            lambda ctx, p=pol, r=rng: p.rank(ctx, actions, 3, r),
-            lambda ctx, a, p=pol: p.learn_one(ctx, actions[a], float(a % 7 == 0)),
+            # the defaults bind this iteration's policy (mypy cannot infer lambdas with defaults)
+            lambda ctx, p=pol, r=rng: p.rank(ctx, actions, 3, r),  # type: ignore[misc]  # see above
+            lambda ctx, a, p=pol: p.learn_one(ctx, actions[a], float(a % 7 == 0)),  # type: ignore[misc]  # see above
             contexts, n_rank, n_learn, n_warm, n_candidates,
         )
     try:
         from river import bandit
 
         river_pol = bandit.LinUCBDisjoint(alpha=0.3, seed=0)
-        arm_ids = [a.action_id for a in actions]
+        arm_ids: list[int | str] = [a.action_id for a in actions]
         n = (max(n_warm // 4, 50), max(n_rank // 4, 50), max(n_learn // 4, 100))  # slower: fewer calls
         out["policies"]["river.bandit.LinUCBDisjoint (reference)"] = _measure(
             lambda ctx: river_pol.pull(arm_ids, ctx),

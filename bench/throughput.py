@@ -32,7 +32,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -188,6 +188,7 @@ def run_bare_faust(infra: Infra, stack: Any, n: int, limit: float) -> dict[str, 
     t_start = time.monotonic()
     series: list[tuple[float, int]] = []
     first = None
+    assert proc.proc is not None  # started
     cpu = CpuMeter({"faust": proc.proc.pid})  # started at the first event: start-up CPU is not counted
     got0 = 0
     try:
@@ -239,7 +240,7 @@ async def _counters(redis_url: str) -> dict[str, Any]:
     c = aioredis.from_url(redis_url, decode_responses=True)
     try:
         return {k: float(v) if k.endswith("_seconds") else int(float(v))
-                for k, v in (await c.hgetall(worker_stats_key())).items()}
+                for k, v in cast(dict[str, str], await c.hgetall(worker_stats_key())).items()}
     finally:
         await c.aclose()
 

@@ -83,7 +83,7 @@ class EventFactory:
             props = {"item_id": item, "category": cat, "price": round(rng.uniform(5, 250), 2),
                      "currency": rng.choice(CURRENCIES), "quantity": rng.choice((1, 1, 1, 2))}
         elif etype == "purchase":
-            items = []
+            items: list[dict[str, Any]] = []
             for _ in range(rng.choice((1, 1, 2, 3))):
                 c2, i2 = self._item(visitor)
                 items.append({"item_id": i2, "category": c2, "price": round(rng.uniform(5, 250), 2), "quantity": 1})
@@ -140,7 +140,7 @@ class EventFactory:
                 sessions[vid] = f"s-{rng.getrandbits(32):x}"
             e = self.event(vid, customer=customer, ts_ms=start + (end_ms - start) * i // max(n, 1),
                            session=sessions[vid])
-            key = e.get("customer_id") if customer else e.get("anonymous_id")
+            key = e["customer_id"] if customer else e["anonymous_id"]
             yield key.encode(), orjson.dumps(e)
 
 
@@ -158,7 +158,7 @@ def to_records(events: Iterable[dict[str, Any]], topic: str, offsets: list[int])
 
     out = []
     for e in events:
-        key = (e.get("customer_id") or e.get("anonymous_id")).encode()
+        key = (e.get("customer_id") or e["anonymous_id"]).encode()
         p = partition_for(key, len(offsets))
         out.append(Record(topic, p, offsets[p], key, orjson.dumps(e)))
         offsets[p] += 1

@@ -331,7 +331,8 @@ def decode(customer_id: str, raw: RawProfile, config: EngineConfig, now: float) 
     for code, name in plan.affinity_names.items():
         lfield, hl = plan.affinities[name]
         landmark = h.get(lfield)
-        affinities[name] = d = {}
+        d: dict[str, float] = {}
+        affinities[name] = d
         by_code[code] = (d, 2.0 ** ((float(landmark) - now) / hl) if landmark is not None else 1.0)
     cart: dict[str, int] = {}
     consent: dict[str, bool] = {}

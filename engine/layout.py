@@ -150,11 +150,11 @@ def feature_codes(kind: str, names: list[str]) -> dict[str, str]:
     digests = {}
     for n in names:
         x = int.from_bytes(hashlib.blake2b(f"{kind}:{n}".encode(), digest_size=8).digest(), "big")
-        d = []
+        chars = []
         for _ in range(10):
             x, r = divmod(x, 62)
-            d.append(_B62[r])
-        digests[n] = "".join(d)
+            chars.append(_B62[r])
+        digests[n] = "".join(chars)
     codes = {}
     for n, d in digests.items():
         k = 1

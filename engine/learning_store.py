@@ -18,11 +18,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
+from redis.typing import EncodableT, FieldT
 
 from engine.config import RewardSettings
 from engine.decisions import Reward, decision_slot
@@ -221,7 +222,7 @@ class LearningStore:
         await pipe.execute()
 
     async def arm_counters(self, placement: str) -> dict[str, dict[str, float]]:
-        raw = await self.redis.hgetall(arms_key(placement))
+        raw = cast(dict[str, str], await self.redis.hgetall(arms_key(placement)))  # a decoding client
         out: dict[str, dict[str, float]] = {}
         for field, value in raw.items():
             arm, _, counter = field.partition(":")
@@ -232,7 +233,7 @@ class LearningStore:
     async def publish_model(self, placement: str, version: int, blob: bytes, state: bytes | None = None) -> None:
         """``blob``: what serving loads; ``state``: what the learner resumes from, when it differs."""
         # base64 because the shared client decodes replies as text
-        mapping: dict[str, Any] = {"version": version, "blob": base64.b64encode(blob)}
+        mapping: dict[FieldT, EncodableT] = {"version": version, "blob": base64.b64encode(blob)}
         if state is not None:
             mapping["state"] = base64.b64encode(state)
         await self.redis.hset(model_key(placement), mapping=mapping)

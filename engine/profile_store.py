@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -186,7 +186,7 @@ class ProfileStore:
     async def erase(self, customer_id: str) -> Erasure:
         """Right to be forgotten: delete the profile, its aliases and their identity entries. Returns what
         was deleted and every id the customer was known by (the learner holds histories under them)."""
-        aliases = sorted(await self.redis.smembers(aliases_key(customer_id)))
+        aliases = sorted(cast(set[str], await self.redis.smembers(aliases_key(customer_id))))  # decoding client
         keys = [*customer_keys(customer_id, self.config).keys, *legacy_keys(customer_id, self.config),
                 aliases_key(customer_id)]
         for a in aliases:
@@ -211,7 +211,7 @@ class ProfileStore:
         await pipe.execute()
 
     async def read_worker_counters(self) -> dict[str, str]:
-        return await self.redis.hgetall(worker_stats_key())
+        return cast(dict[str, str], await self.redis.hgetall(worker_stats_key()))  # a decoding client
 
     # -- reads --------------------------------------------------------------------------------
     def queue_read(self, pipe: Any, customer_id: str) -> None:
@@ -227,7 +227,7 @@ class ProfileStore:
         return RawProfile(hash=results[0])
 
     async def read_raw(self, customer_id: str) -> RawProfile:
-        return RawProfile(hash=await self.redis.hgetall(profile_key(customer_id)))
+        return RawProfile(hash=cast(dict[str, str], await self.redis.hgetall(profile_key(customer_id))))
 
     async def read_popularity(self) -> tuple[dict[str, str], dict[str, list[tuple[str, float]]]]:
         """The popularity owner's landmarks and top values per affinity feature."""

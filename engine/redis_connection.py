@@ -32,7 +32,7 @@ _PUSH = getattr(hiredis, "PushNotification", None)
 try:  # redis-py's own sentinel and parser class (redis is pinned; without them the fast path is off)
     from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 except ImportError:  # pragma: no cover
-    NOT_ENOUGH_DATA, _AsyncHiredisParser = None, None
+    NOT_ENOUGH_DATA, _AsyncHiredisParser = None, None  # type: ignore[assignment,misc]  # fast path off
 
 
 class HiredisPackedConnection(Connection):
@@ -56,11 +56,11 @@ class HiredisPackedConnection(Connection):
         parser = self._parser
         if (_AsyncHiredisParser is not None and type(parser) is _AsyncHiredisParser and not push_request
                 and self.is_connected and parser._connected):
-            reader = parser._reader
+            reader: Any = parser._reader  # redis-py types it None until connected
             response = reader.gets(False) if disable_decoding else reader.gets()
             if response is not NOT_ENOUGH_DATA:
                 if _PUSH is not None and isinstance(response, _PUSH):  # RESP3 push: redis-py's handling, then on
-                    await self._parser.handle_push_response(response)
+                    await parser.handle_push_response(response)  # type: ignore[no-untyped-call]  # redis-py
                     return await self.read_response(disable_decoding, timeout,
                                                     disconnect_on_error=disconnect_on_error)
                 if isinstance(response, ConnectionError) or (
@@ -93,7 +93,7 @@ async def execute_streamed(redis: aioredis.Redis, chunks: Iterable[Sequence[Sequ
     have run, so callers send only commands that are safe to send again.
     """
     pool = redis.connection_pool
-    conn = await pool.get_connection()
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
     try:
         sent = 0
         for chunk in chunks:

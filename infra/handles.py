@@ -30,6 +30,12 @@ class KafkaService(Protocol):
 
     def is_running(self) -> bool: ...
 
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
 
 class RedisService(Protocol):
     host: str
@@ -45,6 +51,12 @@ class RedisService(Protocol):
     def close(self) -> None: ...
 
     def is_running(self) -> bool: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
 
 
 def free_ports(count: int = 1, host: str = LOOPBACK) -> list[int]:

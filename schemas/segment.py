@@ -171,7 +171,8 @@ def _context(payload: dict[str, Any], seg: dict[str, Any]) -> dict[str, Any]:
     for src, dst in (("userAgent", "user_agent"), ("locale", "locale"), ("ip", "ip"), ("campaign", "campaign")):
         if seg.get(src):
             out[dst] = seg[src]
-    channel = _CHANNELS.get(payload.get("channel")) if type(payload.get("channel")) is str else None
+    given: Any = payload.get("channel")
+    channel = _CHANNELS.get(given) if type(given) is str else None
     if channel is None and type(seg.get("app")) is dict:
         channel = "app"
     if channel is not None:

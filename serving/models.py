@@ -40,13 +40,14 @@ class ModelRegistry:
                 self.models[model_name(placement.id, policy)] = LoadedModel(make_policy(policy, **params), 0)
         if config.collaborative.enabled:
             signal = CollaborativeSignal(**config.collaborative.params)
-            self.models[COVISIT_MODEL] = LoadedModel(signal, 0)  # type: ignore[arg-type]
+            self.models[COVISIT_MODEL] = LoadedModel(signal, 0)  # type: ignore[arg-type]  # a model, not a Policy
 
     def get(self, placement: str, policy: str) -> LoadedModel:
         return self.models[model_name(placement, policy)]
 
     def covisit(self) -> CollaborativeSignal | None:
         loaded = self.models.get(COVISIT_MODEL)
+        # COVISIT_MODEL's entry holds the CollaborativeSignal put there above
         return loaded.policy if loaded is not None and loaded.version > 0 else None  # type: ignore[return-value]
 
     async def refresh(self) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -235,20 +236,23 @@ class StreamService(mode.Service):
             await self.loop_.stop()
 
 
-async def learn(stream: faust.StreamT) -> None:
+async def learn(stream: faust.StreamT[Any]) -> None:
     c = await components().ready()
     if not c.restored:
         await retry_forever("model restore", lambda: c.learner.restore(c.learning_store, signing_key))
         c.restored = True
         freeze_startup_heap(batch_young_threshold(settings.worker_batch_size))
-    async for events in stream.take_events(settings.worker_batch_size, within=settings.worker_batch_timeout):
+    # faust's StreamT protocol omits take_events, which its Stream (what agents get) has
+    async for events in stream.take_events(  # type: ignore[attr-defined]  # see above
+            settings.worker_batch_size, within=settings.worker_batch_timeout):
         for e in events:
             try:
                 c.learner.learn(orjson.loads(e.message.value))
             except Exception as exc:  # a malformed example must not stop learning
                 log.warning("skipping learning example at %s/%s: %r", e.message.partition, e.message.offset, exc)
         for placement in c.learner.due_snapshots():
-            await retry_forever("snapshot", lambda p=placement: c.learner.snapshot(c.learning_store, signing_key, p))
+            await retry_forever("snapshot",
+                                functools.partial(c.learner.snapshot, c.learning_store, signing_key, placement))
 
 
 async def settle_expired_rewards() -> None:
@@ -260,7 +264,7 @@ async def publish_due_snapshots() -> None:
     """Time-based snapshots also happen when no new example arrives."""
     c = await components().ready()
     for placement in c.learner.due_snapshots():
-        await retry_forever("snapshot", lambda p=placement: c.learner.snapshot(c.learning_store, signing_key, p))
+        await retry_forever("snapshot", functools.partial(c.learner.snapshot, c.learning_store, signing_key, placement))
 
 
 if INGEST:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -171,7 +171,7 @@ class BatchLoop(ConsumerRebalanceListener):
     """``getmany`` -> handlers per topic -> periodic manual commit; see the module docstring."""
 
     def __init__(self, consumer_factory: Callable[[], AIOKafkaConsumer], topics: Sequence[str],
-                 handlers: dict[str, BatchHandler], outbox: Outbox, *, max_records: int = 500,
+                 handlers: Mapping[str, BatchHandler], outbox: Outbox, *, max_records: int = 500,
                  commit_interval: float = 1.0, poll_timeout: float = 0.5) -> None:
         self._factory = consumer_factory
         self.topics = list(topics)
@@ -269,9 +269,9 @@ class BatchLoop(ConsumerRebalanceListener):
             records.extend([Record(topic, partition, m.offset, m.key, m.value) for m in batch[tp]])
         writes = []
         for topic in self.topics:  # events first, then decisions (the reward join is order-free)
-            records = by_topic.get(topic)
-            if records:
-                writes.append(await self.handlers[topic](records))
+            todo = by_topic.get(topic)
+            if todo:
+                writes.append(await self.handlers[topic](todo))
         return writes
 
     async def _head_start(self, sent: asyncio.Event) -> None:
@@ -330,7 +330,7 @@ class BatchLoop(ConsumerRebalanceListener):
         if not offsets:
             return
         try:
-            await self.consumer.commit(offsets)  # type: ignore[union-attr]
+            await self.consumer.commit(offsets)  # type: ignore[union-attr]  # set while the loop runs
         except (CommitFailedError, IllegalStateError) as exc:
             # we were removed from the group: the partitions' new owner replays from the last commit, and the
             # idempotent scripts make that replay harmless

@@ -87,7 +87,7 @@ class PlacementLearner:
 
     def learn_one(self, example: Mapping[str, Any]) -> bool:
         """Learn one example; False when it was skipped (unknown placement, seen before, no learner)."""
-        placement = example.get("placement")
+        placement: Any = example.get("placement")  # untrusted: checked on the next line
         if placement not in self.config.placements or not learned_policies(self.config, placement):
             return False
         models = self._ensure(placement)
@@ -131,6 +131,7 @@ class PlacementLearner:
         """Resume every learned placement (and co-visitation) from its last good snapshot (if any)."""
         if self.covisit is not None and (blob := await store.learner_state(COVISIT_MODEL)) is not None:
             try:
+                # the co-visitation snapshot holds a CollaborativeSignal (load_model checks its class name)
                 self.covisit, self.covisit_state.version = load_model(blob, key)  # type: ignore[assignment]
             except SnapshotError:
                 pass
@@ -148,13 +149,15 @@ class PlacementLearner:
 
     async def snapshot(self, store: LearningStore, key: bytes, placement: str) -> int:
         if placement == COVISIT_MODEL:
+            assert self.covisit is not None  # due_snapshots() names COVISIT_MODEL only when it is on
             st = self.covisit_state
             st.version += 1
             # serving gets the model without per-visitor histories (a fraction of the size, and unpickling
             # them held the API's event loop: decisions 20-60 ms late every snapshot); the learner keeps them
-            serving = dump_model(self.covisit.for_serving(), st.version, key)
+            # a named model with n_updates: dump_model takes it beside policies
+            serving = dump_model(self.covisit.for_serving(), st.version, key)  # type: ignore[arg-type]
             await store.publish_model(COVISIT_MODEL, st.version, serving,
-                                      state=dump_model(self.covisit, st.version, key))
+                                      state=dump_model(self.covisit, st.version, key))  # type: ignore[arg-type]
             st.updates_since_snapshot, st.last_snapshot = 0, time.monotonic()
             return st.version
         st = self.state[placement]

@@ -151,7 +151,7 @@ class BatchProcessor:
         for r in results:  # every part ran to its end: a retry never overlaps a write still running
             if isinstance(r, BaseException):
                 raise r
-        stats.applied = results[0] + results[1]  # type: ignore[operator]
+        stats.applied = results[0] + results[1]  # type: ignore[operator]  # ints: exceptions raised above
         await self.store.incr_worker_counters(
             {"events_received": stats.received, "events_applied": stats.applied, "dead_letters": stats.invalid,
              "dead_letters_isolated": stats.isolated + prepared.hook_isolated}
@@ -310,7 +310,7 @@ def split_linked(items: Sequence[PreparedItem],
         return list(items), []
     merged_anonymous = {a for a, _ in merges}
     linked_owners = merged_anonymous | {c for _, c in merges} | {
-        identity[a] for a in merged_anonymous if a in identity}  # type: ignore[index]
+        identity[a] for a in merged_anonymous if a in identity}
     bulk: list[PreparedItem] = []
     linked: list[PreparedItem] = []
     for item in items:

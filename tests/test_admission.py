@@ -79,4 +79,4 @@ def test_admission_is_a_strict_bound_on_decisions_in_progress() -> None:
 ])
 def test_bad_settings_are_refused_at_start(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        LatencyLimit(**kwargs)  # type: ignore[arg-type]
+        LatencyLimit(**kwargs)  # type: ignore[arg-type]  # floats for its float fields

@@ -83,9 +83,9 @@ def test_next_batch_is_prepared_after_the_previous_one_sent_its_writes_and_write
                 trace.append(("write end", n))
             return write
 
-        loop = BatchLoop(lambda: consumer, [TOPIC], {TOPIC: handler}, NoOutbox(),  # type: ignore[arg-type]
+        loop = BatchLoop(lambda: consumer, [TOPIC], {TOPIC: handler}, NoOutbox(),  # type: ignore[arg-type]  # duck-typed
                          commit_interval=0.0)
-        loop.consumer = consumer  # type: ignore[assignment]
+        loop.consumer = consumer
         await loop.run()
         await loop.stop()
         return consumer.commits
@@ -127,9 +127,9 @@ def test_a_failed_write_stops_the_loop_and_commits_nothing_of_its_batch() -> Non
                     raise ValueError("boom")
             return write
 
-        loop = BatchLoop(lambda: consumer, [TOPIC], {TOPIC: handler}, NoOutbox(),  # type: ignore[arg-type]
+        loop = BatchLoop(lambda: consumer, [TOPIC], {TOPIC: handler}, NoOutbox(),  # type: ignore[arg-type]  # duck-typed
                          commit_interval=0.0)
-        loop.consumer = consumer  # type: ignore[assignment]
+        loop.consumer = consumer
         error = None
         try:
             await asyncio.wait_for(loop.run(), 5)

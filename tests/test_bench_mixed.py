@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import doctest
 import itertools
 from collections import Counter
 
-import bench.mixed
 from bench.mixed import background_visitors
 from bench.traffic import EventFactory
 
@@ -23,7 +21,3 @@ def test_the_visitors_asked_for_are_the_background_streams_most_active() -> None
     # customers and anonymous visitors as the stream keys them (customer_id vs anonymous_id)
     assert all(c.startswith("bg-c-") for c in customers) and all(a.startswith("bg-a-") for a in anons)
     assert 0.5 < len(customers) / 3000 < 0.7  # the stream's 40% anonymous share
-
-
-def test_doctests() -> None:
-    assert doctest.testmod(bench.mixed).failed == 0

@@ -1,18 +1,16 @@
-"""infra/: version pins agree, probes parse addresses, and the local services really start and stop."""
+"""infra/: version pins agree, probes parse addresses, handles keep their life cycle (the real services:
+``tests/integration/test_local_services.py``)."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-import uuid
 from pathlib import Path
 
 import pytest
 
 from infra import handles, local
 from infra.probe import kafka_ready, redis_ping, split_hostport
-from infra.topics import default_topic_names, ensure_topics
-from tests.support import start_or_fail
+from infra.topics import default_topic_names
 
 INFRA = Path(local.__file__).resolve().parent
 
@@ -121,70 +119,3 @@ def test_probes_say_no_when_nothing_listens() -> None:
     port = local.free_ports(1)[0]
     assert not kafka_ready(f"127.0.0.1:{port}", timeout=0.5)
     assert not redis_ping(f"redis://127.0.0.1:{port}/0", timeout=0.5)
-
-
-@pytest.mark.integration
-def test_local_kafka_creates_topics_and_round_trips_a_message() -> None:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    kafka = start_or_fail("Kafka", lambda: local.start_kafka(partitions=4))
-    data_dir = getattr(kafka, "data_dir", None)
-    topic = f"infra-test-{uuid.uuid4().hex[:8]}"
-
-    async def scenario() -> None:
-        await ensure_topics(kafka.bootstrap, 4, [topic, f"{topic}.dlq"])
-        await ensure_topics(kafka.bootstrap, 4, [topic])  # idempotent
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-        await admin.start()
-        try:
-            (info,) = await admin.describe_topics([topic])
-            assert len(info["partitions"]) == 4
-        finally:
-            await admin.close()
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", enable_idempotence=True)
-        await producer.start()
-        try:
-            sent = await producer.send_and_wait(topic, b"hello", key=b"visitor-1")
-        finally:
-            await producer.stop()
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=kafka.bootstrap, group_id=f"g-{topic}", auto_offset_reset="earliest"
-        )
-        await consumer.start()
-        try:
-            msg = await asyncio.wait_for(consumer.getone(), 30)
-        finally:
-            await consumer.stop()
-        assert (msg.key, msg.value, msg.partition, msg.offset) == (b"visitor-1", b"hello", sent.partition, 0)
-
-    try:
-        kafka.start()  # starting twice is a no-op
-        asyncio.run(scenario())
-    finally:
-        kafka.close()
-    assert not kafka_ready(kafka.bootstrap, timeout=0.5)
-    if data_dir is not None:
-        assert not Path(data_dir).exists()
-
-
-@pytest.mark.integration
-def test_local_redis_survives_stop_and_start_on_the_same_port() -> None:
-    import redis
-
-    server = start_or_fail("Redis", local.start_redis)
-    data_dir = getattr(server, "data_dir", None)
-    try:
-        url = server.url
-        redis.Redis.from_url(url).set("infra-test", "1")
-        server.stop()
-        assert not server.is_running()
-        with pytest.raises(redis.ConnectionError):
-            redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-        server.start()
-        assert server.url == url
-        assert redis.Redis.from_url(url).get("infra-test") == b"1"  # AOF kept the write
-    finally:
-        server.close()
-    if data_dir is not None:
-        assert not Path(data_dir).exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -90,7 +91,7 @@ def test_one_item_history_gets_its_cluster() -> None:
     cluster_of = {f"i{i}": i // 15 for i in range(12 * 15)}
     for seed_item in ("i0", "i20", "i100"):
         top = [i for i, _ in model.recommend([seed_item], k=10)]
-        same = sum(cluster_of[i] == cluster_of[seed_item] for i in top)
+        same = sum(cluster_of[str(i)] == cluster_of[seed_item] for i in top)
         assert same >= 9, (seed_item, top)
 
 
@@ -104,7 +105,9 @@ def test_recency_weights_the_latest_history_item_most() -> None:
     assert model.recommend(["a", "b"], k=1)[0][0] == "b2"
     assert model.recommend(["b", "a"], k=1)[0][0] == "a2"
     flat = CoVisitation(recency=1.0)
-    flat.learn_history([], "a"), flat.learn_history(["a"], "x"), flat.learn_history([], "b")
+    flat.learn_history([], "a")
+    flat.learn_history(["a"], "x")
+    flat.learn_history([], "b")
     s = flat.score(["a", "b"], ["x"])
     t = flat.score(["b", "a"], ["x"])
     assert s == pytest.approx(t)
@@ -346,7 +349,7 @@ def test_rank_metrics_expected_values_under_ties() -> None:
     assert hr == pytest.approx(1 / 3)
     assert ndcg == pytest.approx((1 / np.log2(3)) / 3)
     expected_ndcg = float((1 / np.log2(np.arange(2, 12))).sum() / 100)
-    assert rank_metrics(np.zeros(100), 0, k=10) == (pytest.approx(0.1), pytest.approx(expected_ndcg))
+    assert rank_metrics(np.zeros(100), 0, k=10) == pytest.approx((0.1, expected_ndcg))
 
 
 def test_parse_inter_orders_by_time_then_file_order() -> None:
@@ -400,7 +403,7 @@ def test_serving_copy_scores_the_same_and_leaves_the_learning_model_untouched() 
     per-visitor state, and taking it in the middle of learning changes nothing for the learner."""
     rng = random.Random(4)
     rows = [(f"u{rng.randrange(300)}", f"i{int(rng.paretovariate(1.2)) % 120}", 1.0, float(t)) for t in range(6000)]
-    params = {"top_k": 16, "history_size": 8, "half_life": 2000.0}
+    params: dict[str, Any] = {"top_k": 16, "history_size": 8, "half_life": 2000.0}
     learning, control = CoVisitation(**params), CoVisitation(**params)
     learning.learn_many(rows[:3000])
     control.learn_many(rows[:3000])

@@ -158,7 +158,7 @@ def test_hot_reloads_keep_one_model_per_name_and_release_old_versions_and_their_
     config = load_config(REPO_ROOT / "config" / "engine.toml")
     key = b"k" * 32
     store = _Store()
-    registry = ModelRegistry(config, store, key, ServingMetrics())  # type: ignore[arg-type]
+    registry = ModelRegistry(config, store, key, ServingMetrics())  # type: ignore[arg-type]  # duck-typed store
     name = "product_recs/linear_thompson"
     assert name in registry.models
     trainer = LinearThompson(shared_dims=0, epsilon=0.05)
@@ -175,7 +175,7 @@ def test_hot_reloads_keep_one_model_per_name_and_release_old_versions_and_their_
             model = registry.get("product_recs", "linear_thompson")
             assert model.version == version
             model.policy.rank({"aff_cat:c1": 1.0}, candidates, 5, rng)  # builds its per-version matrices
-            assert model.policy._serving is not None  # type: ignore[attr-defined]
+            assert model.policy._serving is not None  # type: ignore[attr-defined]  # a LinearThompson
             loaded.append(weakref.ref(model.policy))
             del model
 

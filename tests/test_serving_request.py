@@ -1,16 +1,18 @@
 """The decide request contract and its OpenAPI description, without infrastructure."""
 
+from typing import Any
+
 import orjson
 import pytest
 
 from engine.config import load_config
 from engine.settings import REPO_ROOT
-from serving.decide import DecideRequestError, parse_decide_request
+from serving.decide import DecideRequest, DecideRequestError, parse_decide_request
 
 CFG = load_config(REPO_ROOT / "config" / "engine.toml")
 
 
-def parse(body: dict) -> object:
+def parse(body: dict[str, Any]) -> DecideRequest:
     return parse_decide_request(orjson.dumps(body), CFG)
 
 

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 #: Policy name (as in ``policy.name`` and in configuration) -> class.
-POLICIES: dict[str, type] = {
+POLICIES: dict[str, type[Policy]] = {
     cls.name: cls for cls in (RandomPolicy, PopularityPolicy, LinUCB, LinearThompson, CTRRanker)
 }
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -107,7 +107,8 @@ def _mix(h: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser, vectorised (uint64 arithmetic wraps around on purpose)."""
     h = (h ^ (h >> np.uint64(30))) * _M1
     h = (h ^ (h >> np.uint64(27))) * _M2
-    return h ^ (h >> np.uint64(31))
+    out: np.ndarray = h ^ (h >> np.uint64(31))
+    return out
 
 
 class FeatureHasher:
@@ -135,13 +136,13 @@ class FeatureHasher:
         self.max_cache = max_cache
         self._cache: dict[str, int] = {}
         self._slot_cache: dict[str | tuple[str, str], tuple[int, float]] = {}
-        self._actions: dict[str, tuple] = {}
+        self._actions: dict[str, tuple[Any, ...]] = {}
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         # caches are derived data: don't ship them in snapshots
         return {"dims": self.dims, "seed": self.seed, "max_cache": self.max_cache}
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.dims, self.seed, self.max_cache = state["dims"], state["seed"], state["max_cache"]
         self._cache = {}
         self._slot_cache = {}
@@ -168,7 +169,7 @@ class FeatureHasher:
         values = _squash_array(np.array([features[k] for k in names], dtype=np.float64))
         return hashes, values
 
-    def _action(self, cand: Candidate) -> tuple:
+    def _action(self, cand: Candidate) -> tuple[Any, ...]:
         """(features copy, hashes, squashed values, names, id hash) of an action, cached by id."""
         hit = self._actions.get(cand.action_id)
         if hit is not None and hit[0] == cand.features:
@@ -262,13 +263,13 @@ class FeatureHasher:
 
     def _pair_slot(self, ctx_name: str, action_name: str) -> tuple[int, float]:
         key = (ctx_name, action_name)
-        hit = self._slot_cache.get(key)  # type: ignore[call-overload]
+        hit = self._slot_cache.get(key)
         if hit is None:
             h = _mix_int((self.raw(action_name) + self.raw(ctx_name) * _GOLDEN_INT) & _MASK64)
             hit = (h % (self.dims - 1) + 1, -1.0 if h >> 63 else 1.0)
             if len(self._slot_cache) >= self.max_cache:
                 self._slot_cache.clear()
-            self._slot_cache[key] = hit  # type: ignore[index]
+            self._slot_cache[key] = hit
         return hit
 
     def _cross_items(

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,7 @@ class _LinearBandit:
     """Shared statistics of the hybrid/disjoint linear bandit (see module docstring)."""
 
     name = "linear"
+    _gen: np.random.Generator | None  # Thompson sampling's generator, per process (not pickled)
 
     def __init__(self, context_dims: int = 64, shared_dims: int = 32, ridge: float = 1.0, seed: int = 0) -> None:
         if ridge <= 0:
@@ -75,10 +77,10 @@ class _LinearBandit:
         self._grow(8)
         self._A0 = np.eye(k) * ridge
         self._b0 = np.zeros(k)
-        self._A0inv = np.eye(k) / ridge
+        self._A0inv: np.ndarray = np.eye(k) / ridge
         self._beta = np.zeros(k)
         self._shared_dirty = False
-        self._serving: tuple | None = None  # request-independent products, see _serving_state
+        self._serving: tuple[Any, ...] | None = None  # request-independent products, see _serving_state
 
     # -- storage ---------------------------------------------------------------------------------
     def _grow(self, capacity: int) -> None:
@@ -103,7 +105,7 @@ class _LinearBandit:
                 self._grow(2 * self._Ainv.shape[0])
         return i
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         self._refresh_shared()  # a loaded snapshot never has to invert anything on its first rank
         state = self.__dict__.copy()
         state.pop("_serving", None)  # derived data, rebuilt on the first rank after loading
@@ -113,7 +115,7 @@ class _LinearBandit:
             state[key] = state[key][:used].copy()
         return state
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._serving = None
         self._gen = None
@@ -123,12 +125,12 @@ class _LinearBandit:
         so the first request after a reload does not pay for them."""
         self._serving_state()
 
-    def _serving_state(self) -> tuple:
+    def _serving_state(self) -> tuple[Any, ...]:
         """Per model state (it changes only with ``learn_one``): ``theta_a = A_a^-1 b_a`` for every
         stored action, and ``A_a^-1`` packed as its upper triangle with doubled off-diagonal terms, so
         that ``x' A_a^-1 x`` for all actions is one matrix-vector product with the packed ``x x'``."""
         key = (self.n_updates, len(self._slots))
-        cached = getattr(self, "_serving", None)
+        cached: tuple[Any, ...] | None = getattr(self, "_serving", None)
         if cached is not None and cached[0] == key:
             return cached
         used = len(self._slots) + 1
@@ -194,10 +196,10 @@ class _LinearBandit:
         slots = self._slots
         if self._z_hasher is None:  # disjoint: two products with precomputed per-model matrices
             _, theta, packed, tri = self._serving_state()
-            idx = [slots.get(c.action_id, 0) for c in candidates]
+            at = [slots.get(c.action_id, 0) for c in candidates]
             mean_all = theta @ x
             var_all = packed @ np.multiply.outer(x, x).ravel()[tri].astype(np.float32)
-            return mean_all[idx], np.maximum(var_all[idx], 0.0).astype(np.float64)
+            return mean_all[at], np.maximum(var_all[at], 0.0).astype(np.float64)
         idx = np.fromiter((slots.get(c.action_id, 0) for c in candidates), np.int64, len(candidates))
         used = len(slots) + 1
         if 2 * len(candidates) >= used:  # most actions: one product over the stored block, no copy

@@ -40,7 +40,7 @@ import copy
 import heapq
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -363,7 +363,7 @@ class CoVisitation:
             if slot_of[r] is None:
                 self._row(r)
         rl, nl = c_row.tolist(), c_nbr.tolist()
-        S: list[int | None] = [slot_of[r].get(n) for r, n in zip(rl, nl, strict=True)]  # type: ignore[union-attr]
+        S: list[int | None] = [slot_of[r].get(n) for r, n in zip(rl, nl, strict=True)]
         if None not in S:
             np.add.at(self._w.reshape(-1), c_row * k + np.array(S, dtype=np.int64), c_add)
             return
@@ -395,7 +395,8 @@ class CoVisitation:
             self._prune(r)  # flushes the pending slot writes
             d = slot_of[r]
             for q in (np.flatnonzero(c_row[after:] == r) + after).tolist():
-                if S[q] is not None and S[q] >= 0 and nl[q] not in d:  # type: ignore[operator,operator]
+                # S[q] is checked just before; _prune() asserted that row r has its dict d
+                if S[q] is not None and S[q] >= 0 and nl[q] not in d:  # type: ignore[operator]
                     S[q] = None
                     heapq.heappush(heap, q)
 
@@ -431,7 +432,7 @@ class CoVisitation:
                 apply_upto(lo)
                 hits = [q for q in range(lo, hi) if S[q] is not None]
                 if hits:
-                    np.add.at(w, [r * k + S[q] for q in hits], c_add[hits])  # type: ignore[operator]
+                    np.add.at(w, [r * k + S[q] for q in hits], c_add[hits])  # type: ignore[operator]  # no None in hits
                     for q in hits:
                         S[q] = -1
                 prune(r, hi)
@@ -564,12 +565,14 @@ class CoVisitation:
         pop_add.append(wg)
         recent = list(history)[-self.history_size :] if len(history) > self.history_size else history
         of = self._index._of
-        rows = [of.get(h) for h, _ in recent]
+        found = [of.get(h) for h, _ in recent]
         ws = [wh for _, wh in recent]
-        if None in rows or j in rows or min(ws, default=1.0) <= 0:  # unknown (evicted) items, j itself
-            keep = [(r, wh) for r, wh in zip(rows, ws, strict=True) if r is not None and r != j and wh > 0]
+        if None in found or j in found or min(ws, default=1.0) <= 0:  # unknown (evicted) items, j itself
+            keep = [(r, wh) for r, wh in zip(found, ws, strict=True) if r is not None and r != j and wh > 0]
             rows = [r for r, _ in keep]
             ws = [wh for _, wh in keep]
+        else:
+            rows = cast(list[int], found)  # no None in it (checked just above)
         if not rows:
             return
         adds = [wh * wg for wh in ws]
@@ -592,7 +595,7 @@ class CoVisitation:
                     s = slots[n] = d[j] = self._take_slot(r)
                     nbr_at.append(r * k + s)
                     nbr_val.append(j)
-        w_at.extend([r * k + s for r, s in zip(rows, slots, strict=True)])
+        w_at.extend([r * k + s for r, s in zip(rows, cast(list[int], slots), strict=True)])  # all filled
         w_add.extend(adds)
         # the history items in row j: known ones first, then newcomers into the lowest free slots
         d = slot_of[j]
@@ -601,7 +604,7 @@ class CoVisitation:
         base = j * k
         slots = list(map(d.get, rows))
         if None not in slots:
-            w_at.extend([base + s for s in slots])
+            w_at.extend([base + s for s in cast(list[int], slots)])
             w_add.extend(adds)
             return
         new = []

@@ -68,7 +68,7 @@ class Popularity:
     ) -> dict[Hashable, float]:
         """Score ``candidates`` (default: every known item); ``history`` is ignored."""
         if candidates is None:
-            return {self._index.id_at(r): float(self._pop[r]) for r in np.flatnonzero(self._index.live_mask())}
+            return {self._index.id_at(r): float(self._pop[r]) for r in np.flatnonzero(self._index.live_mask()).tolist()}
         rows = self._index.rows(candidates)
         return {c: (0.0 if r is None else float(self._pop[r])) for c, r in zip(candidates, rows, strict=True)}
 

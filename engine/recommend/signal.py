@@ -49,7 +49,7 @@ class CollaborativeSignal:
         >>> sig.n_updates, sig.candidate_scores(["boots"], ["socks"])
         (2, {'socks': 1.0})
         """
-        self.model.learn_many(rows)  # type: ignore[arg-type]
+        self.model.learn_many(rows)  # type: ignore[arg-type]  # JSON lists of the same 4 fields as the tuples
         self.n_updates += len(rows)
 
     def forget(self, visitors: Sequence[str]) -> int:
@@ -76,7 +76,7 @@ class CollaborativeSignal:
         normalised so the best is 1.0; empty when the history says nothing."""
         if not recent_first or not items:
             return {}
-        raw = self.model.score(list(reversed(recent_first)), items)
+        raw: dict[Any, float] = self.model.score(list(reversed(recent_first)), items)  # keys: the str items
         seen = set(recent_first)
         best = max((v for k, v in raw.items() if k not in seen), default=0.0)
         if best <= 0:

@@ -40,6 +40,11 @@ def redis_server() -> Iterator[local.RedisService]:
 
 
 @pytest.fixture(scope="session")
+def redis_url(redis_server: local.RedisService) -> str:
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 

@@ -8,12 +8,14 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from engine.recommend.signal import CollaborativeSignal
 from tests.support import Stack, event, produce, profile_of, wait_until
 
 pytestmark = pytest.mark.integration
@@ -185,7 +187,7 @@ def test_identify_merges_anonymous_history(stack: Stack, worker: object, api: st
     assert not profile_of(stack.redis_url, customer).exists
 
 
-def _learner_histories(redis_url: str, visitors: list[str]) -> dict[str, list[str]] | None:
+def _learner_histories(redis_url: str, visitors: list[str]) -> dict[str, list[Any]] | None:
     """What the co-visitation learner's stored state holds for these visitors (None: no state yet, or one
     this stack's learner did not sign)."""
     import base64
@@ -208,6 +210,7 @@ def _learner_histories(redis_url: str, visitors: list[str]) -> dict[str, list[st
         signal, _ = load_model(base64.b64decode(blob), load_settings().model_signing_key.encode())
     except SnapshotError:
         return None
+    assert isinstance(signal, CollaborativeSignal)
     return {v: h for v in visitors if (h := signal.model.history_items(v))}
 
 

@@ -37,10 +37,10 @@ def test_replayed_batches_and_duplicate_events_are_applied_once(redis_server: lo
     records.append(Record("events", 0, 200, visitor.encode(), orjson.dumps(evs[0])))
     letters: list = []
 
-    async def dead(key, value, headers):  # type: ignore[no-untyped-def]
+    async def dead(key, value, headers):
         letters.append(value)
 
-    async def run(store):  # type: ignore[no-untyped-def]
+    async def run(store):
         proc = BatchProcessor(store, dead)
         first = await proc.process(records)
         again = await proc.process(records[3:])  # replay from an uncommitted offset after a crash
@@ -66,7 +66,7 @@ def test_worker_killed_mid_stream_restarts_to_exact_counts(kafka: local.KafkaSer
     worker = worker_process(stack, log_dir, name=f"crash-worker-{stack.tag}", WORKER_BATCH_SIZE="50").start()
 
     def applied() -> int:
-        async def total(store):  # type: ignore[no-untyped-def]
+        async def total(store):
             return int((await store.read_worker_counters()).get("events_applied", 0))
         return with_store(redis_server.url, total)
 
@@ -102,7 +102,7 @@ def test_a_stopped_worker_commits_what_it_applied_and_its_successor_reads_nothin
     first = [event("page_view", v, category="books") for _ in range(25) for v in visitors]
 
     def received() -> int:
-        async def get(store):  # type: ignore[no-untyped-def]
+        async def get(store):
             return int((await store.read_worker_counters()).get("events_received", 0))
         return with_store(stack.redis_url, get)
 
@@ -310,10 +310,10 @@ def test_the_profile_script_is_loaded_again_after_redis_forgot_it(redis_server: 
     records = [Record("events", 0, 10 + i, visitor.encode(), orjson.dumps(event("page_view", visitor, category="x")))
                for i in range(4)]
 
-    async def dead(key, value, headers):  # type: ignore[no-untyped-def]
+    async def dead(key, value, headers):
         raise AssertionError("no dead letter expected")
 
-    async def run(store):  # type: ignore[no-untyped-def]
+    async def run(store):
         proc = BatchProcessor(store, dead)
         first = await proc.process(records[:2])
         await store.redis.script_flush()  # a Redis restart without persistence of scripts, or SCRIPT FLUSH

@@ -14,36 +14,19 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
-import pytest
 
 from engine.config import load_config
 from engine.features import FeatureExtractor, RawProfile
 from engine.layout import OwnerKeys, dedup_token
-from engine.profile_store import OwnerBatch, ProfileStore, encode_events
+from engine.profile_store import OwnerBatch, ProfileStore
 from engine.settings import REPO_ROOT
 
 CFG = load_config(REPO_ROOT / "config" / "engine.toml")
 FX = FeatureExtractor(CFG)
 REFERENCE = (REPO_ROOT / "tests" / "data" / "apply_ops_reference.lua").read_text()
-
-
-def test_encode_events_is_one_flat_array_without_the_timestamp() -> None:
-    rows = [[7, "AbC-9x", 12.5, [["i", "cv", 1], ["wipe"]], 0], [8, "", 13.0, [], 1]]
-    assert orjson.loads(encode_events(rows)) == [7, "AbC-9x", 0, 2, "i", "cv", 1, "wipe", 8, "", 1, 0]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    from infra import local
-    from tests.support import start_or_fail
-
-    svc = start_or_fail("Redis", local.start_redis)
-    yield svc.url
-    svc.close()
 
 
 def _events(rng: random.Random, n: int, t0: float) -> list[tuple[str, float, dict[str, Any], dict[str, Any]]]:
@@ -111,12 +94,13 @@ def test_the_optimised_script_writes_what_the_reference_writes(redis_url: str) -
             sizes: list[int] = []
             for c in range(6):
                 new_key, ref_key = f"pnew:{{{run}-{c}}}", f"pref:{{{run}-{c}}}"
-                offset, applied = 0, []
+                offset, applied = 0, list[str]()
                 evs = _events(rng, 400, 1_800_000_000.0 + c * 1000)
                 i = 0
                 while i < len(evs):
                     k = rng.choice((1, 1, 1, 2, 3, 7, 25))
-                    rows, pop_rows = [], []
+                    rows: list[list[Any]] = []
+                    pop_rows: list[list[Any]] = []
                     for etype, ts, props, ctx in evs[i:i + k]:
                         if etype == "identify" and anon_raw:  # a merge of an earlier profile
                             ops = FX.merge_ops(RawProfile(dict(anon_raw)), ts) + FX.ops_for(etype, ts, {}, {})
@@ -139,7 +123,7 @@ def test_the_optimised_script_writes_what_the_reference_writes(redis_url: str) -
                     if pop_rows:
                         await both(OwnerBatch(pop_new, "events", c % 2, False, pop_rows), pop_ref.keys, False)
                 sizes.append(await client.hlen(new_key))
-                anon_raw = await client.hgetall(new_key)
+                anon_raw = cast(dict[str, str], await client.hgetall(new_key))  # a decoding client
             await same(pop_new.keys, pop_ref.keys)
             assert max(sizes) > 60  # the profiles grew (consent withdrawals empty them now and then)
         finally:
