@@ -35,6 +35,7 @@ from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from engine import trust
+from serving.asgi import send_json
 
 log = logging.getLogger(__name__)
 
@@ -331,18 +332,6 @@ async def cors(ring: KeyRing, app: Any, scope: dict[str, Any], receive: Any, sen
         await send(message)
 
     await app(scope, receive, send_with_cors)
-
-
-_JSON = (b"content-type", b"application/json")
-
-
-async def send_json(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None) -> None:
-    """ASGI: answer ``body`` (JSON) with ``extra`` headers."""
-    headers = [_JSON, (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers += extra
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 # --- FastAPI routes ---
