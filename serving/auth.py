@@ -35,7 +35,6 @@ from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from engine import trust
-from serving.asgi import send_json
 
 log = logging.getLogger(__name__)
 
