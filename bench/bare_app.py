@@ -3,8 +3,8 @@ same command line by ``bench.common.start_api``), answering ``POST /v1/decide`` 
 the size of a real answer. What is left when personalisation costs nothing: the HTTP floor.
 
 ``POST /v1/decide`` is answered the way ``serving.app`` answers it: by an ASGI wrapper in front of the FastAPI app
-routing (``serving.decide.DecideFastPath`` there, :class:`BareFastPath` here: same body reading, same response
-messages), so the ratio compares the work of a decision, not two ways of routing a request."""
+routing (``serving.decide.DecideFastPath`` there, :class:`BareFastPath` here: the same body reading and response
+messages, ``serving.asgi``), so the ratio compares the work of a decision, not two ways of routing a request."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
+
+from serving.asgi import is_decide, read_body, send_json
 
 router = APIRouter()
 
@@ -39,24 +41,16 @@ async def readyz() -> Response:
     return Response(b'{"ready":true}', media_type="application/json")
 
 
-_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]
-
-
 class BareFastPath:
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/decide" or scope["method"] != "POST":
+        if not is_decide(scope):
             await self.app(scope, receive, send)
             return
-        message = await receive()
-        body = message.get("body", b"")
-        while message.get("more_body"):
-            message = await receive()
-            body += message.get("body", b"")
-        await send({"type": "http.response.start", "status": 200, "headers": list(_HEADERS)})
-        await send({"type": "http.response.body", "body": ANSWER})
+        await read_body(receive)
+        await send_json(send, 200, ANSWER)
 
 
 app = BareFastPath(FastAPI(title="bare endpoint (benchmark floor)"))

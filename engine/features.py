@@ -25,12 +25,23 @@ from typing import Any
 from engine.config import WINDOWS, EngineConfig
 from engine.layout import (
     CONSENT_CODES,
+    CONSENT_PREFIX,
     COUNT_CODES,
+    FIRST_SEEN,
+    LAST_SEEN,
+    MONETARY,
+    PERSONALISATION_FIELD,
     RECENT_SEP,
+    SESSION_ID,
+    SESSION_LAST,
+    SESSION_PAGES,
+    SESSION_START,
     OwnerKeys,
+    cart_field,
     consent_field,
     count_field,
     popularity_keys,
+    popularity_landmark_field,
     profile_fields,
 )
 
@@ -105,7 +116,7 @@ class FeatureExtractor:
         """Operations for one event on its customer's profile (times as integer milliseconds)."""
         if event_type == "consent":
             allowed = bool(properties.get("personalisation", True))
-            ops: list[Op] = [["set", "kp", 1 if allowed else 0]]
+            ops: list[Op] = [["set", PERSONALISATION_FIELD, 1 if allowed else 0]]
             for k in CONSENT_KINDS:
                 if k in properties:
                     ops.append(["set", consent_field(k), 1 if properties[k] else 0])
@@ -114,12 +125,12 @@ class FeatureExtractor:
             return ops
         ms = round(ts * 1000)
         plan = self._plans.get(event_type) or self._plan(event_type)
-        ops = [["i", plan.count, 1], ["min", "fs", ms], ["max", "ls", ms]]
+        ops = [["i", plan.count, 1], ["min", FIRST_SEEN, ms], ["max", LAST_SEEN, ms]]
         if event_type == "identify" or event_type == "feedback":
             return ops
         ops.append(["sess", ms, str(context.get("session_id") or ""), self._session_timeout_ms])
         if event_type == "page_view":
-            ops.append(["i", "sp", 1])
+            ops.append(["i", SESSION_PAGES, 1])
         for prop, prefix, w, hl, top_k, lfield in plan.affinities:
             for v in _values(prop, properties):
                 ops.append(["a", prefix, v, w, ts, hl, top_k, lfield])
@@ -134,13 +145,13 @@ class FeatureExtractor:
                 q = int(properties.get("quantity") or 1)
                 if not 0 < q <= MAX_QUANTITY:
                     raise ValueError(f"quantity {q} is not within 1..{MAX_QUANTITY}")
-                ops.append(["cart", f"C:{item}", q if event_type == "add_to_cart" else -q])
+                ops.append(["cart", cart_field(item), q if event_type == "add_to_cart" else -q])
         elif event_type == "purchase":
             ops.append(["cartclear"])
             value = float(properties.get("value") or 0.0)
             if not math.isfinite(value):  # never stored (and JSON would carry it as null)
                 raise ValueError(f"purchase value {value} is not finite")
-            ops.append(["f", "m", value])
+            ops.append(["f", MONETARY, value])
         for fld, width, n in plan.windows:
             ops.append(["w", fld, int(ts // width), n, 1])
         return ops
@@ -150,7 +161,7 @@ class FeatureExtractor:
         plan = self._pop_plans.get(event_type)
         if plan is None:
             plan = self._pop_plans[event_type] = tuple(
-                (f.field, self._pop_idx.aff[f.name], f.weights[event_type], f"L:{f.name}")
+                (f.field, self._pop_idx.aff[f.name], f.weights[event_type], popularity_landmark_field(f.name))
                 for f in self.config.affinities if f.weights.get(event_type))
         ops: list[Op] = []
         hl = self._pop_hl
@@ -167,15 +178,15 @@ class FeatureExtractor:
         affs = {fl.affinity[f.name]: f for f in cfg.affinities}
         for k, v in h.items():
             c = k[0]
-            if c == "c" or k == "sp":
+            if c == "c" or k == SESSION_PAGES:
                 ops.append(["i", k, int(v)])
-            elif k == "m":
+            elif k == MONETARY:
                 ops.append(["f", k, float(v)])
-            elif k == "fs":
+            elif k == FIRST_SEEN:
                 ops.append(["min", k, int(v)])
-            elif k == "ls":
+            elif k == LAST_SEEN:
                 ops.append(["max", k, int(v)])
-            elif k in ("si", "ss", "sl") or c == "k":
+            elif k in (SESSION_ID, SESSION_START, SESSION_LAST) or c == CONSENT_PREFIX:
                 ops.append(["setnx", k, v])
             elif c == "C":
                 ops.append(["cart", k, int(v)])
@@ -355,20 +366,20 @@ def decode(customer_id: str, raw: RawProfile, config: EngineConfig, now: float) 
     windows: dict[str, dict[str, int]] = {}
     for name, w, fld, width, slots in plan.windows:
         windows.setdefault(name, {})[w] = window_total(h.get(fld), width, slots, now)
-    sess_start = _ms(h.get("ss"))
-    sess_last = _ms(h.get("sl"))
+    sess_start = _ms(h.get(SESSION_START))
+    sess_last = _ms(h.get(SESSION_LAST))
     session = {
-        "id": h.get("si"),
-        "pages": int(h.get("sp", 0)),
+        "id": h.get(SESSION_ID),
+        "pages": int(h.get(SESSION_PAGES, 0)),
         "start": sess_start,
         "length_s": (sess_last - sess_start) if sess_start is not None and sess_last is not None else 0.0,
         "active": sess_last is not None and now - sess_last <= plan.session_timeout_s,
     }
     return Profile(
         customer_id=customer_id, exists=bool(h), counts=counts,
-        first_seen=_ms(h.get("fs")), last_seen=_ms(h.get("ls")),
+        first_seen=_ms(h.get(FIRST_SEEN)), last_seen=_ms(h.get(LAST_SEEN)),
         session=session, affinities=affinities, recent={name: _recent(h, p) for name, p in plan.recents},
-        cart=cart, monetary=float(h.get("m", 0.0)), windows=windows, consent=consent,
+        cart=cart, monetary=float(h.get(MONETARY, 0.0)), windows=windows, consent=consent,
     )
 
 

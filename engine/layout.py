@@ -46,7 +46,10 @@ key                            type    content
 ``id:{anon}``                  string  anonymous id -> customer id (identity map)
 ``pop:{global}``               hash    landmarks ``L:<feature>`` and applied offsets of the popularity owner
 ``pop:{global}:aff:<feature>`` zset    forward-decayed global popularity per affinity feature (top 2000)
-``model:{<placement>}``        hash    ``version``, ``blob`` (signed snapshot)
+``model:{<placement>}``        hash    ``version``, ``blob`` (signed snapshot), ``state`` (the learner's own)
+``dec:{<slot>}:<id>``          hash    a decision waiting for its rewards (``DECISION_FIELDS``)
+``due:{<slot>}``               zset    decision ids by the end of their reward window, 256 slots
+``arms:{<placement>}``         hash    experiment counters ``<arm>:impressions|clicks|...``
 ``stats:{worker}``             hash    worker counters (events received/applied, dead letters)
 =============================  ======  ==========================================================
 
@@ -63,6 +66,7 @@ import base64
 import hashlib
 
 from engine.config import EngineConfig
+from engine.decisions import decision_slot
 
 GLOBAL_OWNER = "{global}"
 #: Characters per de-duplication token: 6 base64url characters = 36 bits.
@@ -77,6 +81,14 @@ MAX_CART_ITEMS = 100
 MAX_ALIASES = 100
 #: Key suffixes of the previous layout (one key per section); erasure deletes them too.
 LEGACY_SUFFIXES = (":dedup", ":cart", ":win")
+#: The fixed profile fields (the table above); ``engine/lua/apply_ops.lua`` names them too
+#: (``tests/test_lua_layout.py`` checks that both agree).
+FIRST_SEEN, LAST_SEEN, MONETARY = "fs", "ls", "m"
+SESSION_ID, SESSION_START, SESSION_LAST, SESSION_PAGES = "si", "ss", "sl", "sp"
+CART_PREFIX, DEDUP_PREFIX, OFFSET_PREFIX, CONSENT_PREFIX = "C:", "d:", "off:", "k"
+DEDUP_CURSOR = DEDUP_PREFIX + "n"
+#: First characters of the fields a consent withdrawal keeps: offsets, consent flags, de-duplication.
+KEPT_ON_WIPE = (OFFSET_PREFIX[0], CONSENT_PREFIX, DEDUP_PREFIX[0])
 
 
 def profile_key(customer_id: str) -> str:
@@ -121,7 +133,20 @@ def dedup_token(event_id: str) -> str:
 
 
 def offset_field(topic: str, partition: int) -> str:
-    return f"off:{topic}:{partition}"
+    return f"{OFFSET_PREFIX}{topic}:{partition}"
+
+
+def cart_field(item: str) -> str:
+    return CART_PREFIX + item
+
+
+def dedup_field(chunk: int) -> str:
+    return f"{DEDUP_PREFIX}{chunk}"
+
+
+def popularity_landmark_field(feature: str) -> str:
+    """The landmark of a feature's popularity zset, in the popularity hash."""
+    return f"L:{feature}"
 
 
 #: Count fields ``c<code>`` of the event types of the envelope; another type is counted as ``c:<type>``.
@@ -139,7 +164,11 @@ def count_field(event_type: str) -> str:
 
 def consent_field(kind: str) -> str:
     code = CONSENT_CODES.get(kind)
-    return "k" + code if code else "k:" + kind
+    return CONSENT_PREFIX + code if code else CONSENT_PREFIX + ":" + kind
+
+
+#: ``0`` while the customer has withdrawn consent to personalisation (only consent events are applied).
+PERSONALISATION_FIELD = consent_field("personalisation")
 
 
 def feature_codes(kind: str, names: list[str]) -> dict[str, str]:
@@ -219,3 +248,44 @@ def customer_keys(customer_id: str, config: EngineConfig) -> OwnerKeys:
 
 def popularity_keys(config: EngineConfig) -> OwnerKeys:
     return OwnerKeys(popularity_hash(), config, per_customer=False)
+
+
+# -- learning: the reward join, experiment counters, model snapshots ------------------------------------
+#: Decisions are spread over this many slots (``engine.decisions.decision_slot``), each its own hash tag.
+DECISION_SLOTS = 256
+#: Fields of a decision's hash ``dec:{<slot>}:<id>`` (written by ``engine/lua/reward_join.lua`` only):
+#: the record JSON, the end of its reward window, the aggregation, the aggregated reward, the rewards
+#: counted, the click and conversion flags, ``1`` once learned; and ``e:<event_id>`` per reward counted.
+DECISION_RECORD = "record"
+DECISION_FIELDS = (DECISION_RECORD, "expires_at", "agg", "reward", "n", "clicked", "converted", "final")
+REWARD_EVENT_PREFIX = "e:"
+#: Fields of a model hash ``model:{<name>}``: what serving loads, and the learner's own state if it differs.
+MODEL_VERSION, MODEL_BLOB, MODEL_STATE = "version", "blob", "state"
+
+
+def decision_key_prefix(slot: int) -> str:
+    """``dec:{<slot>}:``; the reward join's expiry appends the decision id to it in Lua."""
+    return f"dec:{{{slot:02x}}}:"
+
+
+def decision_key(decision_id: str) -> str:
+    """The reward-join state of a decision.
+
+    >>> decision_key("ab12")
+    'dec:{ab}:ab12'
+    """
+    return decision_key_prefix(decision_slot(decision_id)) + decision_id
+
+
+def due_key(slot: int) -> str:
+    """The zset of a slot's decision ids by the end of their reward window."""
+    return f"due:{{{slot:02x}}}"
+
+
+def arms_key(placement: str) -> str:
+    """The experiment counters of a placement: fields ``arm_field(arm, counter)``."""
+    return f"arms:{{{placement}}}"
+
+
+def arm_field(arm: str, counter: str) -> str:
+    return f"{arm}:{counter}"

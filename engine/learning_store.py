@@ -1,13 +1,9 @@
 """Redis side of learning: the reward join, per-arm experiment counters and model snapshots.
 
-Layout (see also ``engine.layout``):
-
-* ``dec:{<slot>}:<decision_id>`` hash - a decision waiting for rewards (``lua/reward_join.lua``);
-* ``due:{<slot>}`` zset - decision ids by the end of their reward window, 256 slots;
-* ``arms:{<placement>}`` hash - ``<arm>:impressions|clicks|conversions|reward_sum|learned``;
-* ``model:{<placement>}`` hash - ``version`` and ``blob`` (signed snapshot, ``engine.snapshots``), and for a
-  model whose learner keeps more than serving needs, ``state``: the learner's own snapshot, which it resumes
-  from (co-visitation: with its per-visitor histories, which serving never loads).
+The keys and fields (``dec:``, ``due:``, ``arms:``, ``model:``) are those of ``engine.layout``. A model hash
+holds ``version`` and ``blob`` (signed snapshot, ``engine.snapshots``), and for a model whose learner keeps
+more than serving needs, ``state``: the learner's own snapshot, which it resumes from (co-visitation: with
+its per-visitor histories, which serving never loads).
 """
 
 from __future__ import annotations
@@ -28,7 +24,18 @@ from redis.typing import EncodableT, FieldT
 from engine.config import RewardSettings
 from engine.decisions import Reward, decision_slot
 from engine.faults import is_infrastructure
-from engine.layout import model_key
+from engine.layout import (
+    DECISION_SLOTS,
+    MODEL_BLOB,
+    MODEL_STATE,
+    MODEL_VERSION,
+    arm_field,
+    arms_key,
+    decision_key,
+    decision_key_prefix,
+    due_key,
+    model_key,
+)
 
 log = logging.getLogger(__name__)
 REWARD_JOIN_LUA = resources.files("engine").joinpath("lua/reward_join.lua").read_text()
@@ -38,19 +45,6 @@ LATE_GRACE_S = 3600
 EARLY_REWARD_TTL_S = 300
 #: A final decision whose learning example Kafka has not acknowledged within this long is sent again.
 SETTLE_LEASE_S = 120.0
-SLOTS = 256
-
-
-def decision_key(decision_id: str) -> str:
-    return f"dec:{{{decision_slot(decision_id):02x}}}:{decision_id}"
-
-
-def due_key(slot: int) -> str:
-    return f"due:{{{slot:02x}}}"
-
-
-def arms_key(placement: str) -> str:
-    return f"arms:{{{placement}}}"
 
 
 @dataclass(slots=True)
@@ -178,8 +172,9 @@ class LearningStore:
             sha = self._sha or await self.redis.script_load(REWARD_JOIN_LUA)
             self._sha = sha
             pipe = self.redis.pipeline(transaction=False)
-            for slot in range(SLOTS):
-                pipe.evalsha(sha, 1, due_key(slot), "expire", now, limit, f"dec:{{{slot:02x}}}:", self.settle_lease)
+            for slot in range(DECISION_SLOTS):
+                pipe.evalsha(sha, 1, due_key(slot), "expire", now, limit, decision_key_prefix(slot),
+                             self.settle_lease)
             replies = await pipe.execute(raise_on_error=False)
             if not attempt and any(isinstance(r, NoScriptError) for r in replies):
                 self._sha = None
@@ -216,9 +211,9 @@ class LearningStore:
         pipe = self.redis.pipeline(transaction=False)
         for placement, arm, counter, n in increments:
             if float(n).is_integer():
-                pipe.hincrby(arms_key(placement), f"{arm}:{counter}", int(n))
+                pipe.hincrby(arms_key(placement), arm_field(arm, counter), int(n))
             else:
-                pipe.hincrbyfloat(arms_key(placement), f"{arm}:{counter}", n)
+                pipe.hincrbyfloat(arms_key(placement), arm_field(arm, counter), n)
         await pipe.execute()
 
     async def arm_counters(self, placement: str) -> dict[str, dict[str, float]]:
@@ -233,21 +228,21 @@ class LearningStore:
     async def publish_model(self, placement: str, version: int, blob: bytes, state: bytes | None = None) -> None:
         """``blob``: what serving loads; ``state``: what the learner resumes from, when it differs."""
         # base64 because the shared client decodes replies as text
-        mapping: dict[FieldT, EncodableT] = {"version": version, "blob": base64.b64encode(blob)}
+        mapping: dict[str, Any] = {MODEL_VERSION: version, MODEL_BLOB: base64.b64encode(blob)}
         if state is not None:
-            mapping["state"] = base64.b64encode(state)
+            mapping[MODEL_STATE] = base64.b64encode(state)
         await self.redis.hset(model_key(placement), mapping=mapping)
 
     async def model_version(self, placement: str) -> int | None:
-        v = await self.redis.hget(model_key(placement), "version")
+        v = await self.redis.hget(model_key(placement), MODEL_VERSION)
         return int(v) if v is not None else None
 
     async def model_blob(self, placement: str) -> bytes | None:
-        blob = await self.redis.hget(model_key(placement), "blob")
+        blob = await self.redis.hget(model_key(placement), MODEL_BLOB)
         return base64.b64decode(blob) if blob is not None else None
 
     async def learner_state(self, placement: str) -> bytes | None:
         """The learner's own snapshot: ``state`` when one was published, else the serving ``blob``."""
-        state, blob = await self.redis.hmget(model_key(placement), ["state", "blob"])
+        state, blob = await self.redis.hmget(model_key(placement), [MODEL_STATE, MODEL_BLOB])
         chosen = state if state is not None else blob
         return base64.b64decode(chosen) if chosen is not None else None

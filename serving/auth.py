@@ -333,18 +333,6 @@ async def cors(ring: KeyRing, app: Any, scope: dict[str, Any], receive: Any, sen
     await app(scope, receive, send_with_cors)
 
 
-_JSON = (b"content-type", b"application/json")
-
-
-async def send_json(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None) -> None:
-    """ASGI: answer ``body`` (JSON) with ``extra`` headers."""
-    headers = [_JSON, (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers += extra
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 # --- FastAPI routes ---
 
 class AuthError(Exception):

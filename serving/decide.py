@@ -31,6 +31,7 @@ from engine.layout import identity_key, profile_key
 from engine.policies import Candidate
 from serving import auth
 from serving.admission import queued_seconds
+from serving.asgi import is_decide, read_body, send_json
 from serving.services import Services
 
 router = APIRouter()
@@ -380,7 +381,7 @@ class DecideFastPath:
         self.in_flight = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/decide" or scope["method"] != "POST":
+        if not is_decide(scope):
             if scope["type"] == "http" and scope["path"] in auth.CORS_PATHS:
                 await auth.cors(self.keyring, self.app, scope, receive, send)
             else:
@@ -399,13 +400,9 @@ class DecideFastPath:
             caller = ring.check(authorization, origin.decode("latin-1") if origin is not None else None,
                                 auth.PUBLIC)
             if isinstance(caller, auth.Denial):
-                await auth.send_json(send, caller.status, caller.body, [*caller.headers, *(cors or ())])
+                await send_json(send, caller.status, caller.body, [*caller.headers, *(cors or ())])
                 return
-        message = await receive()
-        body = message.get("body", b"")
-        while message.get("more_body"):
-            message = await receive()
-            body += message.get("body", b"")
+        body = await read_body(receive)
         svc = self.app.state.services
         queued = request_queued_seconds(svc, scope["headers"])
         admission = svc.admission
@@ -424,7 +421,7 @@ class DecideFastPath:
             if admission.update(queued + time.perf_counter() - started):
                 svc.metrics.admission_cuts.inc()
             svc.metrics.admission_limit.value = admission.limit
-        await auth.send_json(send, status, answer, cors)
+        await send_json(send, status, answer, cors)
 
 
 _rng = random.Random()

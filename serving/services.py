@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from engine.config import EngineConfig, load_config
 from engine.decisions import action_features
+from engine.layout import popularity_landmark_field
 from engine.learning_store import LearningStore
 from engine.policies import Candidate
 from engine.profile_store import ProfileStore
@@ -156,7 +157,7 @@ class Services:
         scores: dict[str, dict[str, float]] = {}
         hl_s = self.config.scoring.popularity_half_life_hours * 3600.0
         for name, pairs in tops.items():
-            landmark = float(landmarks.get(f"L:{name}", now))
+            landmark = float(landmarks.get(popularity_landmark_field(name), now))
             factor = 2.0 ** ((landmark - now) / hl_s)
             scores[name] = {m: s * factor for m, s in pairs}
         self.popularity = PopularitySnapshot(scores, now)

@@ -99,7 +99,7 @@ def test_invalid_decision_records_are_dead_lettered_and_valid_ones_still_open_wi
     import redis
 
     from engine.decisions import new_decision_id
-    from engine.learning_store import decision_key
+    from engine.layout import DECISION_RECORD, decision_key
 
     record = orjson.loads((Path(__file__).parents[2] / "schemas/examples/decision.v1.example.json").read_bytes())
     good = dict(record, decision_id=new_decision_id(), timestamp=int(time.time() * 1000))
@@ -107,7 +107,7 @@ def test_invalid_decision_records_are_dead_lettered_and_valid_ones_still_open_wi
     produce(stack.bootstrap, stack.decisions_topic, [*bad, orjson.dumps(good)])
     r = redis.Redis.from_url(stack.redis_url, decode_responses=True)
     try:
-        wait_until(lambda: r.hexists(decision_key(good["decision_id"]), "record"), timeout=60,
+        wait_until(lambda: r.hexists(decision_key(good["decision_id"]), DECISION_RECORD), timeout=60,
                    what="the valid decision record to open its reward window")
     finally:
         r.close()
