@@ -486,10 +486,10 @@ def model_version(base: str) -> int:
 
 def serving_p99(config: Any, config_path: Path, seconds: float, rounds: int, connections: int,
                 train_examples: int, visitors: int) -> dict[str, Any]:
+    from engine.models import model_name
     from engine.snapshots import dump_model
     from infra.local import start_kafka, start_redis
     from infra.processes import Stack, api_process, free_port, wait_http_ready, wait_until
-    from streams.learner import model_name
 
     key = SIGNING_KEY.encode()
     log(f"training a {SERVE_POLICY} model on {train_examples:,} examples for the snapshots")
