@@ -71,11 +71,14 @@ async def time_parts(svc: Any, bodies: list[bytes]) -> None:
         ident = await svc.redis.get(identity_key(subject)) if req.customer_id is None else None
         raws.append((ident or subject, await svc.store.read_raw(ident or subject)))
     profiles = [decode(s, raw, svc.config, now) for s, raw in raws]
-    if os.environ.get("PARTS_DUMP"):  # the raw profiles and requests, for offline tuning
-        import pickle
+    if os.environ.get("PARTS_DUMP"):  # the raw profiles and requests, for offline tuning (JSON: no pickles)
+        def as_text(value: object) -> str:
+            if isinstance(value, bytes | bytearray):
+                return value.decode("utf-8", "surrogateescape")
+            raise TypeError(f"{type(value).__name__} in a PARTS_DUMP")
 
         with open(os.environ["PARTS_DUMP"], "wb") as f:
-            pickle.dump({"bodies": bodies, "raws": raws, "now": now}, f)
+            f.write(orjson.dumps({"bodies": bodies, "raws": raws, "now": now}, default=as_text))
     pers = [p is not None and p.exists and p.personalisation_allowed for p in profiles]
     rng = random.Random(1)
     ranked = [d.rank(svc, r, p, ok, now, rng) for r, p, ok in zip(reqs, profiles, pers, strict=True)]

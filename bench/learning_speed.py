@@ -222,10 +222,10 @@ def learner_throughput(config: Any, n: int, repeats: int = 3, seed: int = 1) -> 
         dumps, loads = [], []
         for _ in range(5):
             ts = time.perf_counter()
-            blob = dump_model(model, 1, key)
+            blob = dump_model(model, 1, key, name=placement)
             dumps.append(time.perf_counter() - ts)
             ts = time.perf_counter()
-            load_model(blob, key)
+            load_model(blob, key, name=placement)
             loads.append(time.perf_counter() - ts)
         med = {k: _median(v) for k, v in rates.items()}
         rows.append({
@@ -438,6 +438,7 @@ def model_version(base: str) -> int:
 
 def serving_p99(config: Any, config_path: Path, seconds: float, rounds: int, connections: int,
                 train_examples: int, visitors: int) -> dict[str, Any]:
+    from engine.models import model_name
     from engine.snapshots import dump_model
     from infra.local import start_kafka, start_redis
     from infra.processes import Stack, api_process, free_port, wait_http_ready, wait_until
@@ -446,7 +447,8 @@ def serving_p99(config: Any, config_path: Path, seconds: float, rounds: int, con
     log(f"training a {SERVE_POLICY} model on {train_examples:,} examples for the snapshots")
     policy = trained_policy(config, train_examples)
     per_round = int(seconds / RELOAD_EVERY_S) + 4
-    blobs = [(v, dump_model(policy, v, key)) for v in range(2, 2 + rounds * per_round + 1)]
+    name = model_name(SERVE_PLACEMENT, SERVE_POLICY)
+    blobs = [(v, dump_model(policy, v, key, name=name)) for v in range(2, 2 + rounds * per_round + 1)]
     log_dir = Path(tempfile.mkdtemp(prefix="pulse-ls-"))
     log(f"starting Kafka, Redis and the API; logs in {log_dir}")
     kafka = start_kafka()
@@ -457,7 +459,7 @@ def serving_p99(config: Any, config_path: Path, seconds: float, rounds: int, con
         stack = Stack(kafka.bootstrap, redis_server.url)
         stack.create_topics()
         ids = asyncio.run(populate(redis_server.url, config_path, visitors))
-        asyncio.run(publish(redis_server.url, 1, dump_model(policy, 1, key)))
+        asyncio.run(publish(redis_server.url, 1, dump_model(policy, 1, key, name=name)))
         port = free_port()
         api = api_process(stack, log_dir, port, ENGINE_CONFIG=str(config_path), MODEL_SIGNING_KEY=SIGNING_KEY).start()
         base = f"http://127.0.0.1:{port}"
@@ -559,7 +561,7 @@ def print_tables(rows: Sequence[dict[str, Any]], serving: dict[str, Any] | None)
         print(f"{'hot_load (mean)':<14} {h['p50_ms']:>7.2f} {h['p99_ms']:>7.2f} {h['p99_9_ms']:>9.2f} {h['rps']:>7,.0f}"
               f" {h['models_loaded']:>13}")
         st = serving["hot_load_in_process"]
-        print(f"in process: one hot-load (fetch + verify + unpickle of {serving['snapshot_bytes'] / 1024:,.0f} KiB) "
+        print(f"in process: one hot-load (fetch + verify + decode of {serving['snapshot_bytes'] / 1024:,.0f} KiB) "
               f"takes {st['refresh_ms']['p50']:.1f} ms (p50) and stalls the event loop for at most "
               f"{st['max_loop_stall_per_load_ms']['p50']:.1f} ms (p50, max "
               f"{st['max_loop_stall_per_load_ms']['max']:.1f});"

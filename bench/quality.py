@@ -160,11 +160,11 @@ def snapshot_cost(quick: bool = False, n_actions: int = 50) -> dict[str, Any]:
     reps = 5 if quick else 20
     t0 = time.perf_counter()
     for v in range(reps):
-        blob = dump_model(policy, v, key)
+        blob = dump_model(policy, v, key, name="bench/linucb")
     dump_s = (time.perf_counter() - t0) / reps
     t0 = time.perf_counter()
     for _ in range(reps):
-        loaded, _version = load_model(blob, key)
+        loaded, _version = load_model(blob, key, name="bench/linucb")
     load_s = (time.perf_counter() - t0) / reps
     return {"policy": "linucb (hybrid, d=64, k=32)", "n_actions": n_actions, "n_updates": policy.n_updates,
             "bytes": len(blob), "dump_ms": 1e3 * dump_s, "load_ms": 1e3 * load_s}

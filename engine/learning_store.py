@@ -19,7 +19,6 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
-from redis.typing import EncodableT, FieldT
 
 from engine.config import RewardSettings
 from engine.decisions import Reward, decision_slot
@@ -240,6 +239,14 @@ class LearningStore:
     async def model_blob(self, placement: str) -> bytes | None:
         blob = await self.redis.hget(model_key(placement), MODEL_BLOB)
         return base64.b64decode(blob) if blob is not None else None
+
+    async def model_snapshot(self, placement: str) -> tuple[int, bytes] | None:
+        """The published version and blob, read together (one HMGET: a publication between two reads would
+        pair a version with another version's blob)."""
+        version, blob = await self.redis.hmget(model_key(placement), ["version", "blob"])
+        if version is None or blob is None:
+            return None
+        return int(version), base64.b64decode(blob)
 
     async def learner_state(self, placement: str) -> bytes | None:
         """The learner's own snapshot: ``state`` when one was published, else the serving ``blob``."""

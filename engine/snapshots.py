@@ -1,34 +1,46 @@
-"""Versioned, signed model snapshots: what a stream worker publishes and serving hot-reloads.
+"""Versioned, signed model snapshots: what a stream worker publishes and serving hot-reloads. Data only.
 
 A snapshot is one self-describing byte string::
 
     MAGIC "PULSEPOL" | u16 format version | u32 header length | header (JSON) | payload | HMAC-SHA256
 
-* the **header** says which model this is: ``model_version``, ``policy`` name, class, ``created_at``
-  (UTC, ISO 8601), ``n_updates``, payload length and SHA-256, compression, pickle protocol;
-* the **payload** is the zlib-compressed pickle of the policy (numpy arrays pickle compactly and River
-  models are picklable as they are);
+* the **header** says which model this is and where it belongs: the ``name`` it is published under
+  (``<placement>/<policy>``), its ``model_version``, its ``kind`` (``linucb``, ``covisit`` ...), ``created_at``,
+  ``n_updates``, and how to read the payload: lengths, compression, and per array its name, dtype, shape and
+  offset;
+* the **payload** is the zlib-compressed ``params`` (JSON) followed by the raw bytes of the arrays of the
+  model's :class:`~engine.model_state.ModelState` (``to_state()``): numbers and strings, no code, no pickle;
 * the **HMAC-SHA256** (key shared by the workers that write and the API replicas that read) covers
-  everything before it, header included.
+  everything before it, so the name and the version are signed with the bytes.
 
-:func:`load_model` checks length, magic and the HMAC *before* anything is parsed or unpickled, so a
-blob that was not produced by a holder of the key never reaches ``pickle``. As a second line of defence
-the unpickler only resolves classes from ``engine.policies``, ``engine.recommend``, ``river``, ``numpy``
-and a handful of standard containers, and a handful of numpy reconstruction functions. Any failure is a
-:class:`SnapshotError`; serving keeps its last good model when it sees one.
+:func:`load_model` checks length, magic and the HMAC before anything is parsed, then that the blob is the
+one the caller asked for: its signed ``name`` (a blob of placement A stored under B is refused), and
+optionally that its signed version is newer than the one already loaded and the one advertised next to it
+(an old blob re-published is refused). Arrays are rebuilt with ``numpy.frombuffer`` from a short list of
+numeric dtypes; the model from ``from_state`` of a class found in :data:`MODEL_KINDS` by its ``kind``.
+Format 1 (zlib-compressed pickles) is refused, even correctly signed. Any failure is a
+:class:`SnapshotError` whose ``reason`` (``signature``, ``format``, ``name``, ``replay``) serving counts.
 
 ``key`` may also be a sequence of keys when loading (key rotation: new key first, old key second).
 
 >>> from engine.policies import Candidate, LinUCB
 >>> policy = LinUCB()
 >>> policy.learn_one({"aff_cat:shoes": 1.0}, Candidate("a", {"cat:shoes": 1.0}), 1.0)
->>> blob = dump_model(policy, version=7, key=b"k" * 32)
->>> loaded, version = load_model(blob, key=b"k" * 32)
+>>> blob = dump_model(policy, 7, b"k" * 32, name="home/linucb")
+>>> loaded, version = load_model(blob, b"k" * 32, name="home/linucb")
 >>> type(loaded).__name__, version, loaded.n_updates
 ('LinUCB', 7, 1)
->>> read_header(blob, key=b"k" * 32).policy
+>>> read_header(blob, key=b"k" * 32).kind
 'linucb'
->>> load_model(blob[:-1] + bytes([blob[-1] ^ 1]), key=b"k" * 32)
+>>> load_model(blob, b"k" * 32, name="cart/linucb")
+Traceback (most recent call last):
+...
+engine.snapshots.SnapshotError: snapshot is 'home/linucb', not 'cart/linucb'
+>>> load_model(blob, b"k" * 32, name="home/linucb", newer_than=7)
+Traceback (most recent call last):
+...
+engine.snapshots.SnapshotError: snapshot version 7 is not newer than the loaded version 7
+>>> load_model(blob[:-1] + bytes([blob[-1] ^ 1]), b"k" * 32, name="home/linucb")
 Traceback (most recent call last):
 ...
 engine.snapshots.SnapshotError: bad signature: snapshot was not produced with this key or was altered
@@ -38,66 +50,61 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
-import pickle
+import math
 import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, Self
 
+import numpy as np
 import orjson
 
-from engine.policies.base import Policy
+from engine.model_state import ARRAY_DTYPES, ModelState
+from engine.policies import POLICIES
+from engine.recommend.signal import CollaborativeSignal
 
-__all__ = ["SnapshotError", "SnapshotHeader", "dump_model", "load_model", "read_header", "FORMAT_VERSION"]
+__all__ = [
+    "FORMAT_VERSION", "MODEL_KINDS", "REASONS", "Snapshottable", "SnapshotError", "SnapshotHeader",
+    "dump_model", "load_model", "read_header",
+]
 
 MAGIC = b"PULSEPOL"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _PREFIX = struct.Struct(">8sHI")  # magic, format version, header length
 _MAC_LEN = 32
-_PICKLE_PROTOCOL = 5
 _MAX_HEADER = 64 * 1024
+#: Decompressed payloads above this are refused (a snapshot holds a bounded model; see engine.recommend).
+MAX_PAYLOAD = 1 << 30
 _MIN_KEY = 16
+_ALIGN = 64
+#: Why a snapshot was refused, as counted by serving (``pulse_model_rejected_total{reason}``).
+REASONS = ("signature", "format", "name", "replay")
 
-#: Packages whose *classes* may be instantiated by the unpickler.
-_ALLOWED_PACKAGES = ("engine.policies", "engine.recommend", "river", "numpy")
-#: Exact (module, name) pairs allowed regardless of kind (functions numpy/stdlib pickles refer to).
-_ALLOWED_GLOBALS = frozenset({
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy.random._pickle", "__bit_generator_ctor"),
-    ("numpy.random._pickle", "__randomstate_ctor"),
-    ("numpy.random._pickle", "__generator_ctor"),
-    ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
-    ("copyreg", "_reconstructor"),
-    ("collections", "defaultdict"),
-    ("collections", "OrderedDict"),
-    ("collections", "Counter"),
-    ("collections", "deque"),
-    ("functools", "partial"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "dict"),
-    ("builtins", "list"),
-    ("builtins", "tuple"),
-    ("builtins", "float"),
-    ("builtins", "int"),
-    ("builtins", "complex"),
-    ("builtins", "slice"),
-    ("builtins", "range"),
-    ("builtins", "bytearray"),
-    ("builtins", "object"),
-})
+
+class Snapshottable(Protocol):
+    """What a snapshotted model has: a ``name`` (its kind), ``n_updates``, and the two state verbs."""
+
+    name: str
+    n_updates: int
+
+    def to_state(self) -> ModelState: ...
+
+    @classmethod
+    def from_state(cls, state: ModelState) -> Self: ...
+
+
+#: Model kind (the class's ``name``) -> class: the only classes a snapshot can rebuild.
+MODEL_KINDS: dict[str, Any] = {**POLICIES, CollaborativeSignal.name: CollaborativeSignal}
 
 
 class SnapshotError(ValueError):
-    """The blob is not a valid snapshot for this key (tampered, truncated, wrong key or format)."""
+    """The blob is not a valid snapshot for this key, name and version; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, message: str, reason: str = "format") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,77 +112,73 @@ class SnapshotHeader:
     """What a snapshot says about itself (only trusted once its signature has been checked)."""
 
     format: int
+    name: str
     model_version: int
-    policy: str
-    policy_class: str
+    kind: str
     created_at: str
     n_updates: int
-    payload_len: int
-    payload_sha256: str
     compression: str
-    pickle_protocol: int
-
-
-def _in_allowed_package(module: str) -> bool:
-    return any(module == p or module.startswith(p + ".") for p in _ALLOWED_PACKAGES)
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        if "." not in name and not name.startswith("_") and _in_allowed_package(module):
-            obj = super().find_class(module, name)
-            if isinstance(obj, type) and _in_allowed_package(obj.__module__):
-                return obj
-        raise SnapshotError(f"snapshot refers to a forbidden global {module}.{name}")
+    payload_len: int
+    raw_len: int
+    params_len: int
+    arrays: list[list[Any]]  # [name, dtype, shape, offset] per array
 
 
 def _mac(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()
 
 
-def _check_key(key: bytes) -> bytes:
+def _check_key(key: bytes | bytearray) -> bytes:
     if not isinstance(key, bytes | bytearray) or len(key) < _MIN_KEY:
         raise ValueError(f"snapshot signing key must be at least {_MIN_KEY} bytes")
     return bytes(key)
 
 
-def _is_model(obj: Any) -> bool:
-    """A :class:`Policy`, or any other named learner (``name``, ``n_updates``), e.g. ``engine.recommend``."""
-    return isinstance(obj, Policy) or (isinstance(getattr(obj, "name", None), str) and hasattr(obj, "n_updates"))
+def dump_model(model: Snapshottable, version: int, key: bytes, *, name: str, compress_level: int = 1) -> bytes:
+    """Serialise ``model`` as snapshot ``version`` of ``name``, signed with ``key`` (>= 16 bytes).
 
-
-def dump_model(policy: Policy, version: int, key: bytes, compress_level: int = 1) -> bytes:
-    """Serialise ``policy`` as snapshot ``version``, signed with ``key`` (>= 16 bytes).
-
-    ``policy`` is a :class:`Policy` or another named model with ``n_updates``. ``compress_level`` is
-    zlib's (0-9); 1 already shrinks a LinUCB snapshot ~7x in a fraction of the time level 6 takes.
+    ``model`` is any class of :data:`MODEL_KINDS`. ``compress_level`` is zlib's (0-9); 1 already shrinks a
+    LinUCB snapshot several times in a fraction of the time level 6 takes.
     """
     key = _check_key(key)
-    if not _is_model(policy):
-        raise TypeError(f"{type(policy).__name__} is neither a Policy nor a named model with n_updates")
-    payload = zlib.compress(pickle.dumps(policy, protocol=_PICKLE_PROTOCOL), compress_level)
-    cls = type(policy)
+    kind = getattr(model, "name", None)
+    if not isinstance(kind, str) or MODEL_KINDS.get(kind) is not type(model):
+        raise TypeError(f"{type(model).__name__} is not a snapshottable model ({', '.join(sorted(MODEL_KINDS))})")
+    state = model.to_state()
+    params = orjson.dumps(state.params)
+    parts, arrays, offset = [params], [], len(params)
+    for array_name, arr in state.arrays.items():
+        a = np.ascontiguousarray(arr)
+        dtype = a.dtype.str
+        if dtype not in ARRAY_DTYPES:
+            raise TypeError(f"array {array_name!r} of {kind} has dtype {dtype}, not one of {sorted(ARRAY_DTYPES)}")
+        pad = -offset % _ALIGN
+        parts.append(b"\0" * pad)
+        offset += pad
+        arrays.append([array_name, dtype, list(a.shape), offset])
+        parts.append(a.tobytes())
+        offset += a.nbytes
+    raw = b"".join(parts)
+    payload = zlib.compress(raw, compress_level)
     header = orjson.dumps({
         "format": FORMAT_VERSION,
+        "name": name,
         "model_version": int(version),
-        "policy": policy.name,
-        "policy_class": f"{cls.__module__}.{cls.__qualname__}",
+        "kind": kind,
         "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "n_updates": int(policy.n_updates),
-        "payload_len": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "n_updates": int(model.n_updates),
         "compression": "zlib",
-        "pickle_protocol": _PICKLE_PROTOCOL,
+        "payload_len": len(payload),
+        "raw_len": len(raw),
+        "params_len": len(params),
+        "arrays": arrays,
     })
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + payload
     return body + _mac(key, body)
 
 
 def _verified(blob: bytes, key: bytes | Sequence[bytes]) -> tuple[SnapshotHeader, memoryview]:
-    keys = [key] if isinstance(key, bytes | bytearray) else list(key)
-    keys = [_check_key(k) for k in keys]
+    keys = [_check_key(k) for k in ([key] if isinstance(key, bytes | bytearray) else list(key))]
     if not keys:
         raise ValueError("no snapshot key given")
     if not isinstance(blob, bytes | bytearray | memoryview):
@@ -185,42 +188,100 @@ def _verified(blob: bytes, key: bytes | Sequence[bytes]) -> tuple[SnapshotHeader
         raise SnapshotError("not a pulse model snapshot (bad magic or too short)")
     body, mac = blob[:-_MAC_LEN], blob[-_MAC_LEN:]
     if not any(hmac.compare_digest(_mac(k, body), mac) for k in keys):
-        raise SnapshotError("bad signature: snapshot was not produced with this key or was altered")
-    # Signed by a key holder from here on; the checks below catch format drift, not attackers.
+        raise SnapshotError("bad signature: snapshot was not produced with this key or was altered", "signature")
+    # Signed by a key holder from here on; the checks below catch format drift and keep the reader bounded.
     _, fmt, header_len = _PREFIX.unpack_from(body)
     if fmt != FORMAT_VERSION:
-        raise SnapshotError(f"unsupported snapshot format {fmt} (this code reads {FORMAT_VERSION})")
+        old = " (pickled models are no longer loaded)" if fmt == 1 else ""
+        raise SnapshotError(f"unsupported snapshot format {fmt}{old}; this code reads format {FORMAT_VERSION}")
     if header_len > _MAX_HEADER or _PREFIX.size + header_len > len(body):
         raise SnapshotError("corrupt snapshot header length")
     try:
-        raw = orjson.loads(body[_PREFIX.size:_PREFIX.size + header_len])
-        header = SnapshotHeader(**raw)
+        header = SnapshotHeader(**orjson.loads(body[_PREFIX.size:_PREFIX.size + header_len]))
     except (orjson.JSONDecodeError, TypeError) as exc:
         raise SnapshotError(f"corrupt snapshot header: {exc}") from None
     payload = memoryview(body)[_PREFIX.size + header_len:]
-    if len(payload) != header.payload_len or hashlib.sha256(payload).hexdigest() != header.payload_sha256:
-        raise SnapshotError("corrupt snapshot payload (length or checksum mismatch)")
+    if len(payload) != header.payload_len:
+        raise SnapshotError("corrupt snapshot payload (length mismatch)")
     return header, payload
 
 
 def read_header(blob: bytes, key: bytes | Sequence[bytes]) -> SnapshotHeader:
-    """The verified header of a snapshot, without unpickling the model."""
+    """The verified header of a snapshot, without decoding the model."""
     return _verified(blob, key)[0]
 
 
-def load_model(blob: bytes, key: bytes | Sequence[bytes]) -> tuple[Policy, int]:
-    """Verify and load a snapshot; returns ``(policy, model_version)`` or raises :class:`SnapshotError`."""
-    header, payload = _verified(blob, key)
+def _decode_state(header: SnapshotHeader, payload: memoryview) -> ModelState:
     if header.compression != "zlib":
         raise SnapshotError(f"unknown snapshot compression {header.compression!r}")
+    if not 0 <= header.params_len <= header.raw_len <= MAX_PAYLOAD:
+        raise SnapshotError("snapshot payload lengths out of bounds")
+    inflate = zlib.decompressobj()
     try:
-        policy = _RestrictedUnpickler(io.BytesIO(zlib.decompress(payload))).load()
-    except SnapshotError:
-        raise
-    except Exception as exc:  # zlib.error, UnpicklingError, AttributeError, ImportError ...
-        raise SnapshotError(f"cannot load snapshot payload: {type(exc).__name__}: {exc}") from None
-    cls = type(policy)
-    if (not _is_model(policy) or policy.name != header.policy
-            or f"{cls.__module__}.{cls.__qualname__}" != header.policy_class):
-        raise SnapshotError(f"snapshot payload is not the {header.policy!r} model its header announces")
-    return policy, header.model_version
+        # a bytearray: the arrays are views of it and must be writable (the learner goes on learning in place)
+        raw = bytearray(inflate.decompress(payload, header.raw_len))
+    except zlib.error as exc:
+        raise SnapshotError(f"cannot decompress snapshot payload: {exc}") from None
+    if len(raw) != header.raw_len or not inflate.eof or inflate.unconsumed_tail:
+        raise SnapshotError("snapshot payload is not the length its header announces")
+    try:
+        params = orjson.loads(memoryview(raw)[:header.params_len])
+    except orjson.JSONDecodeError as exc:
+        raise SnapshotError(f"snapshot params are not JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise SnapshotError("snapshot params must be a JSON object")
+    arrays: dict[str, np.ndarray] = {}
+    for entry in header.arrays:
+        try:
+            array_name, dtype, shape, offset = entry
+            if dtype not in ARRAY_DTYPES or not all(type(n) is int and n >= 0 for n in shape):
+                raise ValueError(f"dtype {dtype!r} or shape {shape!r} not allowed")
+            count = math.prod(shape)
+            dt = np.dtype(dtype)
+            if type(offset) is not int or offset < header.params_len or offset + count * dt.itemsize > len(raw):
+                raise ValueError("outside the payload")
+            arrays[str(array_name)] = np.frombuffer(raw, dtype=dt, count=count, offset=offset).reshape(shape)
+        except (ValueError, TypeError) as exc:
+            raise SnapshotError(f"bad array entry in snapshot: {exc}") from None
+    return ModelState(params, arrays)
+
+
+def load_model(
+    blob: bytes,
+    key: bytes | Sequence[bytes],
+    *,
+    name: str | Sequence[str],
+    kind: str | None = None,
+    newer_than: int | None = None,
+    expect_version: int | None = None,
+) -> tuple[Any, int]:
+    """Verify and rebuild a snapshot; returns ``(model, model_version)`` or raises :class:`SnapshotError`.
+
+    ``name``: what the caller reads (one name, or the names it accepts); ``kind``: the model kind it expects
+    there (``linucb`` ..., :data:`MODEL_KINDS`), if it knows; ``newer_than``: the version already
+    loaded, which the snapshot must exceed; ``expect_version``: the version published next to the blob (the
+    ``version`` field of its Redis hash), which its signed version must equal.
+    """
+    header, payload = _verified(blob, key)
+    names = [name] if isinstance(name, str) else list(name)
+    if header.name not in names:
+        raise SnapshotError(f"snapshot is {header.name!r}, not {' or '.join(map(repr, names))}", "name")
+    version = header.model_version
+    if type(version) is not int:
+        raise SnapshotError("snapshot version is not an integer")
+    if newer_than is not None and version <= newer_than:
+        raise SnapshotError(f"snapshot version {version} is not newer than the loaded version {newer_than}",
+                            "replay")
+    if expect_version is not None and version != expect_version:
+        raise SnapshotError(f"snapshot version {version} is published as version {expect_version}", "replay")
+    if kind is not None and header.kind != kind:
+        raise SnapshotError(f"snapshot {header.name!r} holds a {header.kind!r} model, not {kind!r}", "name")
+    cls = MODEL_KINDS.get(header.kind) if isinstance(header.kind, str) else None
+    if cls is None:
+        raise SnapshotError(f"unknown model kind {header.kind!r}")
+    state = _decode_state(header, payload)
+    try:
+        model = cls.from_state(state)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:  # StateError is a ValueError
+        raise SnapshotError(f"snapshot is not a valid {header.kind} model: {exc}") from None
+    return model, version

@@ -80,13 +80,17 @@ class ServingMetrics:
         self.admission_cuts = Counter("pulse_decide_admission_cuts_total",
                                       "Times the admission limit was lowered because decisions ended late")
         self.model_load = Histogram("pulse_model_load_seconds",
-                                    "Time to verify, unpickle and prepare a model snapshot; off the event loop, but "
-                                    "unpickling holds the interpreter lock, so decisions wait about that long")
+                                    "Time to verify, decode and prepare a model snapshot; off the event loop, but "
+                                    "rebuilding the model holds the interpreter lock, so decisions wait about that "
+                                    "long")
+        self.model_rejected = Counter("pulse_model_rejected_total",
+                                      "Model snapshots refused (the last good model kept), by reason: signature, "
+                                      "format, name, replay", "reason")
 
     def render(self) -> str:
         out: list[str] = []
         for m in (self.decide_latency, self.decide_queue, self.decisions, self.events_in, self.events_out,
                   self.events_rejected, self.errors, self.read_pipelines, self.read_commands,
-                  self.admission_limit, self.admission_cuts, self.model_load):
+                  self.admission_limit, self.admission_cuts, self.model_load, self.model_rejected):
             out += m.render()
         return "\n".join(out) + "\n"

@@ -1,9 +1,11 @@
 """In-memory model snapshots for serving, hot-reloaded in the background.
 
 Requests never wait for a model: they use whatever is loaded (a fresh, exploring policy until the first
-snapshot arrives). A background task polls each model's version; a newer snapshot is fetched, its
-signature verified and unpickled off the event loop, then swapped in. A snapshot that fails to verify
-or load is counted and ignored: the last good model stays.
+snapshot arrives). A background task polls each model's version; a newer snapshot is fetched with its
+published version, its signature, name, kind and version verified and the model rebuilt off the event loop,
+then swapped in. A snapshot that is refused (forged, pickled or corrupt, published under another name, or
+not newer than the loaded version: ``engine.snapshots.REASONS``) is logged and counted in
+``pulse_model_rejected_total{reason}``, once per publication, and the last good model stays.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class ModelRegistry:
     def __init__(self, config: EngineConfig, store: LearningStore, key: bytes, metrics: ServingMetrics) -> None:
         self.store, self.key, self.metrics = store, key, metrics
         self.models: dict[str, LoadedModel] = {}
+        #: the published version last refused per model: not fetched (nor counted) again until it changes
+        self.rejected: dict[str, int] = {}
         for placement in config.placements.values():
             for policy in learned_policies(config, placement.id):
                 params = placement.learning.params if policy == placement.learning.policy else {}
@@ -55,16 +59,20 @@ class ModelRegistry:
         swapped = 0
         for name, current in list(self.models.items()):
             version = await self.store.model_version(name)
-            if version is None or version <= current.version:
+            if version is None or version <= current.version or self.rejected.get(name) == version:
                 continue
-            blob = await self.store.model_blob(name)
-            if blob is None:
+            snapshot = await self.store.model_snapshot(name)
+            if snapshot is None:
                 continue
+            published, blob = snapshot
             try:
-                policy, loaded_version, seconds = await asyncio.to_thread(_load_and_prepare, blob, self.key)
+                policy, loaded_version, seconds = await asyncio.to_thread(
+                    _load_and_prepare, blob, self.key, name, current.policy.name, current.version, published)
             except SnapshotError as exc:
-                self.metrics.errors.inc("model_load")
-                log.warning("model %s v%s rejected, keeping v%s: %s", name, version, current.version, exc)
+                self.rejected[name] = published
+                self.metrics.model_rejected.inc(exc.reason)
+                log.warning("model %s v%s rejected (%s), keeping v%s: %s",
+                            name, published, exc.reason, current.version, exc)
                 continue
             self.metrics.model_load.observe(seconds)
             self.models[name] = LoadedModel(policy, loaded_version)
@@ -72,11 +80,12 @@ class ModelRegistry:
         return swapped
 
 
-def _load_and_prepare(blob: bytes, key: bytes) -> tuple[Policy, int, float]:
-    """Verify and unpickle a snapshot, and compute its request-independent products (off the event loop);
+def _load_and_prepare(blob: bytes, key: bytes, name: str, kind: str, loaded: int, published: int
+                      ) -> tuple[Policy, int, float]:
+    """Verify and rebuild a snapshot, and compute its request-independent products (off the event loop);
     returns the seconds it took too (``pulse_model_load_seconds``)."""
     started = time.perf_counter()
-    policy, version = load_model(blob, key)
+    policy, version = load_model(blob, key, name=name, kind=kind, newer_than=loaded, expect_version=published)
     prepare = getattr(policy, "prepare", None)
     if prepare is not None:
         prepare()

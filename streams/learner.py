@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -30,8 +31,10 @@ from engine.decisions import action_features
 from engine.learning_store import LearningStore
 from engine.models import learned_policies, model_name
 from engine.policies import Candidate, Policy, make_policy
-from engine.recommend.signal import COVISIT_MODEL, CollaborativeSignal
+from engine.recommend.signal import COVISIT_MODEL, COVISIT_STATE, CollaborativeSignal
 from engine.snapshots import SnapshotError, dump_model, load_model
+
+log = logging.getLogger(__name__)
 
 #: Learned decision ids remembered per placement, so a replayed example is not learned twice.
 RECENT_DECISIONS = 100_000
@@ -128,43 +131,56 @@ class PlacementLearner:
         return due
 
     async def restore(self, store: LearningStore, key: bytes) -> None:
-        """Resume every learned placement (and co-visitation) from its last good snapshot (if any)."""
-        if self.covisit is not None and (blob := await store.learner_state(COVISIT_MODEL)) is not None:
-            try:
-                # the co-visitation snapshot holds a CollaborativeSignal (load_model checks its class name)
-                self.covisit, self.covisit_state.version = load_model(blob, key)  # type: ignore[assignment]
-            except SnapshotError:
-                pass
+        """Resume every learned placement (and co-visitation) from its last good snapshot (if any). A snapshot
+        that is refused is logged and skipped, and versions go on above the published one either way, so that
+        serving (which only loads newer versions) takes what this learner publishes next."""
+        if self.covisit is not None:
+            blob = await store.learner_state(COVISIT_MODEL)
+            if blob is not None:
+                try:  # the learner's own state; a serving snapshot (no histories) as a fallback
+                    self.covisit, self.covisit_state.version = load_model(
+                        blob, key, name=(COVISIT_STATE, COVISIT_MODEL), kind=CollaborativeSignal.name)
+                except SnapshotError as exc:
+                    log.warning("co-visitation state refused (%s), starting afresh: %s", exc.reason, exc)
+            published = await store.model_version(COVISIT_MODEL)
+            self.covisit_state.version = max(self.covisit_state.version, published or 0)
         for placement in self.config.placements:
             for policy in learned_policies(self.config, placement):
-                blob = await store.model_blob(model_name(placement, policy))
+                name = model_name(placement, policy)
+                published = await store.model_version(name)
+                if published is None:
+                    continue
+                self._ensure(placement)
+                st = self.state[placement]
+                st.version = max(st.version, published)
+                blob = await store.model_blob(name)
                 if blob is None:
                     continue
                 try:
-                    model, version = load_model(blob, key)
-                except SnapshotError:
+                    model, version = load_model(blob, key, name=name, kind=policy)
+                except SnapshotError as exc:
+                    log.warning("snapshot of %s refused (%s), starting afresh: %s", name, exc.reason, exc)
                     continue
-                self._ensure(placement)[policy] = model
-                self.state[placement].version = max(self.state[placement].version, version)
+                self.models[placement][policy] = model
+                st.version = max(st.version, version)
 
     async def snapshot(self, store: LearningStore, key: bytes, placement: str) -> int:
         if placement == COVISIT_MODEL:
             assert self.covisit is not None  # due_snapshots() names COVISIT_MODEL only when it is on
             st = self.covisit_state
             st.version += 1
-            # serving gets the model without per-visitor histories (a fraction of the size, and unpickling
+            # serving gets the model without per-visitor histories (a fraction of the size, and loading
             # them held the API's event loop: decisions 20-60 ms late every snapshot); the learner keeps them
-            # a named model with n_updates: dump_model takes it beside policies
-            serving = dump_model(self.covisit.for_serving(), st.version, key)  # type: ignore[arg-type]
+            serving = dump_model(self.covisit.for_serving(), st.version, key, name=COVISIT_MODEL)
             await store.publish_model(COVISIT_MODEL, st.version, serving,
-                                      state=dump_model(self.covisit, st.version, key))  # type: ignore[arg-type]
+                                      state=dump_model(self.covisit, st.version, key, name=COVISIT_STATE))
             st.updates_since_snapshot, st.last_snapshot = 0, time.monotonic()
             return st.version
         st = self.state[placement]
         st.version += 1
         for policy_name, policy in self.models[placement].items():
-            await store.publish_model(model_name(placement, policy_name), st.version,
-                                      dump_model(policy, st.version, key))
+            name = model_name(placement, policy_name)
+            await store.publish_model(name, st.version, dump_model(policy, st.version, key, name=name))
         st.updates_since_snapshot = 0
         st.last_snapshot = time.monotonic()
         return st.version

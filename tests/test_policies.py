@@ -307,8 +307,8 @@ def test_thompson_epsilon_floor_keeps_every_action_loggable() -> None:
 
 def test_disjoint_posterior_from_precomputed_products_matches_the_statistics() -> None:
     """Serving ranks disjoint models with per-model-version products (theta, packed A^-1); they must give the
-    posterior of the stored statistics, and be rebuilt after learning and after unpickling."""
-    import pickle
+    posterior of the stored statistics, and be rebuilt after learning and after a reload."""
+    from engine.snapshots import dump_model, load_model
 
     policy = LinearThompson(shared_dims=0, context_dims=16)
     env = random.Random(4)
@@ -323,7 +323,8 @@ def test_disjoint_posterior_from_precomputed_products_matches_the_statistics() -
                 np.array([x @ p._Ainv[i] @ x for i in rows]))
 
     cands = [*ACTIONS, Candidate("unseen")]
-    for p in (policy, pickle.loads(pickle.dumps(policy))):
+    reloaded = load_model(dump_model(policy, 1, b"k" * 32, name="p/lt"), b"k" * 32, name="p/lt")[0]
+    for p in (policy, reloaded):
         ctx, _ = _context(env)
         mean, var = p.posterior(ctx, cands)
         want_mean, want_var = brute(p, ctx)

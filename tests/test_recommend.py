@@ -5,7 +5,6 @@ Fast and offline: synthetic streams only, no dataset download.
 
 from __future__ import annotations
 
-import pickle
 import random
 from typing import Any
 
@@ -23,6 +22,22 @@ from bench.movielens import (
     rank_metrics,
 )
 from engine.recommend import CoVisitation, Popularity
+from engine.recommend.signal import CollaborativeSignal
+from engine.snapshots import dump_model, load_model
+
+KEY = b"k" * 32
+
+
+def _signal_of(model: CoVisitation) -> CollaborativeSignal:
+    signal = CollaborativeSignal()
+    signal.model = model
+    return signal
+
+
+def _reloaded(model: CoVisitation) -> CoVisitation:
+    """``model`` through a snapshot's bytes (to_state arrays are views: bytes make a true copy)."""
+    loaded: CollaborativeSignal = load_model(dump_model(_signal_of(model), 1, KEY, name="t"), KEY, name="t")[0]
+    return loaded.model
 
 
 def clustered_stream(
@@ -276,7 +291,7 @@ def test_learn_many_is_learning_one_by_one(params: dict) -> None:
         batched.learn_many(stream[start : start + size])
         start += size
         if rng.random() < 0.1:  # a snapshot and a restore in between change nothing
-            batched = pickle.loads(pickle.dumps(batched))
+            batched = _reloaded(batched)
     hist: dict[str, list[tuple[str, float]]] = {}
     for user, item, weight, ts in stream:
         recent = hist.setdefault(user, [])[-reference.history_size :]
@@ -300,14 +315,14 @@ def test_learn_many_with_max_items_evicts_as_learn_one() -> None:
 
 
 def test_snapshot_state_has_no_learning_cache() -> None:
-    """The pickled state is the model's arrays and histories only (as before learn_many): the per-row
-    lookup dicts are rebuilt after a restore."""
+    """The state is the model's arrays and histories only: the per-row lookup dicts are rebuilt after a
+    restore."""
     model = CoVisitation(top_k=4)
     model.learn_many(_noisy_stream(seed=2, n=300))
-    state = model.__getstate__()
-    assert not set(CoVisitation._CACHE) & set(state)
-    assert {"_nbr", "_w", "_pop", "_users", "_index", "_decay"} <= set(state)
-    clone = pickle.loads(pickle.dumps(model))
+    state = model.to_state()
+    assert not {name.lstrip("_") for name in CoVisitation._CACHE} & (set(state.params) | set(state.arrays))
+    assert {"nbr", "w", "pop", "history_lengths"} <= set(state.arrays) and {"users", "items"} <= set(state.params)
+    clone = _reloaded(model)
     more = _noisy_stream(seed=3, n=300)
     clone.learn_many(more)
     model.learn_many(more)
@@ -324,7 +339,7 @@ def test_scores_recommend_and_snapshot() -> None:
     assert [i for i, _ in model.recommend(["a"], k=5)] == ["b", "c"]  # history excluded
     assert [i for i, _ in model.recommend(["a"], k=5, exclude=[])][0] == "b"
     assert model.recommend(["nobody-knows"], k=1)[0][0] == "b"  # popularity fallback
-    clone = pickle.loads(pickle.dumps(model))
+    clone = _reloaded(model)
     assert clone.score(["a"]) == model.score(["a"])
     with pytest.raises(ValueError):
         model.score_array(["a", "b"], weights=[1.0])
@@ -408,12 +423,12 @@ def test_serving_copy_scores_the_same_and_leaves_the_learning_model_untouched() 
     learning.learn_many(rows[:3000])
     control.learn_many(rows[:3000])
     lean = learning.without_histories()
-    blob = pickle.dumps(lean)
+    blob = dump_model(_signal_of(lean), 1, KEY, name="covisit")
     assert lean.state_size()["users"] == 0 and learning.state_size()["users"] == control.state_size()["users"] > 0
-    assert len(blob) < len(pickle.dumps(learning)) / 2
+    assert len(blob) < len(dump_model(_signal_of(learning), 1, KEY, name="covisit"))
     histories = [[f"i{rng.randrange(120)}" for _ in range(rng.randint(1, 8))] for _ in range(50)]
     items = [f"i{k}" for k in range(120)]
-    loaded = pickle.loads(blob)
+    loaded = load_model(blob, KEY, name="covisit")[0].model
     for h in histories:
         assert loaded.score(h, items) == learning.score(h, items)
     learning.learn_many(rows[3000:])  # the learner goes on as if no copy had been taken

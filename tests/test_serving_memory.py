@@ -147,6 +147,9 @@ class _Store:
     async def model_blob(self, name: str) -> bytes | None:
         return self.blobs[name][1] if name in self.blobs else None
 
+    async def model_snapshot(self, name: str) -> tuple[int, bytes] | None:
+        return self.blobs.get(name)
+
 
 def test_hot_reloads_keep_one_model_per_name_and_release_old_versions_and_their_matrices() -> None:
     from engine.config import load_config
@@ -170,7 +173,7 @@ def test_hot_reloads_keep_one_model_per_name_and_release_old_versions_and_their_
         for version in range(1, 9):
             for _ in range(5):
                 trainer.learn_one({"aff_cat:c1": 1.0}, candidates[rng.randrange(30)], rng.random())
-            store.blobs[name] = (version, dump_model(trainer, version, key))
+            store.blobs[name] = (version, dump_model(trainer, version, key, name=name))
             assert await registry.refresh() == 1
             model = registry.get("product_recs", "linear_thompson")
             assert model.version == version

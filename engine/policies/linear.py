@@ -41,10 +41,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
+from engine.model_state import ModelState, StateError
 from engine.policies.base import Candidate, Features, Ranked, empty_ranked, tie_break_top
 from engine.policies.features import FeatureHasher
 from engine.policies.propensity import win_probability
@@ -105,20 +106,57 @@ class _LinearBandit:
                 self._grow(2 * self._Ainv.shape[0])
         return i
 
-    def __getstate__(self) -> dict[str, Any]:
-        self._refresh_shared()  # a loaded snapshot never has to invert anything on its first rank
-        state = self.__dict__.copy()
-        state.pop("_serving", None)  # derived data, rebuilt on the first rank after loading
-        state.pop("_gen", None)  # each process draws its own random numbers
-        used = len(self._slots) + 1  # don't ship the unused capacity in snapshots
-        for key in ("_Ainv", "_b", "_B", "_counts"):
-            state[key] = state[key][:used].copy()
-        return state
+    # -- state (engine.model_state) -----------------------------------------------------------------
+    #: Constructor parameters a state carries (each subclass adds its own).
+    _PARAMS: tuple[str, ...] = ("context_dims", "shared_dims", "ridge", "seed")
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._serving = None
-        self._gen = None
+    def to_state(self) -> ModelState:
+        """The statistics as plain data: the action ids in row order, and the arrays of the used rows only
+        (the unused capacity is not shipped). The shared inverse is brought up to date first, so a loaded
+        model never has to invert anything on its first rank; the hashers' caches, the serving products and
+        Thompson's generator (each process draws its own numbers) are not part of it.
+
+        >>> import random
+        >>> from engine.policies import Candidate
+        >>> p = LinUCB(alpha=0.5, context_dims=8, shared_dims=4)
+        >>> p.learn_one({"x": 1.0}, Candidate("a", {"cat:c": 1.0}), 1.0)
+        >>> q = LinUCB.from_state(p.to_state())
+        >>> ctx, cands = {"x": 1.0}, [Candidate("a", {"cat:c": 1.0}), Candidate("b")]
+        >>> q.rank(ctx, cands, 2, random.Random(0)) == p.rank(ctx, cands, 2, random.Random(0)), q.n_actions
+        (True, 1)
+        """
+        self._refresh_shared()
+        used = len(self._slots) + 1
+        params: dict[str, Any] = {k: getattr(self, k) for k in self._PARAMS}
+        params.update(n_updates=self.n_updates, actions=list(self._slots))  # insertion order is row order
+        arrays = {"Ainv": self._Ainv[:used], "b": self._b[:used], "B": self._B[:used], "counts": self._counts[:used],
+                  "A0": self._A0, "b0": self._b0, "A0inv": self._A0inv, "beta": self._beta}
+        return ModelState(params, arrays)
+
+    @classmethod
+    def _construct(cls, state: ModelState) -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, state: ModelState) -> Self:
+        """The model :meth:`to_state` described (shapes and types checked: ``StateError`` otherwise)."""
+        policy = cls._construct(state)
+        d, k = policy.context_dims, policy.shared_dims
+        actions = state.strings("actions")
+        used = len(actions) + 1
+        if len(set(actions)) != len(actions):
+            raise StateError("duplicate action ids")
+        policy._slots = {a: i for i, a in enumerate(actions, start=1)}
+        policy._Ainv = state.array("Ainv", "<f8", (used, d, d))
+        policy._b = state.array("b", "<f8", (used, d))
+        policy._B = state.array("B", "<f8", (used, d, k))
+        policy._counts = state.array("counts", "<i8", (used,))
+        policy._A0 = state.array("A0", "<f8", (k, k))
+        policy._b0 = state.array("b0", "<f8", (k,))
+        policy._A0inv = state.array("A0inv", "<f8", (k, k))
+        policy._beta = state.array("beta", "<f8", (k,))
+        policy.n_updates = state.integer("n_updates", 0)
+        return policy
 
     def prepare(self) -> None:
         """Compute the request-independent products now (serving calls this when a model is loaded),
@@ -256,6 +294,13 @@ class LinUCB(_LinearBandit):
         super().__init__(context_dims=context_dims, shared_dims=shared_dims, ridge=ridge, seed=seed)
         self.alpha = alpha
 
+    _PARAMS = (*_LinearBandit._PARAMS, "alpha")
+
+    @classmethod
+    def _construct(cls, state: ModelState) -> Self:
+        return cls(alpha=state.number("alpha"), context_dims=state.integer("context_dims", 2),
+                   shared_dims=state.integer("shared_dims", 0), ridge=state.number("ridge"), seed=state.integer("seed"))
+
     def rank(self, context: Features, candidates: Sequence[Candidate], n: int, rng: random.Random) -> Ranked:
         if not candidates or n <= 0:
             return empty_ranked()
@@ -306,6 +351,15 @@ class LinearThompson(_LinearBandit):
         self.epsilon = epsilon
         self._gen: np.random.Generator | None = None
 
+    _PARAMS = (*_LinearBandit._PARAMS, "v", "propensity_samples", "epsilon")
+
+    @classmethod
+    def _construct(cls, state: ModelState) -> Self:
+        return cls(v=state.number("v"), context_dims=state.integer("context_dims", 2),
+                   shared_dims=state.integer("shared_dims", 0), ridge=state.number("ridge"),
+                   propensity_samples=state.integer("propensity_samples", 0), seed=state.integer("seed"),
+                   epsilon=state.number("epsilon"))
+
     def rank(self, context: Features, candidates: Sequence[Candidate], n: int, rng: random.Random) -> Ranked:
         if not candidates or n <= 0:
             return empty_ranked()
@@ -324,7 +378,7 @@ class LinearThompson(_LinearBandit):
         n_tied = len(tied)
         top = int(tied[0]) if n_tied == 1 else int(tied[rng.randrange(n_tied)])
         samples = self.propensity_samples
-        eps = getattr(self, "epsilon", 0.0)  # snapshots pickled before the parameter existed
+        eps = self.epsilon
         if eps > 0.0 and K > 1:
             if rng.random() < eps:
                 top = rng.randrange(K)

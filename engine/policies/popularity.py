@@ -35,7 +35,9 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import Any, Self
 
+from engine.model_state import ModelState, StateError
 from engine.policies.base import Candidate, Features, Ranked, empty_ranked, order_rest, tie_break_top
 
 __all__ = ["PopularityPolicy", "SEGMENT_PREFIX"]
@@ -126,3 +128,42 @@ class PopularityPolicy:
             1.0 / n_tied,
             rates[top][0] < best_mean - 1e-12,
         )
+
+    # -- state (engine.model_state) -----------------------------------------------------------------
+    def to_state(self) -> ModelState:
+        """Parameters and counts as plain data (no arrays: the counts are per action and per segment).
+
+        >>> pop = PopularityPolicy()
+        >>> pop.learn_one({"segment:vip": 1.0}, Candidate("a"), 1.0)
+        >>> PopularityPolicy.from_state(pop.to_state()).rates({"segment:vip": 1.0}, [Candidate("a")]) == pop.rates(
+        ...     {"segment:vip": 1.0}, [Candidate("a")])
+        True
+        """
+        return ModelState({
+            "prior_ctr": self.prior_ctr, "prior_strength": self.prior_strength, "bonus": self.bonus,
+            "segment_prefix": self.segment_prefix, "n_updates": self.n_updates, "shows_total": self._shows_total,
+            "clicks_total": self._clicks_total, "counts": self._counts, "segments": self._segments,
+        })
+
+    @classmethod
+    def from_state(cls, state: ModelState) -> Self:
+        policy = cls(prior_ctr=state.number("prior_ctr"), prior_strength=state.number("prior_strength"),
+                     bonus=state.number("bonus"), segment_prefix=state.optional_text("segment_prefix"))
+        policy.n_updates = state.integer("n_updates", 0)
+        policy._shows_total = state.number("shows_total")
+        policy._clicks_total = state.number("clicks_total")
+        policy._counts = _counts(state.mapping("counts"))
+        policy._segments = {seg: _counts(c) for seg, c in state.mapping("segments").items()}
+        return policy
+
+
+def _counts(raw: Any) -> dict[str, list[float]]:
+    """``{action: [shows, clicks]}`` as read from a state, checked."""
+    if not isinstance(raw, dict):
+        raise StateError("counts must be an object")
+    out: dict[str, list[float]] = {}
+    for action, pair in raw.items():
+        if not (isinstance(pair, list) and len(pair) == 2 and set(map(type, pair)) <= {int, float}):
+            raise StateError(f"counts of {action!r} must be [shows, clicks]")
+        out[action] = [float(pair[0]), float(pair[1])]
+    return out

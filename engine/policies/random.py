@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Self
 
+from engine.model_state import ModelState
 from engine.policies.base import Candidate, Features, Ranked, empty_ranked
 
 __all__ = ["RandomPolicy"]
@@ -37,3 +39,17 @@ class RandomPolicy:
 
     def learn_one(self, context: Features, candidate: Candidate, reward: float) -> None:
         self.n_updates += 1
+
+    def to_state(self) -> ModelState:
+        """Nothing but the update count.
+
+        >>> RandomPolicy.from_state(RandomPolicy().to_state()).n_updates
+        0
+        """
+        return ModelState({"n_updates": self.n_updates})
+
+    @classmethod
+    def from_state(cls, state: ModelState) -> Self:
+        policy = cls()
+        policy.n_updates = state.integer("n_updates", 0)
+        return policy

@@ -30,8 +30,8 @@ Space-Saving lower bounds, 0.117 with Unbiased Space-Saving, 0.195 with prune-to
 pair reached 0.207.
 
 Why one long module: it is one data structure whose learning, pruning and scoring share the same arrays
-and derived caches, and whose pickled attributes are the snapshot format the learner publishes and the
-API loads; splitting the class would move attributes between objects and break loading older snapshots.
+and derived caches; :meth:`CoVisitation.to_state` / :meth:`CoVisitation.from_state` turn it into plain data
+(arrays, ids, numbers) for the snapshots the learner publishes and the API loads.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ import copy
 import heapq
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import numpy as np
 
+from engine.model_state import ModelState, StateError
 from engine.recommend._base import ForwardDecay, ItemIndex, grow, top_k_items
 
 History = deque[tuple[Hashable, float]]
@@ -203,9 +204,9 @@ class CoVisitation:
     def without_histories(self) -> CoVisitation:
         """The model without its per-visitor histories, sharing its arrays: what serving needs, which scores
         the visitor's recent items read from the profile. The histories are most of a snapshot's size and
-        nearly all of its unpickling time (Python objects per visitor: on 26k visitors, 442 KB and 31-76 ms
-        with them against 98 KB and 1.8 ms without; 31 MiB held against 2.5), and unpickling holds the API's
-        event loop. Pickle the result before learning goes on: the arrays are shared.
+        nearly all of its loading time (Python objects per visitor: on 26k visitors, 442 KB and 31-76 ms
+        with them against 98 KB and 1.8 ms without when snapshots were pickles; 31 MiB held against 2.5), and
+        loading holds the API's event loop. Snapshot the result before learning goes on: the arrays are shared.
 
         >>> model = CoVisitation(top_k=4)
         >>> model.learn_many([("ann", "a", 1.0, None), ("ann", "b", 1.0, None)])
@@ -243,7 +244,7 @@ class CoVisitation:
         cheaper per interaction on a stream's batch.
 
         Pairs are looked up in per-row Python dicts (item row -> slot, built the first time a row is
-        learned, not pickled) and the weight updates of the whole batch are applied with one
+        learned, not in a snapshot) and the weight updates of the whole batch are applied with one
         ``np.add.at`` in their original order (a row is brought up to date before it is pruned).
 
         >>> batched, one_by_one = CoVisitation(top_k=4), CoVisitation(top_k=4)
@@ -477,7 +478,7 @@ class CoVisitation:
         finally:
             self._flush()
 
-    # Learning state that is derived from the arrays (rebuilt after a restore, never pickled):
+    # Learning state that is derived from the arrays (rebuilt after a restore or a copy, never in a snapshot):
     # _slot_of[r]: {neighbour row: slot} of row r (None until row r is first learned), with its free
     # slots: every slot >= _fill[r], and _holes[r] below it (descending, so pop() gives the lowest);
     # _pending: array writes not applied yet (flat indices into _w/_nbr, rows of _pop), in order.
@@ -491,15 +492,91 @@ class CoVisitation:
             [], [], [], [], [], [])
 
     def __getstate__(self) -> dict[str, Any]:
+        # what copy.copy takes (without_histories): pending writes applied, the derived caches left out
         self._flush()
         state = self.__dict__.copy()
         for name in self._CACHE:
             state.pop(name, None)
-        return state  # the attributes of snapshots taken before learn_many existed: both load either way
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._reset_cache()
+
+    #: Constructor parameters a state carries.
+    _PARAMS = ("top_k", "prune_to", "history_size", "recency", "alpha", "beta", "half_life", "prior",
+               "max_users", "max_items")
+
+    def to_state(self) -> ModelState:
+        """The model as plain data: parameters, item ids by row, the used rows of the arrays, the visitors'
+        histories (ids as JSON, lengths and weights as arrays). Item and visitor ids must be strings or
+        integers. The arrays are views of the model's: take the snapshot before learning goes on.
+
+        >>> model = CoVisitation(top_k=4)
+        >>> model.learn_many([("ann", "a", 1.0, None), ("ann", "b", 0.5, None), ("bob", "a", 1.0, None)])
+        >>> clone = CoVisitation.from_state(model.to_state())
+        >>> clone.neighbours("a"), clone.history("ann"), clone.score(["a"]) == model.score(["a"])
+        ([('b', 0.5)], [('a', 1.0), ('b', 0.5)], True)
+        """
+        self._flush()
+        size = self._index.size
+        users = list(self._users)
+        hists = list(self._users.values())
+        params: dict[str, Any] = {k: getattr(self, k) for k in self._PARAMS}
+        params.update(
+            n_prunes=self.n_prunes, n_evicted_items=self.n_evicted_items,
+            landmark=self._decay.landmark, last_ts=self._decay.last_ts,
+            items=self._index._ids, free=self._index._free,
+            users=users, history_items=[i for h in hists for i, _ in h],
+        )
+        arrays: dict[str, np.ndarray] = {
+            "pop": self._pop[:size], "nbr": self._nbr[:size], "w": self._w[:size],
+            "history_lengths": np.fromiter(map(len, hists), np.int32, len(hists)),
+            "history_weights": np.fromiter((w for h in hists for _, w in h), np.float64),
+        }
+        return ModelState(params, arrays)
+
+    @classmethod
+    def from_state(cls, state: ModelState) -> Self:
+        """The model :meth:`to_state` described (types, shapes and row references checked)."""
+        model = cls(
+            top_k=state.integer("top_k"), prune_to=state.number("prune_to"),
+            history_size=state.integer("history_size"), recency=state.number("recency"),
+            alpha=state.number("alpha"), beta=state.number("beta"), half_life=state.optional_number("half_life"),
+            prior=state.number("prior"), max_users=state.optional_integer("max_users"),
+            max_items=state.optional_integer("max_items"),
+        )
+        model.n_prunes = state.integer("n_prunes", 0)
+        model.n_evicted_items = state.integer("n_evicted_items", 0)
+        model._decay.landmark = state.optional_number("landmark")
+        model._decay.last_ts = state.optional_number("last_ts")
+        ids = state.ids("items", allow_none=True)
+        size = len(ids)
+        of = {item: r for r, item in enumerate(ids) if item is not None}
+        free = state.ids("free")
+        if len(of) + len(free) != size or any(type(r) is not int or not 0 <= r < size or ids[r] is not None
+                                              for r in free):
+            raise StateError("item rows and free rows do not match")
+        model._index._ids, model._index._of, model._index._free = ids, of, free
+        k = model.top_k
+        model._pop = state.array("pop", "<f8", (size,))
+        model._nbr = state.array("nbr", "<i4", (size, k))
+        model._w = state.array("w", "<f8", (size, k))
+        if size and not (-1 <= int(model._nbr.min()) and int(model._nbr.max()) < size):
+            raise StateError("neighbour rows out of range")
+        users = state.ids("users")
+        lengths = state.array("history_lengths", "<i4", (len(users),)).tolist()
+        items = state.ids("history_items")
+        weights = state.array("history_weights", "<f8", (len(items),)).tolist()
+        if sum(lengths) != len(items) or min(lengths, default=0) < 0 or len(set(users)) != len(users):
+            raise StateError("visitor histories do not match their lengths")
+        pairs = list(zip(items, weights, strict=True))
+        hs, at = model.history_size, 0
+        for user, n in zip(users, lengths, strict=True):
+            model._users[user] = deque(pairs[at:at + n], maxlen=hs)
+            at += n
+        model._reset_cache()
+        return model
 
     def _flush(self) -> None:
         """Apply the pending array writes, in the order they were made (``np.add.at`` is unbuffered, so

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
+from engine.model_state import ModelState
 from engine.recommend.covisit import CoVisitation
 
 COVISIT_MODEL = "__covisit__/covisit"
+#: the name the learner's own snapshot (with the visitors' histories) is signed under, so it cannot be served
+#: in place of the serving snapshot, nor the other way round
+COVISIT_STATE = COVISIT_MODEL + "#learner-state"
 #: the learning topic's key of everything the co-visitation learner receives (one owner, in order)
 COVISIT_KEY = COVISIT_MODEL.encode()
 
@@ -70,6 +74,25 @@ class CollaborativeSignal:
         twin = copy.copy(self)
         twin.model = self.model.without_histories()
         return twin
+
+    def to_state(self) -> ModelState:
+        """The co-visitation model's state (:meth:`CoVisitation.to_state`) and the update count.
+
+        >>> sig = CollaborativeSignal()
+        >>> sig.learn_many([["u1", "boots", 1.0, 0.0], ["u1", "socks", 0.5, 1.0]])
+        >>> twin = CollaborativeSignal.from_state(sig.to_state())
+        >>> twin.n_updates, twin.candidate_scores(["boots"], ["socks"]), twin.model.history_items("u1")
+        (2, {'socks': 1.0}, ['boots', 'socks'])
+        """
+        state = self.model.to_state()
+        return ModelState({**state.params, "n_updates": self.n_updates}, state.arrays)
+
+    @classmethod
+    def from_state(cls, state: ModelState) -> Self:
+        signal = cls()
+        signal.model = CoVisitation.from_state(state)
+        signal.n_updates = state.integer("n_updates", 0)
+        return signal
 
     def candidate_scores(self, recent_first: Sequence[str], items: Sequence[str]) -> dict[str, float]:
         """Scores of ``items`` for a visitor whose recent items are given most recent first,

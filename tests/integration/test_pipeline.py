@@ -195,7 +195,7 @@ def _learner_histories(redis_url: str, visitors: list[str]) -> dict[str, list[An
     import redis
 
     from engine.layout import model_key
-    from engine.recommend.signal import COVISIT_MODEL
+    from engine.recommend.signal import COVISIT_MODEL, COVISIT_STATE
     from engine.settings import load_settings
     from engine.snapshots import SnapshotError, load_model
 
@@ -207,7 +207,8 @@ def _learner_histories(redis_url: str, visitors: list[str]) -> dict[str, list[An
     if blob is None:
         return None
     try:
-        signal, _ = load_model(base64.b64decode(blob), load_settings().model_signing_key.encode())
+        signal, _ = load_model(base64.b64decode(blob), load_settings().model_signing_key.encode(),
+                               name=COVISIT_STATE)
     except SnapshotError:
         return None
     assert isinstance(signal, CollaborativeSignal)
