@@ -565,11 +565,14 @@ def run(infra: Infra) -> dict[str, Any]:
 
 
 def keys_on_vs_off(off_url: str, on_url: str, bodies: Sequence[bytes], browser: dict[str, str],
-                   duration: float, warmup: float, grace: float) -> dict[str, Any]:
+                   duration: float, warmup: float, grace: float, rounds_n: int = KEY_ROUNDS) -> dict[str, Any]:
     """Decide at TARGET_RATE without keys and with them (Bearer public key + allowed Origin), alternated
     KEY_ROUNDS times; the medians of the rounds' p99s side by side."""
     rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    for i in range(KEY_ROUNDS):
+    # one discarded round each first: the keys-off API has served every rate before, the keyed one only the warm-up
+    for url, headers in ((off_url, None), (on_url, browser)):
+        run_open_loop(url, bodies, TARGET_RATE, duration, warmup, grace=grace, headers=headers)
+    for i in range(rounds_n):
         for side in (("off", "on") if i % 2 == 0 else ("on", "off")):
             r = run_open_loop(off_url if side == "off" else on_url, bodies, TARGET_RATE, duration, warmup,
                               grace=grace, headers=browser if side == "on" else None)
@@ -587,7 +590,7 @@ def keys_on_vs_off(off_url: str, on_url: str, bodies: Sequence[bytes], browser: 
                 "requests": sum(r["requests"] for r in runs)}
 
     off, on = side(rounds["off"]), side(rounds["on"])
-    return {"rate": TARGET_RATE, "rounds": KEY_ROUNDS, "origin": KEY_ORIGIN, "off": off, "on": on,
+    return {"rate": TARGET_RATE, "rounds": rounds_n, "duration_s": duration, "origin": KEY_ORIGIN, "off": off, "on": on,
             "p99_ratio_on_vs_off": round(on["p99_ms_median"] / off["p99_ms_median"], 3)
             if off["p99_ms_median"] else None}
 
@@ -598,13 +601,40 @@ def _holds(r: dict[str, Any], rate: float) -> bool:
             and r["achieved_rate"] >= 0.95 * rate)
 
 
+def run_keys_only(infra: Infra, seconds: float, rounds_n: int) -> dict[str, Any]:
+    """Only the keys on / off comparison, with longer rounds than ``run`` gives it (``--keys-only``)."""
+    from serving.auth import ADMIN, PUBLIC, SERVER, new_key
+
+    stack = infra.stack()
+    customers, anons, _, _ = write_profiles(stack.redis_url, infra.quick)
+    bodies, _ = make_bodies(customers, anons, 4000)
+    keys = {role: new_key(role) for role in (PUBLIC, SERVER, ADMIN)}
+    api, api_url = start_api(infra, stack)
+    api_keyed, api_keyed_url = start_api(
+        infra, stack, name="api_keys_on",
+        API_KEYS=f"public:{keys[PUBLIC]}:{KEY_ORIGIN},server:{keys[SERVER]},admin:{keys[ADMIN]}")
+    browser = {"Authorization": f"Bearer {keys[PUBLIC]}", "Origin": KEY_ORIGIN}
+    try:
+        return {"keys": keys_on_vs_off(api_url, api_keyed_url, bodies, browser, seconds, 1.0, 3.0, rounds_n)}
+    finally:
+        api.stop()
+        api_keyed.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also profile the API with py-spy")
+    ap.add_argument("--keys-only", action="store_true",
+                    help="only decide at 1,000 req/s with API keys on vs off (--seconds per round, --rounds)")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=KEY_ROUNDS)
     args = ap.parse_args(argv)
     exit_cleanly_on_signals()
     with Infra.started(args.quick, args.profile) as infra:
+        if args.keys_only:
+            print(write_result("latency-keys", run_keys_only(infra, args.seconds, args.rounds), args.quick))
+            return 0
         res = run(infra)
     print(write_result("latency", res, args.quick))
     return 0

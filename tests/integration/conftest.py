@@ -66,7 +66,8 @@ def worker(stack: Stack, log_dir: Path) -> Iterator[object]:
 @pytest.fixture(scope="module")
 def api(stack: Stack, log_dir: Path) -> Iterator[str]:
     """The API's URL with the admin test key as HTTP Basic user name (``http://<key>:@127.0.0.1:<port>``),
-    which httpx sends on every call; ``tests.support.without_key`` / ``with_key`` give other callers."""
+    which httpx sends on every call (overwriting an ``Authorization`` header given with the call: for other
+    callers use ``tests.support.without_key(api)`` with ``headers=``, or ``with_key(api, PUBLIC)``)."""
     port = free_port()
     proc = api_process(stack, log_dir, port, **keys_env()).start()
     base = f"http://127.0.0.1:{port}"
