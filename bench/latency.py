@@ -573,12 +573,12 @@ def keys_on_vs_off(off_url: str, on_url: str, bodies: Sequence[bytes], browser: 
     for url, headers in ((off_url, None), (on_url, browser)):
         run_open_loop(url, bodies, TARGET_RATE, duration, warmup, grace=grace, headers=headers)
     for i in range(rounds_n):
-        for side in (("off", "on") if i % 2 == 0 else ("on", "off")):
-            r = run_open_loop(off_url if side == "off" else on_url, bodies, TARGET_RATE, duration, warmup,
-                              grace=grace, headers=browser if side == "on" else None)
-            rounds[side].append(r)
+        for which in (("off", "on") if i % 2 == 0 else ("on", "off")):
+            r = run_open_loop(off_url if which == "off" else on_url, bodies, TARGET_RATE, duration, warmup,
+                              grace=grace, headers=browser if which == "on" else None)
+            rounds[which].append(r)
             lat = r["latency_ms"]
-            log(f"latency: keys {side:3} @ {TARGET_RATE}/s -> achieved {r['achieved_rate']}/s p50 {lat.get('p50')} "
+            log(f"latency: keys {which:3} @ {TARGET_RATE}/s -> achieved {r['achieved_rate']}/s p50 {lat.get('p50')} "
                 f"p99 {lat.get('p99')} ms  errors {r['errors']} timeouts {r['timeouts']} degraded {r['degraded']}")
 
     def side(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -147,7 +147,7 @@ async def run(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
                 calls.append(list(batches))
                 return await real_apply(batches, on_sent)
 
-            store.apply = recording_apply  # type: ignore[method-assign]  # records, then calls the real one
+            store.apply = recording_apply  # type: ignore[method-assign,assignment]  # records, then calls the real one
             await _process(proc, live_recs)
             store.apply = real_apply  # type: ignore[method-assign]  # restored
             ps.APPLY_OPS_LUA = current

@@ -19,6 +19,7 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
+from redis.typing import EncodableT, FieldT
 
 from engine.config import RewardSettings
 from engine.decisions import Reward, decision_slot
@@ -227,7 +228,7 @@ class LearningStore:
     async def publish_model(self, placement: str, version: int, blob: bytes, state: bytes | None = None) -> None:
         """``blob``: what serving loads; ``state``: what the learner resumes from, when it differs."""
         # base64 because the shared client decodes replies as text
-        mapping: dict[str, Any] = {MODEL_VERSION: version, MODEL_BLOB: base64.b64encode(blob)}
+        mapping: dict[FieldT, EncodableT] = {MODEL_VERSION: version, MODEL_BLOB: base64.b64encode(blob)}
         if state is not None:
             mapping[MODEL_STATE] = base64.b64encode(state)
         await self.redis.hset(model_key(placement), mapping=mapping)

@@ -62,7 +62,7 @@ class Estimate:
     n: int
     ess: float
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | list[float]]:
         return {"value": self.value, "ci95": [self.ci_low, self.ci_high], "n": self.n, "ess": self.ess}
 
 
@@ -147,7 +147,8 @@ def snips(rewards: Sequence[float] | np.ndarray, target_probs: Sequence[float] |
     wr = w * r
 
     def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
+        out: np.ndarray = np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
+        return out
 
     value = float(ratio(np.array(wr.sum()), np.array(w.sum())))
     lo, hi = _bootstrap(lambda idx: ratio(wr[idx].sum(axis=1), w[idx].sum(axis=1)), w.size, resamples,
@@ -197,10 +198,11 @@ def join_logs(decisions: Sequence[Mapping[str, Any]], examples: Sequence[Mapping
         if did in seen:
             dup += 1
             continue
-        d = by_id.get(did)
-        if d is None:
+        found = by_id.get(did)
+        if found is None:
             unmatched += 1
             continue
+        d = found
         seen.add(did)
         rows.append(LoggedDecision(
             decision_id=did, placement=d["placement"], arm=d["holdout_arm"], policy=d["policy"],
@@ -231,7 +233,8 @@ def _greedy(scores: np.ndarray) -> np.ndarray:
     """Deterministic argmax, ties split evenly (what a tie-breaking-at-random policy does on average)."""
     best = scores.max()
     tied = scores >= best - 1e-12
-    return tied / tied.sum()
+    probs: np.ndarray = tied / tied.sum()
+    return probs
 
 
 def affinity_policy(actions: Mapping[str, Any]) -> TargetPolicy:

@@ -180,7 +180,7 @@ class PlacementLearner:
         st.version += 1
         for policy_name, policy in self.models[placement].items():
             name = model_name(placement, policy_name)
-            await store.publish_model(name, st.version, dump_model(policy, st.version, key, name=name))
+            await store.publish_model(name, st.version, dump_model(policy, st.version, key, name=name))  # type: ignore[arg-type]  # learned policies have to_state
         st.updates_since_snapshot = 0
         st.last_snapshot = time.monotonic()
         return st.version

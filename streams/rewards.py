@@ -100,7 +100,7 @@ class RewardJoiner:
         except BaseException:
             self._unconfirmed = done + self._unconfirmed  # a retry settles them (the script is idempotent)
             raise
-        increments = []
+        increments: list[tuple[str, str, str, float]] = []
         for f, new in zip(acked, newly, strict=True):
             if not new:
                 self.stats.resent += 1

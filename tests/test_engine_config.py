@@ -240,7 +240,7 @@ def test_include_problems(tmp_path: Path) -> None:
 
 
 def test_merge_rules() -> None:
-    base = {"feature": [{"name": "f", "kind": "affinity", "weights": {"click": 1, "page_view": 1}}],
+    base: dict[str, Any] = {"feature": [{"name": "f", "kind": "affinity", "weights": {"click": 1, "page_view": 1}}],
             "collaborative": {"enabled": True, "params": {"top_k": 5}}}
     top = {"feature": [{"name": "f", "weights": {"click": 2}}], "collaborative": {"params": {"history_size": 3}}}
     out = overlay(base, top)

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
-from engine.learning_store import arms_key, decision_key
+from engine.layout import arms_key, decision_key
 from infra import local
 from tests.support import Stack, event, produce, profile_of, wait_until, with_store, worker_process
 

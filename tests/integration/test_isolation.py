@@ -69,17 +69,17 @@ def test_an_accepted_event_that_crashed_the_worker_is_dead_lettered_and_its_part
 
 
 def _records(evs: list[dict[str, Any]], offset: int = 0) -> list[Record]:
-    return [Record("events", 0, offset + i, (e.get("customer_id") or e.get("anonymous_id")).encode(),
+    return [Record("events", 0, offset + i, str(e.get("customer_id") or e.get("anonymous_id")).encode(),
                    orjson.dumps(e)) for i, e in enumerate(evs)]
 
 
 def _process(redis_url: str, records: list[Record], setup: Any = None) -> tuple[Any, list[tuple[bytes, dict]]]:
     letters: list[tuple[bytes, dict]] = []
 
-    async def dead(key, value, headers):  # type: ignore[no-untyped-def]
+    async def dead(key, value, headers):
         letters.append((value, dict(headers)))
 
-    async def run(store):  # type: ignore[no-untyped-def]
+    async def run(store):
         if setup is not None:
             await setup(store)
         return await BatchProcessor(store, dead).process(records)
@@ -93,7 +93,7 @@ def test_a_script_error_on_one_profile_dead_letters_its_event_and_the_others_are
     tag = uuid.uuid4().hex[:6]
     victim, others = f"corrupt-{tag}", [f"fine-{tag}-{i}" for i in range(5)]
 
-    async def corrupt(store):  # type: ignore[no-untyped-def]
+    async def corrupt(store):
         # a window ring the script cannot parse (written by hand, or by a layout of the past)
         field = next(iter(profile_fields(store.config).window.values()))
         await store.redis.hset(f"p:{{{victim}}}", field, "garbage")

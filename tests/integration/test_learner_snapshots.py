@@ -45,8 +45,10 @@ def test_serving_gets_the_model_without_visitor_histories_and_the_learner_resume
         learner = PlacementLearner(config)
         learner.learn({"kind": "interactions", "rows": rows})
         version = await learner.snapshot(store, KEY, COVISIT_MODEL)
-        served, served_version = load_model(await store.model_blob(COVISIT_MODEL), KEY, name=COVISIT_MODEL)
-        state, _ = load_model(await store.learner_state(COVISIT_MODEL), KEY, name=COVISIT_STATE)
+        served_blob, state_blob = await store.model_blob(COVISIT_MODEL), await store.learner_state(COVISIT_MODEL)
+        assert served_blob is not None and state_blob is not None
+        served, served_version = load_model(served_blob, KEY, name=COVISIT_MODEL)
+        state, _ = load_model(state_blob, KEY, name=COVISIT_STATE)
         fields = await client.hgetall(model_key(COVISIT_MODEL))
         resumed = PlacementLearner(config)
         await resumed.restore(store, KEY)

@@ -103,7 +103,10 @@ def test_serving_keeps_the_last_good_model_and_counts_every_refused_snapshot(api
     ]
     for n, (reason, version, blob) in enumerate(bad, start=1):
         _publish(url, version, blob)
-        wait_until(lambda r=reason: _rejected(base).get(r) == 1, timeout=20, what=f"a {reason} rejection counted")
+        def counted(r: str = reason) -> bool:
+            return _rejected(base).get(r) == 1
+
+        wait_until(counted, timeout=20, what=f"a {reason} rejection counted")
         assert _served_version(base) == 1  # the last good model stays
         decided = httpx.post(f"{base}/v1/decide", json={"anonymous_id": f"v-{n}", "placement": PLACEMENT})
         assert decided.status_code == 200 and decided.json()["actions"]

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -130,8 +131,8 @@ def _argv(command: str, port: int | None) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def readme_env(kafka: object, redis_server: object, fresh_copy: Path) -> Iterator[dict[str, str]]:
-    stack = Stack(kafka.bootstrap, redis_server.url)  # type: ignore[attr-defined] - the conftest's handles
+def readme_env(kafka: Any, redis_server: Any, fresh_copy: Path) -> Iterator[dict[str, str]]:
+    stack = Stack(kafka.bootstrap, redis_server.url)
     stack.create_topics()
     env = stack.env(PULSE_ENV="dev", OPENBLAS_NUM_THREADS="1")
     env.pop("WORKER_DATA_DIR")  # the default, under the fresh copy's .cache/, is what the README runs with
