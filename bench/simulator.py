@@ -536,33 +536,38 @@ def config_for(policy: str | None, params: str | None) -> Path:
 
 
 def wait_settled(base: str, expected: int, timeout: float) -> dict[str, Any]:
-    """Poll the experiment until every decision of the run is settled (window ended or clicked)."""
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+    """Poll the experiment until every decision of the run is settled (window ended or clicked); the last
+    report read when time runs out."""
+    from infra.handles import WaitTimeout, wait_until
+
+    last: dict[str, Any] = {}
+
+    def settled() -> dict[str, Any] | None:
+        nonlocal last
         with contextlib.suppress(httpx.HTTPError):
-            body = httpx.get(f"{base}/v1/experiments/{PLACEMENT}", timeout=5).json()
-            arms = body.get("arms", {})
-            settled = sum(int(a.get("settled", 0)) for k, a in arms.items() if k != "all")
-            if settled >= expected:
-                return body
-        time.sleep(0.5)
-    return body
+            last = httpx.get(f"{base}/v1/experiments/{PLACEMENT}", timeout=5).json()
+        arms = last.get("arms", {})
+        done = sum(int(a.get("settled", 0)) for k, a in arms.items() if k != "all") >= expected
+        return last if done else None
+
+    with contextlib.suppress(WaitTimeout):
+        return wait_until(settled, timeout, 0.5, "every decision settled")
+    return last
 
 
 def wait_profile(base: str, timeout: float = 90.0) -> float:
     """Post one page view and wait until its profile is readable: the worker has joined and consumes."""
+    from infra.handles import wait_until
+
     vid = f"probe-{uuid.uuid4().hex[:8]}"
     ev = {"event_id": uuid.uuid4().hex, "type": "page_view", "schema_version": 1,
           "timestamp": int(time.time() * 1000), "anonymous_id": vid,
           "properties": {"item_id": "sku-shoes-0", "category": "shoes"}}
     t0 = time.monotonic()
     assert httpx.post(f"{base}/v1/events", json=ev, timeout=10).status_code == 202
-    while time.monotonic() - t0 < timeout:
-        if httpx.get(f"{base}/v1/profiles/{vid}", timeout=5).status_code == 200:
-            return time.monotonic() - t0
-        time.sleep(0.2)
-    raise TimeoutError(f"worker did not apply a page view within {timeout:.0f}s")
+    wait_until(lambda: httpx.get(f"{base}/v1/profiles/{vid}", timeout=5).status_code == 200, timeout, 0.2,
+               "the worker to apply a page view")
+    return time.monotonic() - t0
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

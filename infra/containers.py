@@ -9,7 +9,7 @@ import subprocess
 import threading
 from typing import Any, Self
 
-from infra.handles import Handle, InfraError, track, untrack, wait_ready
+from infra.handles import Handle, InfraError, track, untrack, wait_until
 from infra.probe import kafka_ready, redis_ping
 
 #: Pinned Apache Kafka version (also in infra/pom.xml, infra/kafka.sh and infra/docker-compose.yml).
@@ -80,7 +80,7 @@ class Container(Handle):
                 track(self)
             else:
                 self._container.get_wrapped_container().start()
-            wait_ready(self._ready, self.ready_timeout_s, f"{type(self).__name__} on port {self.port}")
+            wait_until(self._ready, self.ready_timeout_s, what=f"{type(self).__name__} on port {self.port} to answer")
             return self
 
     def stop(self) -> None:

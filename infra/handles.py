@@ -1,5 +1,17 @@
 """What every service handle of ``infra.local`` shares: the error, the protocols the tests and benchmarks
-program against, free ports, readiness waits, and the ``atexit`` hook that closes handles still open."""
+program against, free ports, the one polling helper, and the ``atexit`` hook that closes handles still open.
+
+Standard library only: ``infra/probe.py`` runs as a plain script (from the shell scripts) and uses it too.
+
+>>> wait_until(lambda: 3, timeout=1)
+3
+>>> wait_until(lambda: None, timeout=0.05, interval=0.01, what="nothing")
+Traceback (most recent call last):
+    ...
+infra.handles.WaitTimeout: timed out after 0.05s waiting for nothing; last value: None
+>>> len(set(free_ports(3))), 0 < free_port() < 65536
+(3, True)
+"""
 
 from __future__ import annotations
 
@@ -8,14 +20,21 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Protocol, Self, TypeVar
 
 LOOPBACK = "127.0.0.1"
+
+T = TypeVar("T")
 
 
 class InfraError(RuntimeError):
     """A service could not be installed, started or stopped."""
+
+
+class WaitTimeout(InfraError):
+    """:func:`wait_until` ran out of time; the message names what was awaited and the last value seen."""
 
 
 class KafkaService(Protocol):
@@ -73,6 +92,27 @@ def free_ports(count: int = 1, host: str = LOOPBACK) -> list[int]:
             sock.close()
 
 
+def free_port(host: str = LOOPBACK) -> int:
+    """One TCP port that is free on ``host`` right now (another process may take it before it is bound)."""
+    return free_ports(1, host)[0]
+
+
+def wait_until(
+    predicate: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
+) -> T:
+    """Call ``predicate`` until it returns a truthy value and return that value; at least one call, then
+    every ``interval`` s until ``timeout`` s have passed: :class:`WaitTimeout`. An exception from
+    ``predicate`` (e.g. "the process exited") propagates at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}; last value: {last!r}")
+        time.sleep(interval)
+
+
 class _Closable(Protocol):
     def close(self) -> None: ...
 
@@ -98,14 +138,6 @@ def _close_all() -> None:
     for handle in handles:
         with contextlib.suppress(Exception):
             handle.close()
-
-
-def wait_ready(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() >= deadline:
-            raise InfraError(f"{what} not ready after {timeout:.0f}s")
-        time.sleep(0.1)
 
 
 class Handle:

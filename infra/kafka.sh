@@ -9,7 +9,8 @@
 #   infra/kafka.sh reset     stop and delete the instance's data directory
 #
 # Several instances can run side by side: give each its own KAFKA_PORT, KAFKA_CONTROLLER_PORT and
-# KAFKA_DATA_DIR. All variables are documented in infra/README.md.
+# KAFKA_DATA_DIR. All variables are documented in infra/README.md. The life cycle (pid file, waits, stop,
+# status, reset) is infra/lib.sh, shared with infra/redis.sh.
 set -euo pipefail
 
 INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -48,15 +49,22 @@ META_DIR="$KAFKA_DATA_DIR/logs"
 LOG4J_CONF="$INFRA_DIR/kafka/log4j2.properties"
 CDS_ARCHIVE="$KAFKA_HOME/kafka-cds.jsa"
 
-log() { printf '[kafka.sh] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-now() { printf '%s' "$EPOCHREALTIME"; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+# shellcheck source=infra/lib.sh
+source "$INFRA_DIR/lib.sh"
+SERVICE=kafka
+SVC_HOST="$KAFKA_HOST"
+SVC_PORTS="$KAFKA_PORT $KAFKA_CONTROLLER_PORT"
+SVC_DATA_DIR="$KAFKA_DATA_DIR"
+SVC_LOG_FILE="$KAFKA_LOG_FILE"
+SVC_START_TIMEOUT="$KAFKA_START_TIMEOUT"
+SVC_STOP_TIMEOUT="$KAFKA_STOP_TIMEOUT"
+# a kafka.Kafka JVM on this instance's config
+SVC_CMDLINE="kafka\.Kafka $PROPS_FILE"
 
-installed() { [[ -f "$KAFKA_LIBS/.complete" ]]; }
+svc_installed() { [[ -f "$KAFKA_LIBS/.complete" ]]; }
 
-cmd_install() {
-  if installed; then
+svc_install() {
+  if svc_installed; then
     log "kafka $KAFKA_VERSION already installed in $KAFKA_LIBS"
     return 0
   fi
@@ -74,7 +82,7 @@ cmd_install() {
   fi
   rm -f "$tmp.mvn.log"
   ls "$tmp" >"$tmp/.complete"
-  if installed; then
+  if svc_installed; then
     rm -rf "$tmp"  # a concurrent install won the race
   else
     rm -rf "$KAFKA_LIBS"
@@ -83,21 +91,7 @@ cmd_install() {
   log "installed $(grep -c '\.jar$' "$KAFKA_LIBS/.complete") jars into $KAFKA_LIBS in $(elapsed "$t0") s"
 }
 
-# Prints the broker's pid when this instance's broker is alive.
-running_pid() {
-  [[ -f "$PID_FILE" ]] || return 1
-  local pid
-  pid="$(<"$PID_FILE")"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
-  # Guard against a recycled pid: it must be a kafka.Kafka JVM on this instance's config.
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "kafka.Kafka $PROPS_FILE" || return 1
-  printf '%s\n' "$pid"
-}
-
-ready() { "$PYTHON" "$INFRA_DIR/probe.py" kafka "$KAFKA_HOST:$KAFKA_PORT"; }
-
-port_busy() { (exec 3<>"/dev/tcp/$KAFKA_HOST/$1") 2>/dev/null; }
+svc_ready() { "$PYTHON" "$INFRA_DIR/probe.py" kafka "$KAFKA_HOST:$KAFKA_PORT" "$@"; }
 
 render_properties() {
   mkdir -p "$KAFKA_DATA_DIR" "$META_DIR"
@@ -129,7 +123,7 @@ cds_opts() {
   fi
 }
 
-publish_cds_archive() {
+svc_after_stop() {  # publish the class-data archive a graceful stop left
   local dumped="$KAFKA_DATA_DIR/kafka-cds.jsa"
   if [[ -s "$dumped" && ! -s "$CDS_ARCHIVE" ]]; then
     if ! { cp "$dumped" "$CDS_ARCHIVE.tmp.$$" && mv -f "$CDS_ARCHIVE.tmp.$$" "$CDS_ARCHIVE"; }; then
@@ -157,23 +151,8 @@ format_storage() {
   printf '%s\n' "$cluster_id" >"$KAFKA_DATA_DIR/cluster.id"
 }
 
-cmd_start() {
-  local t0 pid
-  t0="$(now)"
-  if pid="$(running_pid)"; then
-    if "$PYTHON" "$INFRA_DIR/probe.py" kafka "$KAFKA_HOST:$KAFKA_PORT" --timeout "$KAFKA_START_TIMEOUT"; then
-      log "already running (pid $pid) on $KAFKA_HOST:$KAFKA_PORT"
-      return 0
-    fi
-    die "running (pid $pid) but not answering on $KAFKA_HOST:$KAFKA_PORT; see $KAFKA_LOG_FILE"
-  fi
-  installed || cmd_install
+svc_launch() {
   command -v "$JAVA" >/dev/null || die "java ($JAVA) not found; Kafka $KAFKA_VERSION needs Java 17+"
-  local p
-  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
-    port_busy "$p" && die "port $KAFKA_HOST:$p is already in use by another process"
-  done
-  mkdir -p "$(dirname "$KAFKA_LOG_FILE")"
   : >"$KAFKA_LOG_FILE"
   render_properties
   format_storage
@@ -183,7 +162,6 @@ cmd_start() {
   read -r -a jvm <<<"$KAFKA_JVM_OPTS"
   mapfile -t cds < <(cds_opts)
   mapfile -d '' -t cmd < <(java_cmd "${heap[@]}" "${jvm[@]}" "${cds[@]}" -- kafka.Kafka "$PROPS_FILE")
-  rm -f "$PID_FILE"
   # New session: the broker outlives this script and the caller's process group.
   # shellcheck disable=SC2016  # $$ and $@ expand in the child shell, on purpose
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" "${cmd[@]}" \
@@ -192,80 +170,7 @@ cmd_start() {
   local waited=0
   while [[ ! -s "$PID_FILE" ]] && ((waited < 50)); do sleep 0.02; waited=$((waited + 1)); done
   [[ -s "$PID_FILE" ]] || die "broker process did not start"
-  pid="$(<"$PID_FILE")"
   disown "$launcher" 2>/dev/null || true
-
-  local deadline
-  deadline=$(awk -v a="$t0" -v t="$KAFKA_START_TIMEOUT" 'BEGIN { printf "%d", a + t }')
-  until ready; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 40 "$KAFKA_LOG_FILE" >&2 || true
-      rm -f "$PID_FILE"
-      die "broker exited during startup (log: $KAFKA_LOG_FILE)"
-    fi
-    if (($(date +%s) >= deadline)); then
-      tail -n 40 "$KAFKA_LOG_FILE" >&2 || true
-      kill -KILL "$pid" 2>/dev/null || true
-      rm -f "$PID_FILE"
-      die "broker not ready on $KAFKA_HOST:$KAFKA_PORT after ${KAFKA_START_TIMEOUT}s (log: $KAFKA_LOG_FILE)"
-    fi
-    sleep 0.1
-  done
-  log "kafka $KAFKA_VERSION ready on $KAFKA_HOST:$KAFKA_PORT (pid $pid) in $(elapsed "$t0") s; log: $KAFKA_LOG_FILE"
 }
 
-cmd_stop() {
-  local pid t0
-  if ! pid="$(running_pid)"; then
-    rm -f "$PID_FILE"
-    log "not running ($KAFKA_DATA_DIR)"
-    return 0
-  fi
-  t0="$(now)"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$(($(date +%s) + KAFKA_STOP_TIMEOUT))
-  while kill -0 "$pid" 2>/dev/null; do
-    if (($(date +%s) >= deadline)); then
-      log "no graceful stop after ${KAFKA_STOP_TIMEOUT}s, sending SIGKILL to $pid"
-      kill -KILL "$pid" 2>/dev/null || true
-      break
-    fi
-    sleep 0.1
-  done
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
-  rm -f "$PID_FILE"
-  publish_cds_archive
-  log "stopped (pid $pid) in $(elapsed "$t0") s"
-}
-
-cmd_status() {
-  local pid
-  if ! pid="$(running_pid)"; then
-    echo "kafka: not running ($KAFKA_DATA_DIR)"
-    return 3
-  fi
-  if ready; then
-    echo "kafka: running (pid $pid), ready on $KAFKA_HOST:$KAFKA_PORT"
-    return 0
-  fi
-  echo "kafka: running (pid $pid), NOT answering on $KAFKA_HOST:$KAFKA_PORT"
-  return 1
-}
-
-cmd_reset() {
-  cmd_stop
-  rm -rf "$KAFKA_DATA_DIR"
-  log "removed $KAFKA_DATA_DIR"
-}
-
-case "${1:-}" in
-  install) cmd_install ;;
-  start) cmd_start ;;
-  stop) cmd_stop ;;
-  status) cmd_status ;;
-  reset) cmd_reset ;;
-  *)
-    echo "usage: $0 {install|start|stop|status|reset}" >&2
-    exit 2
-    ;;
-esac
+lib_main "$@"

@@ -17,8 +17,13 @@ import argparse
 import socket
 import struct
 import sys
-import time
 from dataclasses import dataclass
+from pathlib import Path
+
+if not __package__:  # run as a plain script: make the ``infra`` package importable (standard library only)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from infra.handles import WaitTimeout, wait_until  # noqa: E402 - after the path set-up above
 
 _METADATA_API_KEY = 3
 _METADATA_VERSION = 1  # v1: brokers carry a rack, response carries the controller id.
@@ -118,15 +123,13 @@ def redis_ping(address: str, timeout: float = 2.0) -> bool:
     return reply.startswith(b"+PONG")
 
 
-def wait_until(check: str, address: str, timeout: float, interval: float = 0.1) -> bool:
+def wait_ready(check: str, address: str, timeout: float, interval: float = 0.1) -> bool:
+    """Probe ``address`` until it answers (True) or ``timeout`` s passed (False); one probe at least."""
     probe = kafka_ready if check == "kafka" else redis_ping
-    deadline = time.monotonic() + timeout
-    while True:
-        if probe(address):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+    try:
+        return wait_until(lambda: probe(address), timeout, interval, what=f"{check} on {address}")
+    except WaitTimeout:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("address", help="host:port")
     parser.add_argument("--timeout", type=float, default=0.0, help="keep trying for this many seconds")
     args = parser.parse_args(argv)
-    ok = wait_until(args.service, args.address, args.timeout)
+    ok = wait_ready(args.service, args.address, args.timeout)
     return 0 if ok else 1
 
 

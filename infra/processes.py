@@ -8,37 +8,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from engine.settings import REPO_ROOT
+from infra.handles import free_port, wait_until
 from infra.topics import ensure_topics
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1,
-               what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+__all__ = ["ManagedProcess", "Stack", "api_process", "free_port", "wait_http_ready", "wait_until", "worker_process"]
 
 
 class Stack:

@@ -34,6 +34,34 @@ async def produce_async(bootstrap: str, topic: str, items: Iterable[tuple[bytes 
         await producer.stop()
 
 
+def read_topic(bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout: float = 30.0, *,
+               keep: Callable[[Any], bool] = lambda m: True, linger: float = 0.0) -> list[Any]:
+    """The records of ``topic`` from its start that ``keep`` accepts, once ``done(records)`` holds (or after
+    ``timeout`` s: the caller's assertion says what is missing); then ``linger`` s more, so that a record that
+    must not come (a second copy) would show up."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def read() -> list[Any]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        got: list[Any] = []
+        try:
+            deadline = time.monotonic() + timeout
+            until: float | None = None
+            while time.monotonic() < (until or deadline):
+                for msgs in (await consumer.getmany(timeout_ms=300)).values():
+                    got += [m for m in msgs if keep(m)]
+                if until is None and done(got):
+                    if not linger:
+                        break
+                    until = time.monotonic() + linger
+            return got
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
 def produce(bootstrap: str, topic: str, events: Iterable[dict[str, Any] | bytes]) -> None:
     """Publish events keyed by visitor id (raw bytes are published unkeyed)."""
     items: list[tuple[bytes | None, bytes]] = []

@@ -3,19 +3,16 @@ a key work, CORS from allowed origins only, events carry their source, and produ
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import secrets
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from engine import trust
 from engine.production import EXIT_CONFIG
@@ -29,6 +26,7 @@ from tests.support import (
     event,
     free_port,
     keys_env,
+    read_topic,
     wait_http_ready,
     without_key,
     worker_process,
@@ -133,23 +131,11 @@ def test_decide_and_events_from_an_allowed_origin_work_and_from_another_are_refu
 
 def read_headers(stack: Stack, event_ids: set[str], timeout: float = 30.0) -> dict[str, dict[str, bytes]]:
     """The Kafka headers of the events with these ids, read from the events topic."""
-    async def read() -> dict[str, dict[str, bytes]]:
-        consumer = AIOKafkaConsumer(stack.events_topic, bootstrap_servers=stack.bootstrap,
-                                    auto_offset_reset="earliest", group_id=None)
-        await consumer.start()
-        found: dict[str, dict[str, bytes]] = {}
-        try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and set(found) < event_ids:
-                for msgs in (await consumer.getmany(timeout_ms=300)).values():
-                    for m in msgs:
-                        eid = orjson.loads(m.value)["event_id"]
-                        if eid in event_ids:
-                            found[eid] = dict(m.headers or ())
-            return found
-        finally:
-            await consumer.stop()
-    return asyncio.run(read())
+    def ids(msgs: list) -> set[str]:
+        return {orjson.loads(m.value)["event_id"] for m in msgs}
+    found = read_topic(stack.bootstrap, stack.events_topic, lambda got: ids(got) >= event_ids, timeout,
+                       keep=lambda m: orjson.loads(m.value)["event_id"] in event_ids)
+    return {orjson.loads(m.value)["event_id"]: dict(m.headers or ()) for m in found}
 
 
 def test_public_keys_send_browser_events_only_and_events_carry_their_source(api: str, stack: Stack) -> None:

@@ -16,11 +16,10 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer
 
 from engine.layout import arms_key, decision_key
 from infra import local
-from tests.support import Stack, event, produce, profile_of, wait_until, with_store, worker_process
+from tests.support import Stack, event, produce, profile_of, read_topic, wait_until, with_store, worker_process
 
 pytestmark = pytest.mark.integration
 LEARNING_CONFIG = str(Path(__file__).parent / "config" / "learning.toml")
@@ -122,25 +121,9 @@ def decision_record(decision_id: str, visitor: str, ts: float) -> dict[str, Any]
 def learning_examples(bootstrap: str, topic: str, wanted: set[str], timeout: float = 60.0) -> list[dict]:
     """The examples of ``wanted`` decisions on the learning topic (from its start), once all are there
     and a little longer (a second copy would show up then)."""
-    async def read() -> list[dict]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
-        await consumer.start()
-        found: list[dict] = []
-        try:
-            deadline = time.monotonic() + timeout
-            settle_until = None
-            while time.monotonic() < (settle_until or deadline):
-                for msgs in (await consumer.getmany(timeout_ms=300)).values():
-                    for m in msgs:
-                        e = orjson.loads(m.value)
-                        if e.get("decision_id") in wanted:
-                            found.append(e)
-                if settle_until is None and {e["decision_id"] for e in found} >= wanted:
-                    settle_until = time.monotonic() + 2.0
-            return found
-        finally:
-            await consumer.stop()
-    return asyncio.run(read())
+    found = read_topic(bootstrap, topic, lambda got: {orjson.loads(m.value)["decision_id"] for m in got} >= wanted,
+                       timeout, keep=lambda m: orjson.loads(m.value).get("decision_id") in wanted, linger=2.0)
+    return [orjson.loads(m.value) for m in found]
 
 
 def test_a_worker_killed_between_reward_expiry_and_the_kafka_flush_loses_no_learning_example(

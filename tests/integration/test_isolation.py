@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from pathlib import Path
@@ -10,32 +9,18 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from engine.layout import profile_fields
 from infra import local
 from streams.pipeline import BatchProcessor, Record
-from tests.support import Stack, event, produce, profile_of, wait_until, with_store, worker_process
+from tests.support import Stack, event, produce, profile_of, read_topic, wait_until, with_store, worker_process
 
 pytestmark = pytest.mark.integration
 
 
 def dead_letters(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -> list[Any]:
     """The messages of a dead-letter topic (from the start), once ``expect`` of them are there."""
-    async def read() -> list[Any]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                    group_id=f"dlq-reader-{uuid.uuid4().hex[:6]}")
-        await consumer.start()
-        try:
-            got: list[Any] = []
-            deadline = time.monotonic() + timeout
-            while len(got) < expect and time.monotonic() < deadline:
-                for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                    got.extend(msgs)
-            return got
-        finally:
-            await consumer.stop()
-    return asyncio.run(read())
+    return read_topic(bootstrap, topic, lambda got: len(got) >= expect, timeout)
 
 
 def test_an_accepted_event_that_crashed_the_worker_is_dead_lettered_and_its_partition_goes_on(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,10 +10,10 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from infra import local
 from infra.processes import Stack, api_process, free_port, wait_http_ready, wait_until, worker_process
+from tests.support import read_topic
 
 pytestmark = pytest.mark.integration
 CONFIG = str(Path(__file__).parent / "config" / "learning.toml")
@@ -65,25 +64,11 @@ def experiment(base: str, placement: str) -> dict:
 
 
 def learning_examples(stack: Stack, decision_ids: set[str], timeout: float = 30.0) -> list[dict]:
-    async def read() -> list[dict]:
-        consumer = AIOKafkaConsumer(stack.learning_topic, bootstrap_servers=stack.bootstrap,
-                                    auto_offset_reset="earliest", group_id=None)
-        await consumer.start()
-        found: list[dict] = []
-        try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                for msgs in (await consumer.getmany(timeout_ms=300)).values():
-                    found += [e for m in msgs if (e := orjson.loads(m.value))["decision_id"] in decision_ids]
-                if {e["decision_id"] for e in found} >= decision_ids:
-                    # keep reading briefly: a second example for the same decision would show up here
-                    for msgs in (await consumer.getmany(timeout_ms=1500)).values():
-                        found += [e for m in msgs if (e := orjson.loads(m.value))["decision_id"] in decision_ids]
-                    break
-            return found
-        finally:
-            await consumer.stop()
-    return asyncio.run(read())
+    """The examples of these decisions, once all are there and 1.5 s longer (a second copy would show up)."""
+    found = read_topic(stack.bootstrap, stack.learning_topic,
+                       lambda got: {orjson.loads(m.value)["decision_id"] for m in got} >= decision_ids, timeout,
+                       keep=lambda m: orjson.loads(m.value).get("decision_id") in decision_ids, linger=1.5)
+    return [orjson.loads(m.value) for m in found]
 
 
 def test_rewards_raise_the_model_version_and_move_serving_toward_the_rewarded_action(loop_stack: tuple) -> None:

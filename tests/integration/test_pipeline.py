@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import time
@@ -13,10 +12,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from engine.recommend.signal import CollaborativeSignal
-from tests.support import Stack, event, produce, profile_of, wait_until
+from tests.support import Stack, event, produce, profile_of, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -69,22 +67,7 @@ def test_invalid_events_reach_the_dead_letter_topic_and_the_worker_carries_on(
     wait_until(lambda: profile_of(stack.redis_url, visitor).counts.get("page_view") == 1, timeout=60,
                what="valid event after bad ones to be applied")
 
-    async def read_dlq() -> list:
-        consumer = AIOKafkaConsumer(stack.dlq_topic, bootstrap_servers=stack.bootstrap,
-                                    auto_offset_reset="earliest", group_id=None)
-        await consumer.start()
-        try:
-            got: list = []
-            deadline = time.monotonic() + 30
-            while len(got) < 3 and time.monotonic() < deadline:
-                batch = await consumer.getmany(timeout_ms=500)
-                for msgs in batch.values():
-                    got.extend(msgs)
-            return got
-        finally:
-            await consumer.stop()
-
-    letters = asyncio.run(read_dlq())
+    letters = read_topic(stack.bootstrap, stack.dlq_topic, lambda got: len(got) >= 3)
     assert sorted(m.value for m in letters) == sorted(bad)  # original bytes, nothing lost
     reasons = {m.value: dict(m.headers)["dlq.reason"].decode() for m in letters}
     assert "JSON" in reasons[bad[0]] or "json" in reasons[bad[0]]
@@ -112,21 +95,8 @@ def test_invalid_decision_records_are_dead_lettered_and_valid_ones_still_open_wi
     finally:
         r.close()
 
-    async def read_dlq() -> list:
-        consumer = AIOKafkaConsumer(stack.dlq_topic, bootstrap_servers=stack.bootstrap,
-                                    auto_offset_reset="earliest", group_id=None)
-        await consumer.start()
-        try:
-            got: list = []
-            deadline = time.monotonic() + 30
-            while len(got) < len(bad) and time.monotonic() < deadline:
-                for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                    got += [m for m in msgs if dict(m.headers)["dlq.source"].decode().startswith(stack.decisions_topic)]
-            return got
-        finally:
-            await consumer.stop()
-
-    letters = asyncio.run(read_dlq())
+    letters = read_topic(stack.bootstrap, stack.dlq_topic, lambda got: len(got) >= len(bad),
+                         keep=lambda m: dict(m.headers)["dlq.source"].decode().startswith(stack.decisions_topic))
     assert sorted(m.value for m in letters) == sorted(bad)
     assert all(dict(m.headers)["dlq.reason"] for m in letters)
 
