@@ -191,7 +191,7 @@ def join_logs(decisions: Sequence[Mapping[str, Any]], examples: Sequence[Mapping
     dup = unmatched = 0
     for ex in examples:
         did = ex.get("decision_id")
-        if not did or ex.get("kind") == "interaction":
+        if not did or "kind" in ex:  # interactions and forget requests say their kind; settled decisions do not
             continue
         if placement is not None and ex.get("placement", placement) != placement:
             continue

@@ -9,7 +9,8 @@ exposes:
   or :class:`InvalidEvent` with a precise ``reason`` (for the dead-letter topic);
 * :func:`event_to_dict` / :func:`dumps_event` -- the way back (timestamp in epoch milliseconds);
 * :func:`from_segment` -- the Segment mapping on its own;
-* :func:`validate_decision` -- checks a decision record before it is published.
+* :func:`validate_decision` -- checks a decision record before it is published;
+* :func:`validate_learning_message` -- checks a message of the ``learning`` topic (:mod:`schemas.learning`).
 
 >>> import schemas
 >>> event = schemas.parse_event(b'{"event_id": "e-1", "type": "page_view",'
@@ -26,11 +27,13 @@ True
 from schemas._validation import SCHEMA_DIR, InvalidEvent, load_schema
 from schemas.decision import DECISION_SCHEMA, validate_decision
 from schemas.events import EVENT_TYPES, Event, dumps_event, event_to_dict, parse_event
+from schemas.learning import LEARNING_SCHEMA, validate_learning_message
 from schemas.segment import SEGMENT_CALLS, TRACK_EVENTS, from_segment, is_segment_payload
 
 __all__ = [
     "DECISION_SCHEMA",
     "EVENT_TYPES",
+    "LEARNING_SCHEMA",
     "SCHEMA_DIR",
     "SEGMENT_CALLS",
     "TRACK_EVENTS",
@@ -43,4 +46,5 @@ __all__ = [
     "load_schema",
     "parse_event",
     "validate_decision",
+    "validate_learning_message",
 ]

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from engine.features import decode
+from engine.learning_messages import forget_message
 from engine.recommend.signal import COVISIT_KEY
 from serving import auth
 from serving.services import REDIS_CALL_TIMEOUT_S, Services
@@ -47,7 +48,7 @@ async def erase_profile(customer_id: str, request: Request) -> Response:
             async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
                 await svc.producer.send_and_wait(
                     svc.settings.learning_topic, key=COVISIT_KEY,
-                    value=orjson.dumps({"kind": "forget", "visitors": erased.visitors}))
+                    value=forget_message(erased.visitors))
         except Exception as exc:
             svc.metrics.errors.inc("erase_forget")
             answer["error"] = (f"the profile was erased, but Kafka did not confirm the learner's erasure request: "

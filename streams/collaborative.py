@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import orjson
-
 from engine.config import EngineConfig
+from engine.learning_messages import interactions_message
 from engine.recommend.signal import COVISIT_KEY
 from schemas.events import Event
 from streams.pipeline import Record
@@ -35,4 +34,4 @@ class CollaborativeFeed:
             if w and item and type(item) is str:
                 rows.append([ev.visitor_id, item, w, ev.timestamp])
         if rows:
-            await self.emit(COVISIT_KEY, orjson.dumps({"kind": "interactions", "rows": rows}))
+            await self.emit(COVISIT_KEY, interactions_message(rows))

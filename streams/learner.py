@@ -28,6 +28,7 @@ from typing import Any
 
 from engine.config import EngineConfig
 from engine.decisions import action_features
+from engine.learning_messages import FORGET, INTERACTIONS
 from engine.learning_store import LearningStore
 from engine.models import learned_policies, model_name
 from engine.policies import Candidate, Policy, make_policy
@@ -62,13 +63,13 @@ class PlacementLearner:
 
     def learn(self, example: Mapping[str, Any]) -> bool:
         """Route an example: item interactions and erasures to co-visitation, settled decisions to placements."""
-        if example.get("kind") == "interactions":  # a batch of [visitor, item, weight, ts] rows
+        if example.get("kind") == INTERACTIONS:  # a batch of [visitor, item, weight, ts] rows
             if self.covisit is None:
                 return False
             self.covisit.learn_many(example["rows"])  # one pass over the batch (CoVisitation.learn_many)
             self.covisit_state.updates_since_snapshot += len(example["rows"])
             return True
-        if example.get("kind") == "forget":  # an erased customer's ids (serving/profiles.py)
+        if example.get("kind") == FORGET:  # an erased customer's ids (serving/profiles.py)
             if self.covisit is None:
                 return False
             self.covisit.forget(example["visitors"])
