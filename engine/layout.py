@@ -3,7 +3,7 @@
 A customer's profile is ONE hash, ``p:{cid}`` (the hash tag ``{cid}`` keeps it in one Redis Cluster slot).
 One key means one ``EXPIRE`` per applied batch and one ``HGETALL`` to read a profile. In a typical profile
 every field and value stays within Redis's default ``hash-max-listpack-value`` (64 bytes), so the hash keeps
-the compact listpack encoding: 1.8 KB for 50 events (``bench/memory.py``). A longer value (a very busy 24h
+the compact listpack encoding (``bench/memory.py`` measures a profile's bytes). A longer value (a very busy 24h
 window, a value id over 62 characters) only costs memory: Redis converts the hash to a hashtable.
 
 ``<f>`` below is a feature's short code (``feature_codes``: 1-2 base-62 characters hashed from its name,

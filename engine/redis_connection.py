@@ -1,9 +1,9 @@
 """A redis-py asyncio connection that is cheaper per command, for pipelines of many small commands.
 
-* Packing: redis-py's asyncio ``Connection.pack_command`` encodes every argument in Python: ~10 us for the
-  worker's EVALSHA of one customer (8 arguments), once per customer per batch, i.e. about once per event;
-  ``hiredis.pack_command`` (hiredis is already installed for reply parsing) does it in ~1.6 us with the
-  same bytes (floats as ``repr``, ``str`` as UTF-8). Arguments hiredis does not take (``None``, ``bool``,
+* Packing: redis-py's asyncio ``Connection.pack_command`` encodes every argument in Python, once per customer
+  per batch, i.e. about once per event; ``hiredis.pack_command`` (hiredis is already installed for reply
+  parsing) does it in C with the same bytes (floats as ``repr``, ``str`` as UTF-8; the figures:
+  ``docs/performance-history.md``). Arguments hiredis does not take (``None``, ``bool``,
   ...) fall back to redis-py, which raises its usual ``DataError``.
 * Reading: redis-py wraps every reply of a pipeline in its own ``asyncio.timeout`` (socket_timeout, 5 s by
   default), a timer handle per reply. A reply that is already complete in the hiredis reader's buffer

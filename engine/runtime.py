@@ -3,18 +3,14 @@
 The garbage collector: a worker or API process imports a large, long-lived heap (Faust, aiokafka, numpy,
 River, FastAPI: ~120k tracked objects) and then allocates many short-lived containers per batch or
 request. CPython's default thresholds (700 allocations per young collection, a full collection every ~100
-of those) make it re-scan the long-lived heap over and over. Measured on the worker's batch preparation
-(parse, validate, compile operations; 20,000 realistic events): 15.1-15.6 us/event with the defaults,
-12.1-13.1 with the start-up heap frozen, 10.9-11.2 frozen with a 20,000-allocation young generation,
-11.1-13.7 with the collector off.
+of those) make it re-scan the long-lived heap over and over, so the start-up heap is frozen and the young
+generation enlarged (the measurements: ``docs/performance-history.md``, "engine/runtime.py").
 
 A worker keeps whole batches alive: the batch being written, the one being prepared and the records the
 consumer has fetched ahead, ~16 tracked containers per prepared event (event, properties, operations) plus
-the Kafka records. With a 20,000-allocation young generation the collector ran ~6 times per 2,000-event
-batch and re-scanned those batches each time, ~20% of the worker's CPU (measured with ``gc.callbacks``
-in ``python -m bench.throughput``). ``batch_young_threshold`` sizes the young generation above what the
-batches in flight hold, so a collection runs when garbage accumulates rather than whenever a batch is
-being built: the worker's CPU per event fell from 28.2-31.7 to 24.7-25.7 us (4 alternated runs).
+the Kafka records; a young generation smaller than that re-scans the batches over and over.
+``batch_young_threshold`` sizes the young generation above what the batches in flight hold, so a
+collection runs when garbage accumulates rather than whenever a batch is being built.
 
 >>> import gc
 >>> freeze_startup_heap(young_threshold=5_000)

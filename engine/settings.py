@@ -135,12 +135,10 @@ class Settings:
     worker_roles: frozenset[str] = field(default_factory=lambda: _roles(_env("WORKER_ROLES", "ingest,learn")))
     #: Events taken from the stream per batch (at most: a batch is what Kafka has ready; the ingest loop takes
     #: what has arrived, it never waits to fill a batch). 2000 rather than 500: more customers appear twice in
-    #: a batch, so fewer Lua calls per event (bench.throughput, 60k events, 2 runs each: 1 worker
-    #: 11,208-12,010 -> 12,626-14,015 events/s, Redis 40.8-42.9 -> 35.5-37.9 us CPU per event).
+    #: a batch, so fewer Lua calls per event (docs/performance-history.md, "WORKER_BATCH_SIZE").
     worker_batch_size: int = field(default_factory=lambda: _int("WORKER_BATCH_SIZE", 2000, maximum=1_000_000))
     #: The learner's longest wait to fill a batch of learning examples (seconds). Models are published as
-    #: snapshots every few seconds, so waiting 50 ms costs no freshness; waking every 5 ms kept an idle learner
-    #: at 1.6-1.8% of a core against 0.8-0.9% (measured with /proc, idle learner, alternated).
+    #: snapshots every few seconds, so waiting 50 ms costs no freshness, and an idle learner wakes less.
     worker_batch_timeout: float = field(default_factory=lambda: _float("WORKER_BATCH_TIMEOUT", 0.05, positive=False))
     #: Consumer group of the worker's batch loop over events and decisions (default ``<worker_app_id>-stream``;
     #: the Faust app, which only consumes ``learning``, keeps ``worker_app_id`` as its group).
@@ -162,8 +160,8 @@ class Settings:
     #: the process, plus the wait a proxy stamped when ``decide_queue_header`` is set):
     #: ``serving.admission.LatencyLimit``. 0 turns shedding off.
     decide_shed_target_ms: float = field(default_factory=lambda: _float("DECIDE_SHED_TARGET_MS", 5.0, positive=False))
-    #: Bounds of the admission limit: it starts at (and never passes) the maximum, the fixed limit measured
-    #: before it adapted; the minimum keeps some full decisions flowing.
+    #: Bounds of the admission limit: it starts at (and never passes) the maximum, the best fixed limit of
+    #: ``python -m bench.admission`` before it adapted; the minimum keeps some full decisions flowing.
     decide_shed_min_in_flight: int = field(default_factory=lambda: _int("DECIDE_SHED_MIN_IN_FLIGHT", 4))
     decide_shed_max_in_flight: int = field(default_factory=lambda: _int("DECIDE_SHED_MAX_IN_FLIGHT", 48))
     #: Header in which the proxy in front stamps when it received a request (``t=<epoch s|ms|us>``, as nginx,

@@ -7,8 +7,8 @@ internally consistent: every shown action is one of the ``candidates``.
 ...     "decision_id": "d-1", "customer_id": "c-1", "placement": "home_hero",
 ...     "context": {"recency_s": 12.0, "views_7d": 3},
 ...     "candidates": ["a-1", "a-2"], "actions": [{"action_id": "a-2", "score": 0.8}],
-...     "propensity": 0.9, "policy": "epsilon_greedy", "model_version": "home_hero-42",
-...     "holdout_arm": "treatment", "degraded": False, "timestamp": 1714564800000,
+...     "propensity": 0.9, "policy": "linucb", "model_version": "home_hero-42",
+...     "holdout_arm": "learning", "degraded": False, "timestamp": 1714564800000,
 ... }
 >>> validate_decision(record)
 >>> validate_decision({**record, "propensity": 0})

@@ -10,7 +10,7 @@ for tests and for producers written elsewhere.
 >>> validate_learning_message({"kind": "forget", "visitors": "cust-1"})
 Traceback (most recent call last):
     ...
-schemas.InvalidEvent: learning message: visitors: must be array, got str
+schemas.InvalidEvent: learning message: visitors: must be array, got string
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Admission control for ``/v1/decide``: how many decisions one API process runs at once.
 
 Requests queue inside the event loop, where no queue is visible: every decision in progress waits for the
-CPU of all the others, so past the process's capacity the latency of *all* of them grows without bound
-(measured: 4,000 req/s offered, just past one process's capacity, p99 0.2-1.2 s). A decision refused
+CPU of all the others, so past the process's capacity the latency of *all* of them grows without bound.
+A decision refused
 admission is *shed*: answered at once from the non-personalised ranking, without a Redis read
 (``"degraded": true``), which costs a fraction of a full decision.
 

@@ -13,13 +13,11 @@ most ``max_buffered_bytes`` (16 MiB, about 8,000 records of ~2 KB) and ``max_buf
 record is dropped and counted in ``decision_log_overflow`` (Kafka slow or down for seconds). What the producer
 holds is bounded by its own ``max_batch_size`` per partition (``send_batch`` waits while a partition has a batch
 pending). A record is buffered as a right-sized copy: the bytes ``orjson.dumps`` returns keep its whole output
-buffer (16,280 B of heap for a 1,814 B record, 4,120 B for any output up to ~500 B).
+buffer, several times the record.
 
-Why (``python -m bench.decide_rss``, 4,000 req/s open loop for 15 s then ``wrk -c32`` for 10 s, shared 2-core
-machine): the API's RSS went 151 -> 419 -> 776 MiB and stayed there. The buffer was bounded by count only
-(50,000 records); the producer's default 16 KiB batches (~8 records, one batch pending per partition) shipped
-fewer decisions than a loaded API made, so 34,330 records were buffered and ~8,000 more in flight, at ~16 KB of
-heap each: glibc heap in use 37 -> 650 MiB, and after the backlog drained 619 MiB stayed mapped as free heap.
+Why: bounded by count only, with the producer's default 16 KiB batches shipping fewer decisions than a loaded
+API made, the buffer grew to hundreds of MiB and glibc kept the heap mapped after the backlog drained
+(``python -m bench.decide_rss``; the figures: ``docs/performance-history.md``).
 """
 
 from __future__ import annotations
@@ -56,7 +54,7 @@ class DecisionLog:
     def publish(self, key: bytes, value: bytes) -> None:
         """Buffer one record; it is handed to the producer within ``flush_interval``."""
         buf = self._buf
-        value = bytes(memoryview(value))  # right-sized (see the module docstring); ~0.3 us for 2 KB
+        value = bytes(memoryview(value))  # right-sized (see the module docstring); cheap next to the record
         size = len(key) + len(value) + RECORD_OVERHEAD
         if len(buf) + self._inflight >= self.max_buffered or self._held_bytes + size > self.max_buffered_bytes:
             self.metrics.errors.inc("decision_log_overflow")

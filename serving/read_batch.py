@@ -2,8 +2,8 @@
 
 Under load, a few dozen ``/v1/decide`` calls are waiting on their profile read at any moment. Sent one
 by one, each read pays its own socket write, its own wake-up of the event loop when the reply arrives
-and its own trip through redis-py's connection pool: measured in-process (``bench/decide_micro.py``),
-the profile read was about half of a decision's CPU. ``ReadBatcher`` queues the commands issued during
+and its own trip through redis-py's connection pool, a large share of a decision's CPU
+(``bench/decide_micro.py``). ``ReadBatcher`` queues the commands issued during
 one turn of the loop and sends them as a single pipeline on one connection at the end of the turn, so
 that cost is shared by every request of the turn (auto-pipelining, as ioredis and Lettuce call it).
 

@@ -39,8 +39,8 @@ DECISION_BATCH_BYTES = 256 << 10
 
 class LeanConnectionPool(aioredis.ConnectionPool):
     """redis-py's pool without its per-call bookkeeping: redis-py 8 awaits observability hooks (connection
-    counts by state, a "released" event) on every get and release. Measured sequentially from Python: a
-    2-command pipeline 126 -> 75 us of client CPU, one HGETALL 68 -> 49 us. Same checks otherwise: a
+    counts by state, a "released" event) on every get and release, a large share of a small command's
+    client CPU (docs/performance-history.md). Same checks otherwise: a
     connection is (re)connected, and must have no unread data, before use."""
 
     async def get_connection(self, command_name: object = None, *keys: object, **options: object) -> Any:

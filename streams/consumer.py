@@ -1,9 +1,8 @@
 """The high-volume topics (``events``, ``decisions``) in batches on a plain aiokafka group consumer.
 
-Why not a Faust agent: measured on the same 8,000 events (``bench/throughput.py``), a Faust agent that only
-takes batches and counts them costs ~80 us of CPU per event, more than our whole feature pipeline, while
-``AIOKafkaConsumer.getmany`` costs ~2.5 us; and the same ``BatchProcessor`` behind ``getmany`` makes events
-visible in Redis in p99 ~8 ms instead of ~90 ms. Faust keeps the low-volume ``learning`` agent, the reward
+Why not a Faust agent: an agent that only takes batches and counts them costs more CPU per event than our
+whole feature pipeline, and events reach Redis later (``bench/throughput.py``; the figures:
+``docs/performance-history.md``). Faust keeps the low-volume ``learning`` agent, the reward
 expiry timer and the worker's lifecycle (``streams/app.py`` starts this loop as a Faust service).
 
 Delivery: at-least-once + idempotent Redis updates (offset guards and event-id dedup in the Lua scripts) =
@@ -18,10 +17,9 @@ exactly-once effect.
   prepared (parsed, validated, compiled to operations: no Redis). Batch N+1's writes start only after batch
   N's are done, so per-customer order holds. The loop gives batch N's writes a head start: it fetches and
   prepares batch N+1 once they say their commands are sent (the ``sent`` callback), not before, since
-  preparing first would keep Redis idle while the writes wait for the CPU. Measured (one ingest worker,
-  100k events): overlapped without it 10,600-11,500 events/s; with the head start, streamed writes
-  (``engine.redis_connection.execute_streamed``) and batches no longer cut at identify events
-  (``streams.pipeline.split_linked``) 16,100-20,200;
+  preparing first would keep Redis idle while the writes wait for the CPU (with streamed writes,
+  ``engine.redis_connection.execute_streamed``, and batches no longer cut at identify events,
+  ``streams.pipeline.split_linked``);
 * a rebalance waits for the batch in progress, then commits it (``on_partitions_revoked``); a batch fetched
   across a rebalance is not processed, its partitions are rewound (or left to their new owner);
 * Redis unavailable (or out of memory, or restarted: ``engine.faults``): the batch is retried with a bounded

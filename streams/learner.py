@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 #: Learned decision ids remembered per placement, so a replayed example is not learned twice.
 RECENT_DECISIONS = 100_000
 #: Serving looks for new snapshots every 0.5 s (serving.services.MODEL_REFRESH_S); publishing more
-#: often only costs the learner: 25-70 dumps/s capped it below 5,000 rewards/s (bench/learning_speed.py).
+#: often only costs the learner (bench/learning_speed.py measures it).
 MIN_SNAPSHOT_INTERVAL_S = 0.5
 
 
@@ -171,7 +171,7 @@ class PlacementLearner:
             st = self.covisit_state
             st.version += 1
             # serving gets the model without per-visitor histories (a fraction of the size, and loading
-            # them held the API's event loop: decisions 20-60 ms late every snapshot); the learner keeps them
+            # them held the API's event loop, making decisions late); the learner keeps them
             serving = dump_model(self.covisit.for_serving(), st.version, key, name=COVISIT_MODEL)
             await store.publish_model(COVISIT_MODEL, st.version, serving,
                                       state=dump_model(self.covisit, st.version, key, name=COVISIT_STATE))

@@ -69,7 +69,7 @@ class CTRRanker:
         self.epsilon = epsilon
         self.optimism = optimism
         if model is None:
-            # imported here, not at module level: River (with SciPy) adds ~85 MiB to a process's RSS, and
+            # imported here, not at module level: River (with SciPy) adds much to a process's RSS, and
             # serving imports every policy class but builds a CTRRanker only when a placement is configured
             # with it
             from river import linear_model, optim

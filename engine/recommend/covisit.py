@@ -5,12 +5,12 @@ State, all of it bounded:
 * per item: its (decayed) popularity and at most ``top_k`` neighbours with their co-visitation
   weights (two fixed-size numpy rows). When a row is full, it is pruned to its ``prune_to`` fraction of
   heaviest entries, which frees slots for newcomers; pairs that keep co-occurring accumulate weight and
-  survive prunings, one-off pairs do not. In Redis this is a sorted set per item trimmed with
-  ``ZREMRANGEBYRANK`` when its ``ZCARD`` exceeds ``top_k``; here it is part of the model snapshot.
+  survive prunings, one-off pairs do not. The rows live in the model snapshot (``model:{__covisit__/covisit}``,
+  ``engine.layout.model_key``), never in Redis keys of their own.
 * per visitor: the last ``history_size`` interactions, kept in an LRU of at most ``max_users``
-  visitors. In the stream the same list lives in Redis (``p:{cid}:recent:<feature>``) and can be passed
-  in with :meth:`CoVisitation.learn_history` / :meth:`CoVisitation.score` instead, so the model then
-  needs no per-visitor state at all.
+  visitors. A profile's recent items (its ``r<f>:<i>`` fields, ``engine.layout``) can be passed in with
+  :meth:`CoVisitation.learn_history` / :meth:`CoVisitation.score` instead, so the model then needs no
+  per-visitor state at all; serving scores that way.
 
 Learning an interaction of weight ``w`` with item ``j`` at time ``t`` adds ``w * w_h * g(t)`` to the
 pair (``h``, ``j``) in both directions, for every item ``h`` in the visitor's recent history (weight
@@ -23,11 +23,9 @@ i.e. co-visitation weights normalised like an asymmetric cosine (``alpha``/``bet
 history items and popular candidates), more recent history items weighing more. A small popularity
 ``prior`` breaks ties and ranks items when the history has no known neighbours (cold start).
 
-Why pruning and not a heavy-hitter sketch: on the first 50,000 MovieLens-100K ratings (see
-``bench/movielens.py``) rows of 100 slots reached HR@10 0.087 with Space-Saving (newcomers inherit the
-evicted count, and the tail of co-visited items is long, so rows fill with noise), 0.186 scoring the
-Space-Saving lower bounds, 0.117 with Unbiased Space-Saving, 0.195 with prune-to-75%; keeping every
-pair reached 0.207.
+Why pruning and not a heavy-hitter sketch: with Space-Saving newcomers inherit the evicted count, and the
+tail of co-visited items is long, so rows fill with noise; pruning to 75% came closest to keeping every
+pair (the HR@10 of each on MovieLens-100K, ``bench/movielens.py``: ``docs/performance-history.md``).
 
 Why one long module: it is one data structure whose learning, pruning and scoring share the same arrays
 and derived caches; :meth:`CoVisitation.to_state` / :meth:`CoVisitation.from_state` turn it into plain data
@@ -204,9 +202,8 @@ class CoVisitation:
     def without_histories(self) -> CoVisitation:
         """The model without its per-visitor histories, sharing its arrays: what serving needs, which scores
         the visitor's recent items read from the profile. The histories are most of a snapshot's size and
-        nearly all of its loading time (Python objects per visitor: on 26k visitors, 442 KB and 31-76 ms
-        with them against 98 KB and 1.8 ms without when snapshots were pickles; 31 MiB held against 2.5), and
-        loading holds the API's event loop. Snapshot the result before learning goes on: the arrays are shared.
+        nearly all of its loading time (Python objects per visitor), and loading holds the API's event loop.
+        Snapshot the result before learning goes on: the arrays are shared.
 
         >>> model = CoVisitation(top_k=4)
         >>> model.learn_many([("ann", "a", 1.0, None), ("ann", "b", 1.0, None)])
