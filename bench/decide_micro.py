@@ -3,6 +3,10 @@ Redis, driven with the latency benchmark's request mix; prints the process CPU p
 
 ``python -m bench.decide_micro [--requests 4000] [--concurrency 16] [--profile out.txt]``
 
+``--keys`` compares the same app with API keys on (a public key and an allowed origin on every request, as a
+browser sends them) and off: two apps on the same Redis, rounds alternated, CPU per decision side by side (process
+CPU, so less sensitive than wall-clock latency to a machine shared with other work).
+
 ``--parts`` also times the handler's stages one at a time over 2,000 of the requests (profiles read from Redis
 once, beforehand): parse, decode, rank (arm, context, eligible actions, policy), answer encoding, decision record
 + buffering; microseconds per request, median of 7 passes.
@@ -15,10 +19,12 @@ import asyncio
 import os
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 
 
-async def drive(app: Any, bodies: list[bytes], n: int, concurrency: int) -> tuple[float, float, dict[int, int]]:
+async def drive(app: Any, bodies: list[bytes], n: int, concurrency: int,
+                headers: Sequence[tuple[bytes, bytes]] = ()) -> tuple[float, float, dict[int, int]]:
     statuses: dict[int, int] = {}
     it = iter(range(n))
 
@@ -41,7 +47,7 @@ async def drive(app: Any, bodies: list[bytes], n: int, concurrency: int) -> tupl
                  "root_path": "", "query_string": b"", "server": ("127.0.0.1", 8000),
                  "client": ("127.0.0.1", 5555), "state": {},
                  "headers": [(b"host", b"x"), (b"content-type", b"application/json"),
-                             (b"content-length", str(len(body)).encode())]}
+                             (b"content-length", str(len(body)).encode()), *headers]}
         await app(scope, receive, send)
 
     async def worker() -> None:
@@ -155,6 +161,9 @@ async def main_async(args: argparse.Namespace, stack: Any) -> None:
             return cache[key]
 
         decide_mod.read_profile = cached
+    if args.keys:
+        await compare_keys(bodies, args)
+        return
     fastapi_app = create_app()
     app = DecideFastPath(fastapi_app)
     async with fastapi_app.router.lifespan_context(fastapi_app):
@@ -178,6 +187,44 @@ async def main_async(args: argparse.Namespace, stack: Any) -> None:
         print("metrics errors:", dict(metrics.errors.values), "decisions:", dict(metrics.decisions.values))
 
 
+async def compare_keys(bodies: list[bytes], args: argparse.Namespace) -> None:
+    import dataclasses
+    import statistics
+    from contextlib import AsyncExitStack
+
+    from engine.settings import load_settings
+    from serving.app import create_app
+    from serving.auth import ADMIN, PUBLIC, SERVER, new_key
+    from serving.decide import DecideFastPath
+
+    origin = "https://shop.example"
+    keys = {role: new_key(role) for role in (PUBLIC, SERVER, ADMIN)}
+    base = load_settings()
+    keyed = dataclasses.replace(
+        base, api_keys=f"public:{keys[PUBLIC]}:{origin},server:{keys[SERVER]},admin:{keys[ADMIN]}")
+    browser = [(b"authorization", f"Bearer {keys[PUBLIC]}".encode()), (b"origin", origin.encode())]
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    async with AsyncExitStack() as stack:
+        apps = {}
+        for name, settings in (("off", base), ("on", keyed)):
+            fastapi_app = create_app(settings)
+            await stack.enter_async_context(fastapi_app.router.lifespan_context(fastapi_app))
+            apps[name] = DecideFastPath(fastapi_app)
+        for name in ("off", "on"):  # warm-up
+            await drive(apps[name], bodies, 1000, args.concurrency, browser if name == "on" else [])
+        for i in range(args.rounds):
+            for name in (("off", "on") if i % 2 == 0 else ("on", "off")):
+                used, wall, st = await drive(apps[name], bodies, args.requests, args.concurrency,
+                                             browser if name == "on" else [])
+                assert set(st) == {200}, st  # a refused request would make the keyed side look cheap
+                cpu[name].append(1e6 * used / args.requests)
+                print(f"keys {name:3}: {cpu[name][-1]:.1f} us CPU per decision, {args.requests / wall:,.0f}/s wall",
+                      flush=True)
+    off, on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+    print(f"median of {args.rounds} rounds: keys off {off:.1f} us, keys on {on:.1f} us CPU per decision; "
+          f"on/off {on / off:.3f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=4000)
@@ -185,6 +232,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", default="")
     ap.add_argument("--parts", action="store_true", help="also time the handler's stages one at a time")
+    ap.add_argument("--keys", action="store_true", help="API keys on vs off, rounds alternated")
     ap.add_argument("--cached-profiles", action="store_true", help="read each profile once, then from memory")
     args = ap.parse_args()
     import uvloop
