@@ -8,9 +8,11 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from schemas.limits import DEFAULT_LIMITS, EventLimits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,9 +172,23 @@ class Settings:
     #: (the default): no such header is read. Set it only behind a proxy that overwrites the header and shares
     #: the API's clock: a client could otherwise send old stamps and have decisions shed.
     decide_queue_header: str = field(default_factory=lambda: _header("DECIDE_QUEUE_HEADER", ""))
+    #: Largest body of ``POST /v1/events`` (bytes): a larger one is answered 413 while it is read, not after.
+    collector_max_body_bytes: int = field(default_factory=lambda: _int(
+        "COLLECTOR_MAX_BODY_BYTES", DEFAULT_LIMITS.max_body_bytes, minimum=1024, maximum=64 << 20))
+    #: How far after the receiving server's clock an event's timestamp may be (seconds), at the collector and
+    #: in the worker (events produced straight to the topic): a far-future time would move the decay landmarks
+    #: there and zero every later contribution. Other bounds: ``schemas/limits.py``, docs/limits.md.
+    event_max_future_s: float = field(default_factory=lambda: _float(
+        "EVENT_MAX_FUTURE_S", DEFAULT_LIMITS.max_future_s))
     #: Secret used to sign model snapshots (HMAC-SHA256). Change it in production.
     model_signing_key: str = field(default_factory=lambda: _text("MODEL_SIGNING_KEY", "dev-only-signing-key"))
 
+
+    @property
+    def event_limits(self) -> EventLimits:
+        """The bounds on an event, with the ones these settings change."""
+        return replace(DEFAULT_LIMITS, max_body_bytes=self.collector_max_body_bytes,
+                       max_future_s=self.event_max_future_s)
 
     def __post_init__(self) -> None:
         if self.decide_shed_max_in_flight < self.decide_shed_min_in_flight:

@@ -219,9 +219,9 @@ def reason_from(
         return f"{label}: must be {ruledef!r}, got {_short(value)}"
     if rule == "minimum":
         if field == "timestamp":
-            if value >= 1e8:
+            if 1e8 <= value < 1e11:
                 return f"timestamp: must be epoch milliseconds, {value!r} looks like epoch seconds (x1000)"
-            return f"timestamp: must be epoch milliseconds >= {ruledef} (1973-03-03), got {_short(value)}"
+            return f"timestamp: must be epoch milliseconds >= {ruledef} (2000-01-01), got {_short(value)}"
         return f"{label}: must be >= {ruledef}, got {_short(value)}"
     if rule == "exclusiveMinimum":
         return f"{label}: must be > {ruledef}, got {_short(value)}"

@@ -1,46 +1,126 @@
 """``POST /v1/events``: the collector. Validates, publishes to Kafka with acks=all, and answers 202
 only after every event of the request was delivered. A request with any invalid event is rejected
-whole (422, a reason per event) so that a client can fix and resend it without creating duplicates.
+whole (422, a reason per event, naming its index and field) so that a client can fix and resend it
+without creating duplicates.
+
+What the stream cannot take is refused here, in this order: a body over ``COLLECTOR_MAX_BODY_BYTES`` (413,
+while it is read), a body that is not JSON or not events (400), more than ``max_events_per_request`` events
+(400, before any is validated), then each event against its schema and the bounds of ``schemas/limits.py``
+(size once serialised, timestamp within the clock's skew) - the same checks the worker applies to what it
+reads from the topic, so an event published another way is dead-lettered for the same reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from schemas.events import InvalidEvent, dumps_event, parse_event
+from schemas.limits import DEFAULT_LIMITS, EventLimits, check_event
 from serving import auth
+from serving.asgi import BodyTooLarge, declared_length, read_body
 from serving.services import Services
 
 router = APIRouter()
-MAX_BATCH = 500
+MAX_BATCH = DEFAULT_LIMITS.max_events_per_request
+#: Members a Segment-style batch body may carry besides ``batch`` (Segment's HTTP API sends these).
+BATCH_MEMBERS = frozenset({"batch", "sentAt", "context", "integrations", "writeKey"})
+#: Kafka errors that a retry cannot fix: the request is answered 422, never "retry".
+PERMANENT_KAFKA_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 
 def _answer(status: int, payload: dict[str, Any]) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
+def _error(index: int, item: Any, reason: str) -> dict[str, Any]:
+    """One refused event: its index in the request, its id if it had one, the field the reason names."""
+    eid = (item.get("event_id") or item.get("messageId")) if isinstance(item, dict) else None
+    return {"index": index, "event_id": eid if isinstance(eid, str) else None,
+            "field": reason.partition(": ")[0], "reason": reason}
+
+
+def events_of(body: Any, limits: EventLimits) -> list[Any]:
+    """The events of a decoded body (one event, a list, or a Segment batch); ``ValueError`` says why not.
+
+    >>> events_of([{"type": "search"}], DEFAULT_LIMITS)
+    [{'type': 'search'}]
+    >>> events_of({"batch": [], "sentAt": "x", "extra": 1}, DEFAULT_LIMITS)
+    Traceback (most recent call last):
+        ...
+    ValueError: extra: unknown member of a batch body (allowed: batch, context, integrations, sentAt, writeKey)
+    """
+    if isinstance(body, dict) and "batch" in body:
+        extra = sorted(k for k in body if k not in BATCH_MEMBERS)
+        if extra:
+            raise ValueError(f"{', '.join(extra)}: unknown member of a batch body "
+                             f"(allowed: {', '.join(sorted(BATCH_MEMBERS))})")
+        items = body["batch"]
+        if not isinstance(items, list):
+            raise ValueError("batch: must be a list of events")
+    elif isinstance(body, list):
+        items = body
+    elif isinstance(body, dict):
+        items = [body]
+    else:
+        raise ValueError("body: must be an event object, a list of events or {\"batch\": [...]}")
+    if not items:
+        raise ValueError("body: no events")
+    if len(items) > limits.max_events_per_request:
+        raise ValueError(f"body: at most {limits.max_events_per_request} events per request, got {len(items)}")
+    return items
+
+
+async def read_request_body(request: Request, limit: int) -> bytes:
+    """The body, refused (``BodyTooLarge``) as soon as it is known to be over ``limit``: by its declared length
+    before reading, else while reading."""
+    declared = declared_length(request.scope["headers"])
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(limit)
+    return await read_body(request.receive, limit)
+
+
+def validate(items: list[Any], limits: EventLimits, now: float) -> tuple[list[tuple[Any, bytes]], list[dict[str, Any]]]:
+    """Each event parsed, checked and serialised as it will be published; or the reasons, per event."""
+    ready: list[tuple[Any, bytes]] = []
+    errors: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        try:
+            ev = parse_event(item)
+            value = dumps_event(ev)
+            check_event(ev, len(value), now, limits)
+        except InvalidEvent as exc:
+            errors.append(_error(i, item, exc.reason))
+            continue
+        ready.append((ev, value))
+    return ready, errors
+
+
 EVENTS_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "One event, a list of events, or a Segment-style batch {\"batch\": [...]}. "
-                       "Event JSON Schemas: schemas/json/*.schema.json.",
+                       "Event JSON Schemas: schemas/json/*.schema.json; bounds: docs/limits.md.",
         "content": {"application/json": {"schema": {"oneOf": [
             {"type": "object"}, {"type": "array", "items": {"type": "object"}, "maxItems": MAX_BATCH},
         ]}}},
     },
     "responses": {
         "202": {"description": "all events delivered to Kafka"},
-        "400": {"description": "body is not JSON or too large"},
+        "400": {"description": "body is not JSON, not events, or holds too many events"},
         "401": {"description": "no API key, or an unknown one"},
         "403": {"description": "a public key sent an event type only a server key may send, or from an origin "
                                "the key does not list; none were published"},
-        "422": {"description": "some events are invalid; none were published; reasons per event"},
-        "503": {"description": "Kafka did not confirm delivery; retry"},
+        "413": {"description": "body larger than COLLECTOR_MAX_BODY_BYTES (default 1 MiB); none were published"},
+        "422": {"description": "some events are invalid, with the index, field and reason of each; none were "
+                               "published (or Kafka refused one for good: too large; the delivered ones are listed)"},
+        "503": {"description": "Kafka did not confirm delivery; retry (events are de-duplicated by event_id)"},
     },
 }
 
@@ -48,47 +128,59 @@ EVENTS_OPENAPI: dict[str, Any] = {
 @router.post("/v1/events", status_code=202, openapi_extra=EVENTS_OPENAPI, summary="Collect events")
 async def collect(request: Request, caller: auth.PublicCaller) -> Response:
     svc: Services = request.app.state.services
+    limits = svc.settings.event_limits
     try:
-        body = orjson.loads(await request.body())
+        raw = await read_request_body(request, limits.max_body_bytes)
+    except BodyTooLarge as exc:
+        svc.metrics.errors.inc("collector_body_too_large")
+        return _answer(413, {"error": f"{exc} (COLLECTOR_MAX_BODY_BYTES)"})
+    try:
+        items = events_of(orjson.loads(raw), limits)
     except orjson.JSONDecodeError as exc:
         return _answer(400, {"error": f"body is not valid JSON: {exc}"})
-    if isinstance(body, dict) and isinstance(body.get("batch"), list):
-        items = body["batch"]
-    elif isinstance(body, list):
-        items = body
-    else:
-        items = [body]
-    if not items:
-        return _answer(400, {"error": "no events in the body"})
-    if len(items) > MAX_BATCH:
-        return _answer(400, {"error": f"at most {MAX_BATCH} events per request, got {len(items)}"})
+    except ValueError as exc:
+        return _answer(400, {"error": str(exc)})
     svc.metrics.events_in.inc(n=len(items))
 
-    events, errors = [], []
-    for i, item in enumerate(items):
-        try:
-            events.append(parse_event(item))
-        except InvalidEvent as exc:
-            eid = item.get("event_id") or item.get("messageId") if isinstance(item, dict) else None
-            errors.append({"index": i, "event_id": eid, "reason": exc.reason})
+    ready, errors = validate(items, limits, time.time())
     if errors:
         svc.metrics.events_rejected.inc(n=len(errors))
         return _answer(422, {"accepted": 0, "errors": errors})
-    refused = auth.refuse_event_types(caller, [ev.type for ev in events])
+    refused = auth.refuse_event_types(caller, [ev.type for ev, _ in ready])
     if refused is not None:
         return Response(refused.body, status_code=refused.status, media_type="application/json")
+    return await publish(svc, items, ready, auth.source_headers(caller))
 
+
+async def publish(svc: Services, items: list[Any], ready: list[tuple[Any, bytes]],
+                  headers: list[tuple[str, bytes]]) -> Response:
+    """Send every event and wait for all acknowledgements: 202, or 422 for an event Kafka refuses for good
+    (which a retry cannot fix), or 503 (retry: the worker de-duplicates the events delivered twice)."""
     topic = svc.settings.events_topic
-    headers = auth.source_headers(caller)  # who sent it, for the stream (engine/trust.py)
-    try:
-        # send() enqueues and returns a delivery future; awaiting them all pipelines the batch
-        futures = [
-            await svc.producer.send(topic, value=dumps_event(ev), key=ev.visitor_id.encode(), headers=headers)
-            for ev in events
-        ]
-        await asyncio.gather(*futures)
-    except Exception as exc:
-        svc.metrics.errors.inc("collector_publish")
-        return _answer(503, {"error": f"Kafka did not confirm delivery: {exc!r}; retry the request"})
-    svc.metrics.events_out.inc(n=len(events))
-    return _answer(202, {"accepted": len(events), "event_ids": [ev.event_id for ev in events]})
+    futures: list[asyncio.Future[Any]] = []
+    failed: dict[int, BaseException] = {}
+    # send() enqueues and returns a delivery future; awaiting them all pipelines the batch
+    for i, (ev, value) in enumerate(ready):
+        try:
+            futures.append(await svc.producer.send(topic, value=value, key=ev.visitor_id.encode(), headers=headers))
+        except Exception as exc:  # refused before sending (too large for the producer, not started...)
+            failed[i] = exc
+            break
+    for i, result in enumerate(await asyncio.gather(*futures, return_exceptions=True)):
+        if isinstance(result, BaseException):
+            failed[i] = result
+    if not failed:
+        svc.metrics.events_out.inc(n=len(ready))
+        return _answer(202, {"accepted": len(ready), "event_ids": [ev.event_id for ev, _ in ready]})
+    delivered = [ev.event_id for i, (ev, _) in enumerate(ready[:len(futures)]) if i not in failed]
+    svc.metrics.events_out.inc(n=len(delivered))
+    permanent = {i: exc for i, exc in failed.items() if isinstance(exc, PERMANENT_KAFKA_ERRORS)}
+    if permanent:
+        svc.metrics.errors.inc("collector_publish_refused")
+        return _answer(422, {"accepted": len(delivered), "delivered": delivered, "errors": [
+            _error(i, items[i], f"event: Kafka refused it for good ({type(exc).__name__}); do not retry as is")
+            for i, exc in sorted(permanent.items())]})
+    svc.metrics.errors.inc("collector_publish")
+    first = next(iter(failed.values()))
+    return _answer(503, {"error": f"Kafka did not confirm delivery: {first!r}; retry the request "
+                                  f"(events are de-duplicated by event_id)", "delivered": delivered})

@@ -96,7 +96,8 @@ class Components:
         self.joiner = RewardJoiner(self.learning_store, config, self.send_learning_example, self.send_dead_letter)
         self.processor = BatchProcessor(ProfileStore(self.redis, config), self.send_dead_letter,
                                         hooks=[self.joiner.on_events,
-                                               CollaborativeFeed(config, self.send_learning_example).on_events])
+                                               CollaborativeFeed(config, self.send_learning_example).on_events],
+                                        limits=settings.event_limits)
         self.learner = PlacementLearner(config)
         self.restored = False
         self._ready = asyncio.Lock()

@@ -19,16 +19,15 @@ from engine.faults import is_infrastructure
 from engine.layout import dedup_token
 from engine.profile_store import OwnerBatch, ProfileStore
 from schemas.events import Event, InvalidEvent, parse_event
+from schemas.limits import DEFAULT_LIMITS, EventLimits, check_event, check_size
 
 log = logging.getLogger(__name__)
 
-#: Events further than this into the future (by the worker's clock) are dead-lettered: a far-future time would
-#: move the decay landmarks and time-window rings there, zeroing the global popularity and every later event
-#: of the profile. The collector refuses more than its skew (minutes); this also covers events produced
+#: Events further into the future than ``EVENT_MAX_FUTURE_S`` (by the worker's clock), before 2000, or larger
+#: than the collector publishes are dead-lettered by the same checks as the collector's
+#: (``schemas.limits.check_event``): a far-future time would move the decay landmarks and time-window rings
+#: there, zeroing the global popularity and every later event of the profile. This covers events produced
 #: straight to the topic.
-MAX_FUTURE_S = 3600.0
-#: Events before this (2000-01-01) are dead-lettered too (epoch milliseconds mistaken for seconds, zeros).
-MIN_TIMESTAMP_S = 946_684_800.0
 #: Stages named in a dead letter's ``dlq.stage`` header.
 STAGE_VALIDATE, STAGE_PREPARE, STAGE_IDENTITY, STAGE_APPLY, STAGE_POPULARITY = (
     "validate", "prepare", "identity", "apply", "popularity")
@@ -83,8 +82,10 @@ class BatchProcessor:
     """``process`` = ``prepare`` (no Redis: parse, validate, compile operations, dead letters) then ``apply``
     (Redis: identity, the Lua applier, hooks, counters). Only ``apply`` is retried when Redis is down."""
 
-    def __init__(self, store: ProfileStore, dead_letters: DeadLetterSink, hooks: Sequence[EventHook] = ()) -> None:
+    def __init__(self, store: ProfileStore, dead_letters: DeadLetterSink, hooks: Sequence[EventHook] = (),
+                 limits: EventLimits = DEFAULT_LIMITS) -> None:
         self.store = store
+        self.limits = limits
         self.dead_letters = dead_letters
         self.hooks = list(hooks)
         self.extractor = store.extractor
@@ -98,15 +99,15 @@ class BatchProcessor:
         by_type = stats.by_type
         ops_for, popularity_ops_for = self.extractor.ops_for, self.extractor.popularity_ops_for
         now = time.time()
-        latest, earliest = now + MAX_FUTURE_S, MIN_TIMESTAMP_S
+        limits = self.limits
         for rec in records:
             # one try per event: whatever this event makes the code raise, it is dead-lettered, the batch goes on
             try:
+                size = len(rec.value)
+                check_size(size, limits)  # before parsing: the collector never publishes more
                 ev = parse_event(rec.value)
+                check_event(ev, size, now, limits)
                 etype, ts = ev.type, ev.timestamp
-                if not earliest <= ts <= latest:
-                    raise InvalidEvent(f"timestamp: {ts:.0f} s is more than {MAX_FUTURE_S:.0f} s in the future"
-                                       if ts > latest else f"timestamp: {ts:.0f} s is before {earliest:.0f} s")
                 if etype == "identify" and ev.anonymous_id and ev.customer_id:
                     item: PreparedItem = (rec, ev, [], None)  # merged in apply: its ops depend on the stored profile
                 else:

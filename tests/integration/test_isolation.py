@@ -26,7 +26,8 @@ def dead_letters(bootstrap: str, topic: str, expect: int, timeout: float = 30.0)
 def test_an_accepted_event_that_crashed_the_worker_is_dead_lettered_and_its_partition_goes_on(
     kafka: local.KafkaService, redis_server: local.RedisService, log_dir: Path
 ) -> None:
-    # the reported bug: "items": 1 passes the page_view schema, and the feature code iterated it
+    # the reported bug: "items": 1 passed the page_view schema, and the feature code iterated it (the schema
+    # now types every property the stream reads, in every event type: refused while validated)
     stack = Stack(kafka.bootstrap, redis_server.url)
     stack.create_topics()
     visitor = f"iso-{stack.tag}"
@@ -41,7 +42,8 @@ def test_an_accepted_event_that_crashed_the_worker_is_dead_lettered_and_its_part
         letters = dead_letters(stack.bootstrap, stack.dlq_topic, 1)
         assert [orjson.loads(m.value)["event_id"] for m in letters] == [bad["event_id"]]
         headers = dict(letters[0].headers)
-        assert headers["dlq.stage"] == b"prepare" and b"TypeError" in headers["dlq.reason"]
+        assert headers["dlq.stage"] == b"validate"
+        assert headers["dlq.reason"] == b"properties.items: must be array, got integer"
         # still alive, and still applying: a sentinel event arrives within seconds
         produce(stack.bootstrap, stack.events_topic, [event("click", visitor, category="books")])
         wait_until(lambda: profile_of(stack.redis_url, visitor).counts.get("click") == 1, timeout=30,
@@ -95,17 +97,18 @@ def test_one_bad_event_of_a_profile_is_dead_lettered_and_that_profiles_other_eve
     redis_server: local.RedisService,
 ) -> None:
     visitor = f"mixed-{uuid.uuid4().hex[:6]}"
-    # a purchase value no float can hold once summed, between two good events of the same visitor
+    # a purchase value no float can hold once summed used to reach the profile script; the schema now bounds
+    # an amount (schemas/limits.py: max_amount), so it is refused while validated, between two good events
     evs = [event("page_view", visitor, category="a"),
-           event("purchase", visitor, order_id="o1", value=1.7e308, items=[{"item_id": "i1"}]),
+           event("purchase", visitor, order_id="o1", value=1e12, items=[{"item_id": "i1"}]),
            event("purchase", visitor, order_id="o2", value=1.7e308, items=[{"item_id": "i2"}]),
            event("page_view", visitor, category="b")]
     stats, letters = _process(redis_server.url, _records(evs))
     p = profile_of(redis_server.url, visitor)
     assert p.counts.get("page_view") == 2
-    # the second purchase would make the monetary value infinite: refused, the rest applied
-    assert p.monetary == 1.7e308 and stats.applied == 3
+    assert p.monetary == 1e12 and stats.applied == 3
     assert [orjson.loads(v)["event_id"] for v, _ in letters] == [evs[2]["event_id"]]
+    assert letters[0][1]["dlq.stage"] == b"validate" and letters[0][1]["dlq.reason"].startswith(b"properties.value:")
 
 
 def test_events_far_in_the_future_or_past_are_dead_lettered_not_applied(redis_server: local.RedisService) -> None:
