@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from engine.config import load_config
 from engine.production import is_dev, production_problems, refuse_to_start
 from engine.runtime import freeze_startup_heap
 from engine.settings import Settings, load_settings
@@ -59,7 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def openapi_with_keys() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = auth.document_security(build_openapi(), app.routes)
+            doc = auth.document_security(build_openapi(), app.routes)
+            decide.document_decide(doc, load_config(settings.engine_config))
+            app.openapi_schema = doc
         return app.openapi_schema
 
     app.openapi = openapi_with_keys  # type: ignore[method-assign]

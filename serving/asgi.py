@@ -68,6 +68,15 @@ async def read_body(receive: Receive, limit: int | None = None) -> bytes:
         size += len(chunk)
 
 
+async def read_limited(scope: Mapping[str, Any], receive: Receive, limit: int) -> bytes:
+    """The body, refused (:class:`BodyTooLarge`) as soon as it is known to be over ``limit``: by its declared
+    length before anything is read, else while reading."""
+    declared = declared_length(scope["headers"])
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(limit)
+    return await read_body(receive, limit)
+
+
 async def send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     """Answer ``body`` (JSON) with ``extra`` headers."""
     headers = [_JSON, (b"content-length", str(len(body)).encode())]

@@ -24,7 +24,7 @@ from fastapi.responses import Response
 from schemas.events import InvalidEvent, dumps_event, parse_event
 from schemas.limits import DEFAULT_LIMITS, EventLimits, check_event
 from serving import auth
-from serving.asgi import BodyTooLarge, declared_length, read_body
+from serving.asgi import BodyTooLarge, read_limited
 from serving.services import Services
 
 router = APIRouter()
@@ -77,15 +77,6 @@ def events_of(body: Any, limits: EventLimits) -> list[Any]:
     return items
 
 
-async def read_request_body(request: Request, limit: int) -> bytes:
-    """The body, refused (``BodyTooLarge``) as soon as it is known to be over ``limit``: by its declared length
-    before reading, else while reading."""
-    declared = declared_length(request.scope["headers"])
-    if declared is not None and declared > limit:
-        raise BodyTooLarge(limit)
-    return await read_body(request.receive, limit)
-
-
 def validate(items: list[Any], limits: EventLimits, now: float) -> tuple[list[tuple[Any, bytes]], list[dict[str, Any]]]:
     """Each event parsed, checked and serialised as it will be published; or the reasons, per event."""
     ready: list[tuple[Any, bytes]] = []
@@ -130,7 +121,7 @@ async def collect(request: Request, caller: auth.PublicCaller) -> Response:
     svc: Services = request.app.state.services
     limits = svc.settings.event_limits
     try:
-        raw = await read_request_body(request, limits.max_body_bytes)
+        raw = await read_limited(request.scope, request.receive, limits.max_body_bytes)
     except BodyTooLarge as exc:
         svc.metrics.errors.inc("collector_body_too_large")
         return _answer(413, {"error": f"{exc} (COLLECTOR_MAX_BODY_BYTES)"})

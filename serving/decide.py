@@ -31,11 +31,18 @@ from engine.layout import identity_key, profile_key
 from engine.policies import Candidate
 from serving import auth
 from serving.admission import queued_seconds
-from serving.asgi import is_decide, read_body, send_json
+from serving.asgi import BodyTooLarge, is_decide, read_limited, send_json
 from serving.services import Services
 
 router = APIRouter()
 MAX_N = 100
+#: Largest ``/v1/decide`` body (bytes): refused (413) while it is read. A request carries ids and a small
+#: page context; the bounds below keep its parse and ranking within the catalogue's size.
+MAX_BODY_BYTES = 64 * 1024
+#: Members of ``context``, and the length of a string value in it
+MAX_CONTEXT_MEMBERS = 32
+MAX_CONTEXT_CHARS = 256
+MAX_ID_CHARS = 128
 
 
 class DecideRequestError(ValueError):
@@ -53,6 +60,19 @@ class DecideRequest:
 
 
 def parse_decide_request(body: bytes, config: EngineConfig) -> DecideRequest:
+    """Check a request against what ``decide_openapi`` documents; ``DecideRequestError`` names the field.
+
+    >>> from engine.config import load_config
+    >>> from engine.settings import REPO_ROOT
+    >>> config = load_config(REPO_ROOT / "config" / "engine.toml")
+    >>> parse_decide_request(b'{"placement": "home_hero", "n": 2.0}', config).n
+    2
+    >>> parse_decide_request(b'{"placement": "home_hero", "candidates": ["promo-winter-jackets",'
+    ...                      b' "promo-winter-jackets"]}', config)
+    Traceback (most recent call last):
+        ...
+    serving.decide.DecideRequestError: candidates: 'promo-winter-jackets' is repeated
+    """
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -61,29 +81,64 @@ def parse_decide_request(body: bytes, config: EngineConfig) -> DecideRequest:
         raise DecideRequestError("body must be a JSON object")
     cid, anon = data.get("customer_id"), data.get("anonymous_id")
     for name, v in (("customer_id", cid), ("anonymous_id", anon)):
-        if v is not None and (not isinstance(v, str) or not v or len(v) > 128):
-            raise DecideRequestError(f"{name}: must be a non-empty string of at most 128 characters")
+        if v is not None and (not isinstance(v, str) or not v or len(v) > MAX_ID_CHARS):
+            raise DecideRequestError(f"{name}: must be a non-empty string of at most {MAX_ID_CHARS} characters")
     placement = data.get("placement")
     if not isinstance(placement, str) or placement not in config.placements:
         raise DecideRequestError(
-            f"placement: unknown placement {placement!r}; known: {', '.join(sorted(config.placements))}"
+            f"placement: unknown placement {_short(placement)}; known: {', '.join(sorted(config.placements))}"
         )
     n = data.get("n", config.placements[placement].max_items)
+    if isinstance(n, float) and n.is_integer():  # JSON Schema's "integer": 95.0 is one
+        n = int(n)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_N:
         raise DecideRequestError(f"n: must be an integer from 1 to {MAX_N}")
     candidates = data.get("candidates")
     if candidates is not None:
-        if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
-            raise DecideRequestError("candidates: must be a list of action ids")
-        unknown = [c for c in candidates if c not in config.actions]
-        if unknown:
-            raise DecideRequestError(f"candidates: unknown action ids {unknown[:5]}")
+        candidates = _candidates(candidates, config)
     context = data.get("context")
     if context is None:
         context = {}
-    elif not isinstance(context, dict):
-        raise DecideRequestError("context: must be an object")
+    else:
+        _check_context(context)
     return DecideRequest(cid, anon, placement, n, candidates, context)
+
+
+def _candidates(candidates: Any, config: EngineConfig) -> list[str]:
+    """Distinct known action ids, no more than the catalogue holds (each check O(len), before any ranking)."""
+    if not isinstance(candidates, list):
+        raise DecideRequestError("candidates: must be a list of action ids")
+    if len(candidates) > len(config.actions):
+        raise DecideRequestError(f"candidates: {len(candidates)} ids, more than the {len(config.actions)} "
+                                 "actions of the catalogue")
+    if not all(isinstance(c, str) for c in candidates):
+        raise DecideRequestError("candidates: must be a list of action ids")
+    unknown = [c for c in candidates if c not in config.actions]
+    if unknown:
+        raise DecideRequestError(f"candidates: unknown action ids {unknown[:5]}")
+    if len(set(candidates)) < len(candidates):
+        seen: set[str] = set()
+        repeated = next(c for c in candidates if c in seen or seen.add(c))  # type: ignore[func-returns-value]
+        raise DecideRequestError(f"candidates: {_short(repeated)} is repeated")
+    return candidates
+
+
+def _check_context(context: Any) -> None:
+    if not isinstance(context, dict):
+        raise DecideRequestError("context: must be an object")
+    if len(context) > MAX_CONTEXT_MEMBERS:
+        raise DecideRequestError(f"context: at most {MAX_CONTEXT_MEMBERS} members, got {len(context)}")
+    for key, value in context.items():
+        if isinstance(value, str):
+            if len(value) > MAX_CONTEXT_CHARS:
+                raise DecideRequestError(f"context.{key[:40]}: at most {MAX_CONTEXT_CHARS} characters")
+        elif value is not None and not isinstance(value, int | float | bool):
+            raise DecideRequestError(f"context.{key[:40]}: must be a string, number, boolean or null")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def eligible_actions(req: DecideRequest, config: EngineConfig, now: float) -> list[Action]:
@@ -154,30 +209,56 @@ async def read_profile(svc: Services, req: DecideRequest, now: float) -> Profile
     return decode(subject, raw, svc.config, now)
 
 
+def decide_request_schema(config: EngineConfig | None) -> dict[str, Any]:
+    """The request body ``parse_decide_request`` takes, as JSON Schema: with ``config``, the placements and
+    action ids it knows (the OpenAPI the API serves is built with its configuration)."""
+    ids = sorted(config.actions) if config is not None else None
+    candidate: dict[str, Any] = {"type": "string", "enum": ids} if ids else {"type": "string"}
+    candidates: dict[str, Any] = {
+        "type": ["array", "null"], "items": candidate, "uniqueItems": True,
+        "description": "restrict to these action ids: distinct, known, no more than the catalogue holds"}
+    if ids:
+        candidates["maxItems"] = len(ids)
+    placement: dict[str, Any] = {"type": "string", "description": "a placement id from the configuration"}
+    if config is not None:
+        placement["enum"] = sorted(config.placements)
+    visitor = {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_ID_CHARS}
+    return {
+        "type": "object",
+        "required": ["placement"],
+        "properties": {
+            "customer_id": visitor,
+            "anonymous_id": visitor,
+            "placement": placement,
+            "n": {"type": "integer", "minimum": 1, "maximum": MAX_N,
+                  "description": "how many actions (default: the placement's max_items)"},
+            "candidates": candidates,
+            "context": {
+                "type": ["object", "null"], "maxProperties": MAX_CONTEXT_MEMBERS,
+                "description": "page context: channel, locale, device, segment...",
+                "additionalProperties": {"type": ["string", "number", "boolean", "null"],
+                                         "maxLength": MAX_CONTEXT_CHARS},
+            },
+        },
+    }
+
+
 DECIDE_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {
-            "type": "object",
-            "required": ["placement"],
-            "properties": {
-                "customer_id": {"type": "string", "maxLength": 128},
-                "anonymous_id": {"type": "string", "maxLength": 128},
-                "placement": {"type": "string", "description": "a placement id from the configuration"},
-                "n": {"type": "integer", "minimum": 1, "maximum": MAX_N},
-                "candidates": {"type": "array", "items": {"type": "string"},
-                               "description": "restrict to these action ids"},
-                "context": {"type": "object", "description": "page context: url, channel, locale..."},
-            },
-        }}},
+        "description": f"At most {MAX_BODY_BYTES} bytes.",
+        "content": {"application/json": {"schema": decide_request_schema(None)}},
     },
     "responses": {
         "200": {"description": "ranked actions", "content": {"application/json": {"schema": {
             "type": "object",
+            "required": ["decision_id", "placement", "actions", "policy", "model_version", "holdout_arm",
+                         "propensity", "personalised", "degraded"],
             "properties": {
                 "decision_id": {"type": "string"},
                 "placement": {"type": "string"},
-                "actions": {"type": "array", "items": {"type": "object", "properties": {
+                "actions": {"type": "array", "items": {"type": "object", "required": ["action_id", "score"],
+                                                       "properties": {
                     "action_id": {"type": "string"}, "score": {"type": "number"},
                     "title": {"type": "string"}, "category": {"type": "string"},
                     "payload": {"type": "object"}}}},
@@ -195,8 +276,15 @@ DECIDE_OPENAPI: dict[str, Any] = {
         "400": {"description": "invalid request, with the reason"},
         "401": {"description": "no API key, or an unknown one"},
         "403": {"description": "the key's origins do not include the page's Origin"},
+        "413": {"description": f"body larger than {MAX_BODY_BYTES} bytes"},
     },
 }
+
+
+def document_decide(openapi: dict[str, Any], config: EngineConfig) -> None:
+    """Put the configuration's placements and action ids into the served OpenAPI's decide request."""
+    body = openapi["paths"]["/v1/decide"]["post"]["requestBody"]["content"]["application/json"]
+    body["schema"] = decide_request_schema(config)
 
 
 @dataclass(slots=True)
@@ -276,7 +364,11 @@ def decision_record(decision_id: str, req: DecideRequest, ranking: Ranking, cont
 async def decide(request: Request) -> Response:
     """The documented route. Requests normally never reach it: :class:`DecideFastPath` answers
     ``POST /v1/decide`` before FastAPI's routing; both run :func:`decide_bytes`."""
-    status, body = await decide_bytes(request.app.state.services, await request.body())
+    try:
+        raw = await read_limited(request.scope, request.receive, MAX_BODY_BYTES)
+    except BodyTooLarge as exc:
+        return Response(orjson.dumps({"error": str(exc)}), status_code=413, media_type="application/json")
+    status, body = await decide_bytes(request.app.state.services, raw)
     return Response(body, status_code=status, media_type="application/json")
 
 
@@ -402,7 +494,11 @@ class DecideFastPath:
             if isinstance(caller, auth.Denial):
                 await send_json(send, caller.status, caller.body, [*caller.headers, *(cors or ())])
                 return
-        body = await read_body(receive)
+        try:
+            body = await read_limited(scope, receive, MAX_BODY_BYTES)
+        except BodyTooLarge as exc:
+            await send_json(send, 413, orjson.dumps({"error": str(exc)}), cors)
+            return
         svc = self.app.state.services
         queued = request_queued_seconds(svc, scope["headers"])
         admission = svc.admission

@@ -30,10 +30,26 @@ def test_valid_request_defaults_n_to_the_placement() -> None:
     ({"anonymous_id": "a", "placement": "home_hero", "n": True}, "n: must be an integer"),
     ({"anonymous_id": "a", "placement": "home_hero", "candidates": ["ghost"]}, "unknown action ids ['ghost']"),
     ({"anonymous_id": "a", "placement": "home_hero", "context": []}, "context: must be an object"),
+    # issue 16: repeated candidates, more than the catalogue, oversized context
+    ({"placement": "home_hero", "candidates": ["promo-winter-jackets"] * 2}, "candidates: 'promo-winter-jackets' is "
+                                                                            "repeated"),
+    ({"placement": "home_hero", "candidates": sorted(CFG.actions) * 2}, f"candidates: {2 * len(CFG.actions)} ids, "
+                                                                        f"more than the {len(CFG.actions)} actions"),
+    ({"placement": "home_hero", "context": {f"k{i}": 1 for i in range(33)}}, "context: at most 32 members, got 33"),
+    ({"placement": "home_hero", "context": {"segment": "x" * 257}}, "context.segment: at most 256 characters"),
+    ({"placement": "home_hero", "context": {"segment": {"a": 1}}}, "context.segment: must be a string, number"),
+    ({"placement": "home_hero", "n": 95.5}, "n: must be an integer"),
 ])
 def test_invalid_requests_say_why(body: dict, reason: str) -> None:
     with pytest.raises(DecideRequestError, match=reason.replace("[", r"\[").replace("]", r"\]")):
         parse(body)
+
+
+def test_what_the_openapi_allows_is_accepted() -> None:
+    req = parse({"customer_id": None, "anonymous_id": "a", "placement": "home_hero", "n": 95.0,
+                 "context": {"segment": None, "channel": "web", "returning": True}, "candidates": None})
+    assert req.n == 95 and req.candidates is None and req.context["segment"] is None
+    assert parse({"placement": "home_hero", "context": None}).context == {}
 
 
 def test_not_json_is_a_clear_error() -> None:
@@ -50,7 +66,11 @@ def test_openapi_documents_the_final_shapes() -> None:
     assert req["required"] == ["placement"]
     resp = decide["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
     assert {"decision_id", "actions", "policy", "model_version", "degraded", "holdout_arm", "propensity"} <= set(resp)
-    assert {"202", "422", "503"} <= set(spec["paths"]["/v1/events"]["post"]["responses"])
+    assert {"202", "413", "422", "503"} <= set(spec["paths"]["/v1/events"]["post"]["responses"])
+    assert req["properties"]["placement"]["enum"] == sorted(CFG.placements)
+    assert req["properties"]["candidates"]["maxItems"] == len(CFG.actions)
+    assert req["properties"]["candidates"]["items"]["enum"] == sorted(CFG.actions)
+    assert "413" in decide["responses"]
 
 
 # -- decision records in batches, and the fast path in front of FastAPI -----------------------------------

@@ -121,3 +121,16 @@ def test_bodies_over_the_limit_are_refused_while_read_and_counts_before_validati
         assert r.status_code == 400 and r.json()["error"].startswith("body: at most 500 events per request")
         r = client.post("/v1/events", json={"batch": [event("page_view", "x")], "unknown": True})
         assert r.status_code == 400 and r.json()["error"].startswith("unknown: unknown member of a batch body")
+
+
+def test_decide_refuses_what_would_make_it_work_for_nothing(api: str) -> None:
+    with httpx.Client(base_url=api, timeout=30) as client:
+        ok = client.post("/v1/decide", json={"anonymous_id": "a", "placement": "home_hero", "n": 95.0,
+                                             "candidates": [], "context": {"segment": None}})
+        assert ok.status_code == 200 and ok.json()["actions"] == [], ok.text
+        r = client.post("/v1/decide", json={"placement": "home_hero",
+                                            "candidates": ["promo-winter-jackets", "promo-winter-jackets"]})
+        assert r.status_code == 400 and "is repeated" in r.json()["error"]
+        big = {"placement": "home_hero", "context": {"segment": "x" * 70_000}}
+        r = client.post("/v1/decide", json=big)
+        assert r.status_code == 413 and "larger than 65536 bytes" in r.json()["error"]
