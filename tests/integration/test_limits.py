@@ -18,6 +18,10 @@ from tests.support import Stack, event, produce, profile_of, wait_until
 pytestmark = pytest.mark.integration
 
 
+def members(n: int, value: Any) -> dict[str, Any]:
+    return {f"p{i}": value for i in range(n)}
+
+
 def bad_events(visitor: str) -> list[dict[str, Any]]:
     """One event per bound, each refused for one reason."""
     now = int(time.time() * 1000)
@@ -32,7 +36,7 @@ def bad_events(visitor: str) -> list[dict[str, Any]]:
         event("purchase", visitor, order_id="o", value=float("1e13")),
         event("add_to_cart", visitor, item_id="i", quantity=L.max_quantity + 1),
         event("page_view", visitor, custom={"a": [{"too": "deep"}]}),
-        event("page_view", visitor, **{f"p{i}": i for i in range(L.max_members + 1)}),
+        event("page_view", visitor, **members(L.max_members + 1, 1)),
         event("purchase", visitor, order_id="o", value=1.0, items=[{"item_id": "i"}] * (L.max_line_items + 1)),
         future,
         old,
@@ -78,7 +82,7 @@ def test_the_collector_refuses_each_bad_event_naming_it_and_the_worker_dead_lett
 def test_an_event_too_large_for_the_stream_is_refused_at_both_doors(stack: Stack, worker: object, api: str) -> None:
     visitor = f"big-{uuid.uuid4().hex[:6]}"
     # within every schema bound, but over max_event_bytes once serialised
-    big = event("page_view", visitor, **{f"p{i}": "x" * L.max_text_chars for i in range(L.max_members)})
+    big = event("page_view", visitor, **members(L.max_members, "x" * L.max_text_chars))
     big["context"] = {f"c{i}": ["y" * L.max_text_chars] * 4 for i in range(L.max_members)}
     assert len(orjson.dumps(big)) > L.max_event_bytes
     with httpx.Client(base_url=api, timeout=30) as client:
