@@ -52,6 +52,7 @@ from bench.common import (
 from bench.http_client import HttpClient
 from bench.measure import CpuMeter, RssSampler
 from bench.traffic import EventFactory
+from engine.kafka_client import kafka_client_kwargs
 
 FRESHNESS_TARGET_MS = 100.0
 #: visitors of the background load (bench.mixed asks decisions for its most active ones)
@@ -68,7 +69,7 @@ REDIS_POLL_S = 0.001
 async def background(bootstrap: str, topic: str, rate: float, seconds: float) -> dict[str, Any]:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **kafka_client_kwargs())
     await producer.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -140,7 +141,7 @@ async def bare_pipeline(bootstrap: str, topic: str, redis_url: str, group: str) 
     client = aioredis.from_url(redis_url, decode_responses=True)
     proc = BatchProcessor(ProfileStore(client, load_config(bench_config())), no_dlq)
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="latest",
-                                enable_auto_commit=True, max_poll_records=500)
+                                enable_auto_commit=True, max_poll_records=500, **kafka_client_kwargs())
     await consumer.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -171,7 +172,7 @@ async def probe_redis_only(stack: Any, redis_url: str, samples: int, discard: in
 
     from engine.layout import profile_key
 
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=0, **kafka_client_kwargs())
     await producer.start()
     redis = aioredis.from_url(redis_url, decode_responses=True)
     factory = EventFactory(6)
@@ -215,7 +216,7 @@ async def probe(stack: Any, api_url: str, samples: int, discard: int, budget_s: 
 
     from engine.layout import profile_key
 
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=0, **kafka_client_kwargs())
     await producer.start()
     redis = aioredis.from_url(stack.redis_url, decode_responses=True)
     http = HttpClient.for_url(api_url)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from engine.kafka_client import kafka_client_kwargs
 from engine.ope import (
     TargetPolicy,
     affinity_policy,
@@ -52,7 +53,7 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 120.0) -> list
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
-                                fetch_max_bytes=64 << 20)
+                                fetch_max_bytes=64 << 20, **kafka_client_kwargs())
     await consumer.start()
     out: list[dict[str, Any]] = []
     try:

@@ -39,6 +39,7 @@ import orjson
 from bench.common import Infra, exit_cleanly_on_signals, log, start_worker, write_result
 from bench.measure import CpuMeter, RssSampler, pyspy_record, summarise_profile
 from bench.traffic import EventFactory, produce_records
+from engine.kafka_client import kafka_client_kwargs, kafka_security
 
 WORKER_TARGET = 10_000.0
 BARE_SHARE_TARGET = 0.30
@@ -74,7 +75,7 @@ async def _consume(bootstrap: str, topic: str, group: str, expect: int, timeout:
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
-                                enable_auto_commit=True, max_poll_records=500)
+                                enable_auto_commit=True, max_poll_records=500, **kafka_client_kwargs())
     t_start = time.monotonic()
     await consumer.start()
     series: list[tuple[float, int]] = []
@@ -156,10 +157,13 @@ def bare_faust(bootstrap: str, topic: str, group: str, redis_url: str, partition
     from engine.settings import load_settings
 
     settings = load_settings()
+    from streams.faust_auth import faust_credentials
+
     app = faust.App(group, broker=[f"kafka://{hp}" for hp in bootstrap.split(",")], store="memory://",
                     datadir=f"/tmp/pulse-faust-bare-{group}", web_enabled=False, topic_partitions=partitions,
                     topic_allow_declare=False, broker_commit_every=1000, broker_commit_interval=1.0,
-                    producer_acks=-1, consumer_auto_offset_reset="earliest")
+                    producer_acks=-1, consumer_auto_offset_reset="earliest",
+                    broker_credentials=faust_credentials(kafka_security()))
     source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     state: dict[str, Any] = {}
 

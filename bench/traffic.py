@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from bench.common import bench_config
+from engine.kafka_client import kafka_client_kwargs
 
 CATEGORIES = ("shoes", "jackets", "books", "electronics", "hats", "bags", "toys", "beauty", "garden",
               "kitchen", "sports", "music")
@@ -196,7 +197,8 @@ async def produce_records(bootstrap: str, topic: str, records: Iterable[tuple[by
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
-                                max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
+                                max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024,
+                                **kafka_client_kwargs())
     await producer.start()
     n = 0
     t0 = time.perf_counter()

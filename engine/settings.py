@@ -10,9 +10,13 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from schemas.limits import DEFAULT_LIMITS, EventLimits
+
+if TYPE_CHECKING:
+    from engine.kafka_client import KafkaSecurity
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,6 +104,12 @@ def _redis_url(value: str) -> str:
     return value
 
 
+def _kafka_security() -> KafkaSecurity:
+    from engine.kafka_client import kafka_security  # imported here: engine.kafka_client uses SettingsError
+
+    return kafka_security()
+
+
 #: What a worker process runs: ``ingest`` (events and decisions -> profiles, reward join) and ``learn``
 #: (learning examples -> models, snapshots).
 WORKER_ROLES = ("ingest", "learn")
@@ -117,7 +127,11 @@ def _roles(value: str) -> frozenset[str]:
 class Settings:
     #: Kafka bootstrap servers, comma separated.
     kafka_bootstrap: str = field(default_factory=lambda: _bootstrap(_env("KAFKA_BOOTSTRAP", "127.0.0.1:9092")))
-    #: Redis URL holding profiles, identity map and model snapshots.
+    #: How every Kafka client connects: KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME,
+    #: KAFKA_SASL_PASSWORD, KAFKA_SSL_CAFILE (engine/kafka_client.py, docs/security.md).
+    kafka_security: KafkaSecurity = field(default_factory=_kafka_security)
+    #: Redis URL holding profiles, identity map and model snapshots; ``redis://<user>:<password>@host:port/db``
+    #: with the service's ACL user (outside dev a password is required: engine/production.py).
     redis_url: str = field(default_factory=lambda: _redis_url(_env("REDIS_URL", "redis://127.0.0.1:6379/0")))
     #: Topic names.
     events_topic: str = field(default_factory=lambda: _topic("EVENTS_TOPIC", "events"))

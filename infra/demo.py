@@ -21,6 +21,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from engine.kafka_client import kafka_client_kwargs
 from infra import local
 from infra.processes import Stack, api_process, free_port, wait_http_ready, wait_until, worker_process
 from serving.auth import ADMIN, PUBLIC, ROLES, SERVER, new_key
@@ -48,7 +49,7 @@ def visit_events(visitor: str, rng: random.Random, now_ms: int, pages: int) -> l
 
 
 async def publish(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **kafka_client_kwargs())
     await producer.start()
     started = time.perf_counter()
     try:

@@ -8,6 +8,10 @@
 #                            3 when not running
 #   infra/kafka.sh reset     stop and delete the instance's data directory
 #
+# KAFKA_SASL_USERS="admin:<password>,api:<password>,..." makes the client listener SASL_PLAINTEXT with
+# SCRAM-SHA-256 and SCRAM-SHA-512 only: the users are created when the storage is formatted
+# (kafka-storage format --add-scram); the first one is the broker's own (a super user) and the probe's.
+#
 # Several instances can run side by side: give each its own KAFKA_PORT, KAFKA_CONTROLLER_PORT and
 # KAFKA_DATA_DIR. All variables are documented in infra/README.md. The life cycle (pid file, waits, stop,
 # status, reset) is infra/lib.sh, shared with infra/redis.sh.
@@ -43,6 +47,7 @@ if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$ROOT_DIR/.venv/bin/python" ]]; then PYTHON="$ROOT_DIR/.venv/bin/python"; else PYTHON=python3; fi
 fi
 
+KAFKA_SASL_USERS="${KAFKA_SASL_USERS:-}"
 PROPS_FILE="$KAFKA_DATA_DIR/server.properties"
 PID_FILE="$KAFKA_DATA_DIR/kafka.pid"
 META_DIR="$KAFKA_DATA_DIR/logs"
@@ -91,16 +96,57 @@ svc_install() {
   log "installed $(grep -c '\.jar$' "$KAFKA_LIBS/.complete") jars into $KAFKA_LIBS in $(elapsed "$t0") s"
 }
 
-svc_ready() { "$PYTHON" "$INFRA_DIR/probe.py" kafka "$KAFKA_HOST:$KAFKA_PORT" "$@"; }
+# sasl_users: "name password" lines of KAFKA_SASL_USERS, checked (they go into JAAS and SCRAM configs)
+sasl_users() {
+  local entry name password
+  local -a entries
+  IFS=',' read -r -a entries <<<"$KAFKA_SASL_USERS"
+  for entry in "${entries[@]}"; do
+    name="${entry%%:*}"
+    password="${entry#*:}"
+    [[ "$name" =~ ^[A-Za-z0-9_-]+$ && "$entry" == *:* ]] || die "KAFKA_SASL_USERS: '$name' is not a user name (A-Z a-z 0-9 _ -)"
+    [[ "$password" =~ ^[A-Za-z0-9._~+/=-]+$ ]] || die "KAFKA_SASL_USERS: the password of '$name' may hold only A-Z a-z 0-9 . _ ~ + / = -"
+    printf '%s %s\n' "$name" "$password"
+  done
+}
+
+svc_ready() {
+  if [[ -z "$KAFKA_SASL_USERS" ]]; then
+    "$PYTHON" "$INFRA_DIR/probe.py" kafka "$KAFKA_HOST:$KAFKA_PORT" "$@"
+    return
+  fi
+  local name password
+  read -r name password < <(sasl_users)
+  PULSE_PROBE_SASL_PASSWORD="$password" "$PYTHON" "$INFRA_DIR/probe.py" kafka "$KAFKA_HOST:$KAFKA_PORT" \
+    --sasl-mechanism SCRAM-SHA-256 --sasl-username "$name" "$@"
+}
 
 render_properties() {
+  [[ -z "$KAFKA_SASL_USERS" ]] || sasl_users >/dev/null  # in this shell: a bad entry stops the start
   mkdir -p "$KAFKA_DATA_DIR" "$META_DIR"
   sed -e "s|@KAFKA_HOST@|$KAFKA_HOST|g" \
       -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" \
       -e "s|@KAFKA_CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" \
       -e "s|@KAFKA_LOG_DIRS@|$META_DIR|g" \
       -e "s|@KAFKA_NUM_PARTITIONS@|$KAFKA_NUM_PARTITIONS|g" \
+      -e "s|@KAFKA_CLIENT_PROTOCOL@|$([[ -n "$KAFKA_SASL_USERS" ]] && echo SASL_PLAINTEXT || echo PLAINTEXT)|g" \
       "$INFRA_DIR/kafka/server.properties" >"$PROPS_FILE.tmp"
+  if [[ -n "$KAFKA_SASL_USERS" ]]; then
+    local name password jaas mechanism
+    read -r name password < <(sasl_users)
+    jaas="org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$name\" password=\"$password\";"
+    {
+      echo
+      echo "############################# SASL/SCRAM (KAFKA_SASL_USERS) #############################"
+      echo "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512"
+      echo "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256"
+      for mechanism in scram-sha-256 scram-sha-512; do
+        echo "listener.name.client.$mechanism.sasl.jaas.config=$jaas"
+      done
+      echo "super.users=User:$name"
+    } >>"$PROPS_FILE.tmp"
+  fi
+  chmod 600 "$PROPS_FILE.tmp"
   mv "$PROPS_FILE.tmp" "$PROPS_FILE"
 }
 
@@ -140,10 +186,15 @@ format_storage() {
   while [[ "$cluster_id" == -* ]]; do
     cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
   done
-  local -a cmd
+  local -a cmd scram=()
+  local name password
+  while read -r name password; do
+    scram+=(--add-scram "SCRAM-SHA-256=[name=$name,password=$password]"
+            --add-scram "SCRAM-SHA-512=[name=$name,password=$password]")
+  done < <([[ -n "$KAFKA_SASL_USERS" ]] && sasl_users)
   # A short-lived tool: quick-start JVM flags.
   mapfile -d '' -t cmd < <(java_cmd -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dpulse.kafka.log.level=WARN -- \
-    kafka.tools.StorageTool format --ignore-formatted --cluster-id "$cluster_id" --config "$PROPS_FILE")
+    kafka.tools.StorageTool format --ignore-formatted --cluster-id "$cluster_id" --config "$PROPS_FILE" "${scram[@]}")
   if ! "${cmd[@]}" >>"$KAFKA_LOG_FILE" 2>&1; then
     tail -n 30 "$KAFKA_LOG_FILE" >&2 || true
     die "formatting storage in $META_DIR failed (log: $KAFKA_LOG_FILE)"

@@ -31,9 +31,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
+from urllib.parse import quote
 
+from engine.kafka_client import kafka_client_kwargs
 from infra.containers import (
     KAFKA_IMAGE,
     KAFKA_VERSION,
@@ -132,7 +135,11 @@ class _ScriptProcess(Handle):
 
 
 class KafkaProcess(_ScriptProcess):
-    """A single-node KRaft broker started by ``infra/kafka.sh`` with its own data directory."""
+    """A single-node KRaft broker started by ``infra/kafka.sh`` with its own data directory.
+
+    ``sasl_users`` (name -> password; the first is the broker's own and a super user): the client listener
+    takes SASL/SCRAM (SHA-256 and SHA-512) only; :meth:`client_kwargs` / :meth:`client_env` connect as a user.
+    """
 
     script = KAFKA_SCRIPT
     name = "kafka"
@@ -145,8 +152,10 @@ class KafkaProcess(_ScriptProcess):
         *,
         partitions: int | None = None,
         host: str = LOOPBACK,
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
         owns = data_dir is None
+        self.sasl_users = dict(sasl_users or {})
         data = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix=f"pulse-kafka-{port}-"))
         self.host = host
         self.port = port
@@ -159,6 +168,7 @@ class KafkaProcess(_ScriptProcess):
                 "KAFKA_DATA_DIR": str(data),
                 "KAFKA_LOG_FILE": str(data / "kafka.log"),
                 "KAFKA_NUM_PARTITIONS": str(partitions or int(os.environ.get("EVENTS_PARTITIONS", "8"))),
+                "KAFKA_SASL_USERS": ",".join(f"{u}:{p}" for u, p in self.sasl_users.items()),
             },
             data,
             owns,
@@ -172,26 +182,52 @@ class KafkaProcess(_ScriptProcess):
     def log_file(self) -> Path:
         return self.data_dir / "kafka.log"
 
+    def client_env(self, user: str | None = None, mechanism: str = "SCRAM-SHA-256") -> dict[str, str]:
+        """The ``KAFKA_*`` variables of a process that connects as ``user`` (PLAINTEXT without SASL users)."""
+        if not self.sasl_users:
+            return {"KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
+        name = user or next(iter(self.sasl_users))
+        return {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": mechanism,
+                "KAFKA_SASL_USERNAME": name, "KAFKA_SASL_PASSWORD": self.sasl_users[name]}
+
+    def client_kwargs(self, user: str | None = None) -> dict[str, Any]:
+        """aiokafka keyword arguments of a client connecting as ``user``."""
+        return kafka_client_kwargs(self.client_env(user))
+
     def __repr__(self) -> str:
         return f"KafkaProcess(bootstrap={self.bootstrap!r}, data_dir={str(self.data_dir)!r})"
 
 
 class RedisProcess(_ScriptProcess):
-    """A ``redis-server`` started by ``infra/redis.sh``; ``stop()`` then ``start()`` reuses port and data."""
+    """A ``redis-server`` started by ``infra/redis.sh``; ``stop()`` then ``start()`` reuses port and data.
+
+    ``acl_passwords`` (user -> password, for every user of ``infra/redis/users.acl.template``: admin, api,
+    worker, learner): the default user is off and each user gets its service's rights; ``url`` is then the
+    admin's and :meth:`url_for` a service's."""
 
     script = REDIS_SCRIPT
     name = "redis"
 
-    def __init__(self, port: int, data_dir: Path | None = None, *, host: str = LOOPBACK) -> None:
+    def __init__(self, port: int, data_dir: Path | None = None, *, host: str = LOOPBACK,
+                 acl_passwords: Mapping[str, str] | None = None) -> None:
         owns = data_dir is None
         data = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix=f"pulse-redis-{port}-"))
         self.host = host
         self.port = port
-        super().__init__({"REDIS_HOST": host, "REDIS_PORT": str(port), "REDIS_DATA_DIR": str(data)}, data, owns)
+        self.acl_passwords = dict(acl_passwords or {})
+        env = {"REDIS_HOST": host, "REDIS_PORT": str(port), "REDIS_DATA_DIR": str(data)}
+        if self.acl_passwords:
+            env["REDIS_ACL"] = "1"
+            env.update({f"REDIS_{user.upper()}_PASSWORD": pw for user, pw in self.acl_passwords.items()})
+        super().__init__(env, data, owns)
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        return self.url_for("admin") if self.acl_passwords else f"redis://{self.host}:{self.port}/0"
+
+    def url_for(self, user: str) -> str:
+        """``redis://<user>:<password>@host:port/0`` of an ACL user."""
+        return f"redis://{user}:{quote(self.acl_passwords[user], safe='')}@{self.host}:{self.port}/0"
 
     def __repr__(self) -> str:
         return f"RedisProcess(url={self.url!r}, data_dir={str(self.data_dir)!r})"
@@ -202,9 +238,13 @@ class RedisProcess(_ScriptProcess):
 
 
 def start_kafka(
-    port: int | None = None, *, partitions: int | None = None, backend: str | None = None, attempts: int = 3
+    port: int | None = None, *, partitions: int | None = None, backend: str | None = None, attempts: int = 3,
+    sasl_users: Mapping[str, str] | None = None,
 ) -> KafkaService:
-    """Start a ready Kafka broker; ``port=None`` picks free ports (retrying if one gets taken)."""
+    """Start a ready Kafka broker; ``port=None`` picks free ports (retrying if one gets taken); ``sasl_users``:
+    a SASL/SCRAM listener with these users (local processes only)."""
+    if sasl_users and use_docker(backend):
+        raise InfraError("SASL users are supported by the local broker only (backend='local')")
     tries = 1 if port is not None else max(1, attempts)
     last: Exception | None = None
     for _ in range(tries):
@@ -216,7 +256,7 @@ def start_kafka(
         if use_docker(backend):
             handle = KafkaDockerContainer(broker_port, partitions=partitions)
         else:
-            handle = KafkaProcess(broker_port, controller_port, partitions=partitions)
+            handle = KafkaProcess(broker_port, controller_port, partitions=partitions, sasl_users=sasl_users)
         try:
             return handle.start()
         except Exception as exc:  # retried with other ports, re-raised below
@@ -227,14 +267,19 @@ def start_kafka(
     raise last
 
 
-def start_redis(port: int | None = None, *, backend: str | None = None, attempts: int = 3) -> RedisService:
-    """Start a ready Redis server; ``port=None`` picks a free port (retrying if it gets taken)."""
+def start_redis(port: int | None = None, *, backend: str | None = None, attempts: int = 3,
+                acl_passwords: Mapping[str, str] | None = None) -> RedisService:
+    """Start a ready Redis server; ``port=None`` picks a free port (retrying if it gets taken); ``acl_passwords``:
+    the ACL users of infra/redis/users.acl.template (local processes only)."""
+    if acl_passwords and use_docker(backend):
+        raise InfraError("ACL users are supported by the local Redis only (backend='local')")
     tries = 1 if port is not None else max(1, attempts)
     last: Exception | None = None
     for _ in range(tries):
         chosen = port if port is not None else free_ports(1)[0]
         handle: RedisService
-        handle = RedisDockerContainer(chosen) if use_docker(backend) else RedisProcess(chosen)
+        handle = (RedisDockerContainer(chosen) if use_docker(backend)
+                  else RedisProcess(chosen, acl_passwords=acl_passwords))
         try:
             return handle.start()
         except Exception as exc:  # retried with another port, re-raised below

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from engine.kafka_client import kafka_client_kwargs
 from engine.settings import REPO_ROOT
 from infra.handles import free_port, wait_until
 from infra.topics import ensure_topics
@@ -25,9 +26,13 @@ __all__ = ["ManagedProcess", "Stack", "api_process", "free_port", "wait_http_rea
 class Stack:
     """Names and environment of one isolated pipeline on the shared broker and Redis."""
 
-    def __init__(self, bootstrap: str, redis_url: str, partitions: int = 8) -> None:
+    def __init__(self, bootstrap: str, redis_url: str, partitions: int = 8, *,
+                 kafka_env: dict[str, str] | None = None) -> None:
+        """``kafka_env``: the ``KAFKA_SECURITY_PROTOCOL``/``KAFKA_SASL_*`` of the processes (each may override
+        them) and of the topic creation."""
         tag = uuid.uuid4().hex[:8]
         self.bootstrap, self.redis_url, self.partitions = bootstrap, redis_url, partitions
+        self.kafka_env = dict(kafka_env or {})
         self.events_topic = f"events-{tag}"
         self.dlq_topic = f"events.dlq-{tag}"
         self.decisions_topic = f"decisions-{tag}"
@@ -47,13 +52,14 @@ class Stack:
             # development defaults allowed (the default signing key; an API without keys is open)
             "PULSE_ENV": "dev",
         })
+        env.update(self.kafka_env)
         env.update(extra)
         return env
 
     def create_topics(self) -> None:
         asyncio.run(ensure_topics(self.bootstrap, self.partitions,
                                   [self.events_topic, self.dlq_topic, self.decisions_topic,
-                                   self.learning_topic]))
+                                   self.learning_topic], kafka_kwargs=kafka_client_kwargs(self.kafka_env)))
 
 
 class ManagedProcess:

@@ -8,6 +8,9 @@
 #                            3 when not running
 #   infra/redis.sh reset     stop and delete the instance's data directory
 #
+# REDIS_ACL=1: the default user is off and the users of infra/redis/users.acl.template (admin, api, worker,
+# learner) get REDIS_<USER>_PASSWORD, rendered by infra/redis/render-acl.sh into $REDIS_DATA_DIR/users.acl.
+#
 # One instance per port; data (AOF), pid file and log live in REDIS_DATA_DIR
 # (default infra/.cache/redis-<port>). All variables are documented in infra/README.md. The life cycle
 # (pid file, waits, stop, status, reset) is infra/lib.sh, shared with infra/kafka.sh.
@@ -68,10 +71,16 @@ svc_install() {
 svc_ready() { "$PYTHON" "$INFRA_DIR/probe.py" redis "$REDIS_HOST:$REDIS_PORT" "$@"; }
 
 svc_launch() {
+  local -a acl=()
+  if [[ "${REDIS_ACL:-0}" == "1" ]]; then
+    sh "$INFRA_DIR/redis/render-acl.sh" "$INFRA_DIR/redis/users.acl.template" "$REDIS_DATA_DIR/users.acl" ||
+      die "the ACL users need their passwords (REDIS_<USER>_PASSWORD)"
+    acl=(--aclfile "$REDIS_DATA_DIR/users.acl")
+  fi
   if ! "$REDIS_SERVER" "$CONF" \
       --bind "$REDIS_HOST" --port "$REDIS_PORT" --dir "$REDIS_DATA_DIR" \
       --pidfile "$PID_FILE" --logfile "$LOG_FILE" --daemonize yes \
-      --maxmemory "$REDIS_MAXMEMORY"; then
+      --maxmemory "$REDIS_MAXMEMORY" "${acl[@]}"; then
     log_tail 20
     die "redis-server failed to start (log: $LOG_FILE)"
   fi

@@ -7,7 +7,9 @@ Topics: ``events`` (EVENTS_TOPIC), ``events.dlq`` (DLQ_TOPIC), ``decisions`` (DE
 ``learning`` (LEARNING_TOPIC, training examples keyed by placement), all with EVENTS_PARTITIONS
 partitions so one customer's events, dead letters and decisions share a partition number. Existing
 topics are left untouched (adding partitions later would remap keys to partitions); a partition-count
-mismatch is reported as a warning.
+mismatch is reported as a warning. The connection's security comes from ``KAFKA_SECURITY_PROTOCOL`` and
+``KAFKA_SASL_*`` like every client's (``engine.kafka_client``); creating topics needs a user the brokers
+allow to (compose: ``admin``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
+
+from engine.kafka_client import kafka_client_kwargs
 
 log = logging.getLogger("infra.topics")
 
@@ -38,10 +43,11 @@ def default_topic_names() -> list[str]:
     return [os.environ.get(var, default) for var, default in DEFAULT_TOPIC_ENV]
 
 
-async def _start_admin(bootstrap: str, connect_timeout: float) -> AIOKafkaAdminClient:
+async def _start_admin(bootstrap: str, connect_timeout: float, kafka_kwargs: Mapping[str, Any]) -> AIOKafkaAdminClient:
     deadline = time.monotonic() + connect_timeout
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="pulse-topics", request_timeout_ms=15000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="pulse-topics", request_timeout_ms=15000,
+                                    **kafka_kwargs)
         try:
             await admin.start()
             return admin
@@ -60,15 +66,19 @@ async def ensure_topics(
     *,
     replication_factor: int = 1,
     connect_timeout: float = 60.0,
+    kafka_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
     """Create every topic in ``names`` (default: events, events.dlq, decisions, learning) that is missing.
 
     Safe to call concurrently and repeatedly. Waits up to ``connect_timeout`` seconds for the broker.
+    ``kafka_kwargs``: the connection's security (default: the environment's ``KAFKA_SECURITY_PROTOCOL`` and
+    ``KAFKA_SASL_*``, ``engine.kafka_client``).
     """
     wanted = list(dict.fromkeys(names if names is not None else default_topic_names()))
     if not wanted:
         return
-    admin = await _start_admin(bootstrap, connect_timeout)
+    admin = await _start_admin(bootstrap, connect_timeout,
+                               kafka_client_kwargs() if kafka_kwargs is None else kafka_kwargs)
     try:
         existing = set(await admin.list_topics())
         missing = [name for name in wanted if name not in existing]

@@ -117,6 +117,7 @@ class Services:
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
             linger_ms=1, request_timeout_ms=10_000, max_batch_size=DECISION_BATCH_BYTES,
+            **settings.kafka_security.client_kwargs(),
         )
         await producer.start()
         for topic in (settings.events_topic, settings.decisions_topic):

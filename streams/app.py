@@ -44,6 +44,7 @@ from engine.runtime import batch_young_threshold, freeze_startup_heap
 from engine.settings import load_settings
 from streams.collaborative import CollaborativeFeed
 from streams.consumer import BatchLoop, Outbox, Write
+from streams.faust_auth import faust_credentials
 from streams.learner import PlacementLearner
 from streams.pipeline import BatchProcessor, Record
 from streams.rewards import RewardJoiner
@@ -62,6 +63,7 @@ app = faust.App(
     # does not rebalance the learners
     settings.worker_app_id if LEARN else f"{settings.worker_app_id}-ingest",
     broker=[f"kafka://{hp}" for hp in settings.kafka_bootstrap.split(",")],
+    broker_credentials=faust_credentials(settings.kafka_security),
     store="memory://",
     datadir=settings.worker_data_dir,
     web_enabled=False,
@@ -92,7 +94,7 @@ class Components:
                                        connection_class=HiredisPackedConnection)
         self.learning_store = LearningStore(self.redis, settle_lease=settings.reward_settle_lease)
         # dead letters and learning examples: a commit waits for their acknowledgements (streams/consumer.py)
-        self.outbox = Outbox(settings.kafka_bootstrap)
+        self.outbox = Outbox(settings.kafka_bootstrap, kafka_kwargs=settings.kafka_security.client_kwargs())
         self.joiner = RewardJoiner(self.learning_store, config, self.send_learning_example, self.send_dead_letter)
         self.processor = BatchProcessor(ProfileStore(self.redis, config), self.send_dead_letter,
                                         hooks=[self.joiner.on_events,
@@ -164,6 +166,7 @@ def stream_consumer() -> AIOKafkaConsumer:
         max_poll_records=settings.worker_batch_size,
         session_timeout_ms=int(settings.worker_session_timeout * 1000),
         heartbeat_interval_ms=int(min(3.0, settings.worker_session_timeout / 3) * 1000),
+        **settings.kafka_security.client_kwargs(),
     )
 
 

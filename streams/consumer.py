@@ -46,6 +46,7 @@ from aiokafka.errors import (
     KafkaTimeoutError,
 )
 
+from engine.kafka_client import kafka_client_kwargs
 from streams.pipeline import Record
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,13 @@ class Outbox:
     meanwhile instead of failing the worker. The producer is idempotent, so a resend the broker had already
     written is not written twice."""
 
-    def __init__(self, bootstrap: str, linger_ms: int = 5, max_backoff: float = 5.0) -> None:
+    def __init__(self, bootstrap: str, linger_ms: int = 5, max_backoff: float = 5.0, *,
+                 kafka_kwargs: Mapping[str, Any] | None = None) -> None:
+        """``kafka_kwargs``: the connection's security (``KafkaSecurity.client_kwargs``; default: the
+        environment's, ``engine.kafka_client``)."""
         self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms,
-                                         enable_idempotence=True)
+                                         enable_idempotence=True,
+                                         **(kafka_client_kwargs() if kafka_kwargs is None else kafka_kwargs))
         self.pending: list[_Send] = []
         self.max_backoff = max_backoff
         #: sends given up (a permanent error such as a message too large), and resends after a failure

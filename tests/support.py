@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from engine.kafka_client import kafka_client_kwargs
 from engine.settings import REPO_ROOT
 from infra.processes import (  # noqa: F401 - re-exported for the tests
     ManagedProcess,
@@ -24,8 +25,10 @@ from infra.processes import (  # noqa: F401 - re-exported for the tests
 from serving.auth import ADMIN, PUBLIC, ROLES, SERVER, new_key
 
 
-async def produce_async(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+async def produce_async(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]],
+                        kafka_kwargs: Mapping[str, Any] | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                **(kafka_client_kwargs() if kafka_kwargs is None else kafka_kwargs))
     await producer.start()
     try:
         futures = [await producer.send(topic, value=v, key=k) for k, v in items]
@@ -35,14 +38,16 @@ async def produce_async(bootstrap: str, topic: str, items: Iterable[tuple[bytes 
 
 
 def read_topic(bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout: float = 30.0, *,
-               keep: Callable[[Any], bool] = lambda m: True, linger: float = 0.0) -> list[Any]:
+               keep: Callable[[Any], bool] = lambda m: True, linger: float = 0.0,
+               kafka_kwargs: Mapping[str, Any] | None = None) -> list[Any]:
     """The records of ``topic`` from its start that ``keep`` accepts, once ``done(records)`` holds (or after
     ``timeout`` s: the caller's assertion says what is missing); then ``linger`` s more, so that a record that
     must not come (a second copy) would show up."""
     from aiokafka import AIOKafkaConsumer
 
     async def read() -> list[Any]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+                                    **(kafka_client_kwargs() if kafka_kwargs is None else kafka_kwargs))
         await consumer.start()
         got: list[Any] = []
         try:
@@ -62,8 +67,10 @@ def read_topic(bootstrap: str, topic: str, done: Callable[[list[Any]], bool], ti
     return asyncio.run(read())
 
 
-def produce(bootstrap: str, topic: str, events: Iterable[dict[str, Any] | bytes]) -> None:
-    """Publish events keyed by visitor id (raw bytes are published unkeyed)."""
+def produce(bootstrap: str, topic: str, events: Iterable[dict[str, Any] | bytes], *,
+            kafka_kwargs: Mapping[str, Any] | None = None) -> None:
+    """Publish events keyed by visitor id (raw bytes are published unkeyed); ``kafka_kwargs``: the connection's
+    security (default: the environment's)."""
     items: list[tuple[bytes | None, bytes]] = []
     for e in events:
         if isinstance(e, bytes):
@@ -71,7 +78,7 @@ def produce(bootstrap: str, topic: str, events: Iterable[dict[str, Any] | bytes]
         else:
             key = (e.get("customer_id") or e.get("anonymous_id") or "").encode() or None
             items.append((key, orjson.dumps(e)))
-    asyncio.run(produce_async(bootstrap, topic, items))
+    asyncio.run(produce_async(bootstrap, topic, items, kafka_kwargs))
 
 
 def event(type_: str, visitor: str, *, customer: bool = False, ts_ms: int | None = None,

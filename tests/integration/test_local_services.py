@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.kafka_client import kafka_client_kwargs
 from infra import local
 from infra.probe import kafka_ready
 from infra.topics import ensure_topics
@@ -26,21 +27,23 @@ def test_local_kafka_creates_topics_and_round_trips_a_message() -> None:
     async def scenario() -> None:
         await ensure_topics(kafka.bootstrap, 4, [topic, f"{topic}.dlq"])
         await ensure_topics(kafka.bootstrap, 4, [topic])  # idempotent
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap, **kafka_client_kwargs())
         await admin.start()
         try:
             (info,) = await admin.describe_topics([topic])
             assert len(info["partitions"]) == 4
         finally:
             await admin.close()
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", enable_idempotence=True)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", enable_idempotence=True,
+                                    **kafka_client_kwargs())
         await producer.start()
         try:
             sent = await producer.send_and_wait(topic, b"hello", key=b"visitor-1")
         finally:
             await producer.stop()
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=kafka.bootstrap, group_id=f"g-{topic}", auto_offset_reset="earliest"
+            topic, bootstrap_servers=kafka.bootstrap, group_id=f"g-{topic}", auto_offset_reset="earliest",
+            **kafka_client_kwargs(),
         )
         await consumer.start()
         try:
