@@ -44,7 +44,7 @@ lint: install
 
 compose-config:
 	bash infra/install-deps.sh compose
-	docker compose -f infra/docker-compose.yml config --quiet
+	docker compose -f infra/docker-compose.yml --env-file infra/.env.example config --quiet
 
 clean:
 	bash infra/kafka.sh stop || true

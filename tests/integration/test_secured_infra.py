@@ -182,6 +182,8 @@ def test_redis_refuses_clients_without_the_right_credentials(services: tuple[Any
     ("api", ("HSET", "model:{home_hero}", "blob", "x"), False),  # serving never writes a model
     ("api", ("HGETALL", "dec:{00}:d-1"), False),  # the reward join's keys are the worker's
     ("api", ("FLUSHALL",), False),
+    ("api", ("KEYS", "*"), False),  # @read, but @dangerous too
+    ("api", ("INFO", "memory"), True),  # /metrics
     ("worker", ("HSET", "p:{someone}", "cv", "1"), True),
     ("worker", ("HSET", "model:{home_hero}", "blob", "x"), False),
     ("worker", ("KEYS", "*"), False),
