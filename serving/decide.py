@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -141,33 +141,39 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def eligible_actions(req: DecideRequest, config: EngineConfig, now: float) -> list[Action]:
-    always, timed, ordered = _placement_actions(config, req.placement)
+def eligible_actions(req: DecideRequest, config: EngineConfig, now: float,
+                     segments: frozenset[str] = frozenset()) -> list[Action]:
+    """The candidates that may be shown now: valid at ``now`` and, for an action with an audience, to a
+    visitor of these segments."""
+    always, timed, ordered, gated = _placement_actions(config, req.placement)
     ids = req.candidates if req.candidates is not None else ordered
     if not timed:  # the usual case: no action of the placement has a validity period
-        return [a for a in map(always.get, ids) if a is not None]
-    out: list[Action] = []
-    for c in ids:
-        a = always.get(c) or timed.get(c)
-        if a is not None and a.is_valid_at(now):
-            out.append(a)
+        out = [a for a in map(always.get, ids) if a is not None]
+    else:
+        out = []
+        for c in ids:
+            a = always.get(c) or timed.get(c)
+            if a is not None and a.is_valid_at(now):
+                out.append(a)
+    if gated:
+        out = [a for a in out if a.audience is None or a.audience.admits(segments)]
     return out
 
 
-_Pools = tuple[dict[str, Action], dict[str, Action], tuple[str, ...]]
+_Pools = tuple[dict[str, Action], dict[str, Action], tuple[str, ...], bool]
 _PLACEMENT_ACTIONS: dict[tuple[int, str], tuple[EngineConfig, _Pools]] = {}
 
 
 def _placement_actions(config: EngineConfig, placement: str) -> _Pools:
     """The placement's actions by id: those always valid, those with a validity period (checked per request),
-    and every id in configuration order. Built once per configuration, not per request."""
+    every id in configuration order, and whether any has an audience. Built once per configuration."""
     hit = _PLACEMENT_ACTIONS.get((id(config), placement))
     if hit is not None and hit[0] is config:
         return hit[1]
     actions = config.actions_for(placement)
     always = {a.id: a for a in actions if a.valid_from is None and a.valid_to is None}
     timed = {a.id: a for a in actions if a.id not in always}
-    pools = (always, timed, tuple(a.id for a in actions))
+    pools = (always, timed, tuple(a.id for a in actions), any(a.audience is not None for a in actions))
     _PLACEMENT_ACTIONS[id(config), placement] = (config, pools)
     return pools
 
@@ -268,6 +274,9 @@ DECIDE_OPENAPI: dict[str, Any] = {
                 "propensity": {"type": "number", "description": "probability the policy had of "
                                "showing the top action first (for off-policy evaluation)"},
                 "personalised": {"type": "boolean"},
+                "segments": {"type": "array", "items": {"type": "string"},
+                             "description": "the visitor's segments as of this decision (configured "
+                                            "[[segment]]; empty when not personalised)"},
                 "degraded": {"type": "boolean", "description": "true when profile data was unavailable "
                              "within the time budget, or the API shed the request under overload, and the "
                              "ranking is non-personalised"},
@@ -295,6 +304,8 @@ class Ranking:
     model_version: str
     arm: str
     shown_features: dict[str, float]
+    #: the visitor's segments as of the decision (empty when not personalised)
+    segments: list[str] = field(default_factory=list)
 
 
 def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalised: bool, now: float,
@@ -306,14 +317,15 @@ def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalise
     policy_name = placement.learning.holdout_policy if arm == CONTROL_ARM else placement.learning.policy
     context = context_features(profile, now) if personalised and profile is not None else {"bias": 1.0}
     context.update(request_context_features(req.context))
-    actions = eligible_actions(req, svc.config, now)
+    segments = svc.segments.members(profile, now) if personalised and svc.segments else []
+    actions = eligible_actions(req, svc.config, now, frozenset(segments))
     collaborative = collaborative_scores(svc, profile, actions) if personalised and profile is not None else {}
     if policy_name == BASELINE_POLICY:
         affinities = profile.affinities if personalised and profile is not None else None
         ranked = svc.scorer.rank(actions, affinities, svc.popularity, collaborative)[: req.n]
         top = ranked[0][0].id if ranked else None
         shown = with_collaborative(svc.candidates[top], collaborative.get(top)).features if top else {}
-        return Ranking(ranked, 1.0, svc.scorer.name, svc.scorer.version, arm, dict(shown)), context
+        return Ranking(ranked, 1.0, svc.scorer.name, svc.scorer.version, arm, dict(shown), segments), context
     model = svc.models.get(req.placement, policy_name)
     by_id = {a.id: a for a in actions}
     built = svc.candidates  # one Candidate per action, built at start-up
@@ -325,7 +337,7 @@ def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalise
     ranked = [(by_id[aid], score) for aid, score in zip(result.action_ids, result.scores, strict=True)]
     top = result.top
     shown = dict(with_collaborative(built[top], collaborative.get(top)).features) if top is not None else {}
-    return Ranking(ranked, result.propensity, policy_name, str(model.version), arm, shown), context
+    return Ranking(ranked, result.propensity, policy_name, str(model.version), arm, shown, segments), context
 
 
 def collaborative_scores(svc: Services, profile: Profile, actions: list[Action]) -> dict[str, float]:
@@ -355,7 +367,7 @@ def decision_record(decision_id: str, req: DecideRequest, ranking: Ranking, cont
         "actions": [{"action_id": a.id, "score": float(s)} for a, s in ranking.actions],
         "propensity": ranking.propensity, "policy": ranking.policy, "model_version": ranking.model_version,
         "holdout_arm": ranking.arm, "degraded": degraded, "timestamp": int(now * 1000),
-        "action_features": ranking.shown_features,
+        "action_features": ranking.shown_features, "segments": ranking.segments,
     }
 
 
@@ -414,6 +426,7 @@ async def decide_bytes(svc: Services, body: bytes, shed: bool = False) -> tuple[
         "propensity": float(ranking.propensity),
         "personalised": personalised,
         "degraded": degraded,
+        "segments": ranking.segments,
     })
     visitor = req.customer_id or req.anonymous_id
     if ranking.actions and visitor:

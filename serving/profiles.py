@@ -29,8 +29,10 @@ async def get_profile(customer_id: str, request: Request) -> Response:
     if not raw.exists:
         return Response(orjson.dumps({"error": f"no profile for {customer_id!r}"}), status_code=404,
                         media_type="application/json")
-    profile = decode(resolved, raw, svc.config, time.time())
-    return Response(orjson.dumps(profile.to_dict()), media_type="application/json")
+    now = time.time()
+    profile = decode(resolved, raw, svc.config, now)
+    return Response(orjson.dumps({**profile.to_dict(), "segments": svc.segments.members(profile, now)}),
+                    media_type="application/json")
 
 
 @router.delete("/v1/profiles/{customer_id}", summary="Erase a customer (right to be forgotten)")

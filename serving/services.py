@@ -21,6 +21,7 @@ from engine.learning_store import LearningStore
 from engine.policies import Candidate
 from engine.profile_store import ProfileStore
 from engine.scoring import AffinityPopularityScorer, PopularitySnapshot
+from engine.segments import Segments
 from engine.settings import Settings
 from serving.admission import LatencyLimit
 from serving.decision_log import DecisionLog
@@ -78,6 +79,7 @@ class Services:
     popularity: PopularitySnapshot = field(default_factory=PopularitySnapshot)
     _placement_action_ids: dict[str, list[str]] = field(default_factory=dict)
     candidates: dict[str, Candidate] = field(default_factory=dict)
+    segments: Segments = field(default_factory=lambda: Segments(()))
     #: per action id, the JSON of its entry in a decide answer before and after the score
     answer_parts: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -87,6 +89,7 @@ class Services:
         return self._placement_action_ids
 
     def __post_init__(self) -> None:
+        self.segments = Segments(self.config.segments)
         self._placement_action_ids = {p: [a.id for a in self.config.actions_for(p)] for p in self.config.placements}
         # policy candidates are built once per action, not per request
         self.candidates = {a.id: Candidate(a.id, action_features(a, self.config.affinities))

@@ -87,13 +87,20 @@ def test_eligible_actions_match_the_straightforward_filter() -> None:
             a["valid_to"] = rng.choice(["2020-01-01T00:00:00Z", "2030-01-01T00:00:00Z"])
         if i % 5 == 0:
             a["valid_from"] = rng.choice(["2020-01-01T00:00:00Z", "2030-01-01T00:00:00Z"])
+        if i % 3 == 0:  # some for an audience
+            a["audience"] = rng.choice([{"include": ["vip"]}, {"exclude": ["lapsed"]},
+                                        {"include": ["vip", "new"], "exclude": ["lapsed"]}])
         raw_actions.append(a)
-    config = parse_config({"placement": [{"id": "p"}, {"id": "q"}], "action": raw_actions})
+    segments = [{"id": s, "all": [{"metric": "monetary", "min": 0}]} for s in ("vip", "new", "lapsed")]
+    config = parse_config({"placement": [{"id": "p"}, {"id": "q"}], "action": raw_actions, "segment": segments})
     ids = list(config.actions)
     for _ in range(300):
         placement = rng.choice(["p", "q"])
         candidates = None if rng.random() < 0.3 else [rng.choice(ids) for _ in range(rng.randint(0, 40))]
         req = DecideRequest(None, "v", placement, 3, candidates, {})
         pool = [config.actions[c] for c in candidates] if candidates is not None else config.actions_for(placement)
-        want = [a for a in pool if placement in a.placements and a.is_valid_at(now)]
-        assert eligible_actions(req, config, now) == want
+        member = frozenset(rng.sample(["vip", "new", "lapsed"], rng.randint(0, 3)))
+        want = [a for a in pool if placement in a.placements and a.is_valid_at(now)
+                and (a.audience is None or ((not a.audience.include or member & set(a.audience.include))
+                                            and not member & set(a.audience.exclude)))]
+        assert eligible_actions(req, config, now, member) == want

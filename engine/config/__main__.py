@@ -20,8 +20,8 @@ def summary(path: str, cfg: EngineConfig) -> str:
     n_features = len(cfg.affinities) + len(cfg.recents) + len(cfg.windows)
     learning = sum(1 for p in cfg.placements.values() if p.learning.learns)
     return (f"{path}: ok: {n_features} features ({len(cfg.affinities)} affinity, {len(cfg.recents)} recent, "
-            f"{len(cfg.windows)} window), {len(cfg.placements)} placements ({learning} learning), "
-            f"{len(cfg.actions)} actions")
+            f"{len(cfg.windows)} window), {len(cfg.segments)} segments, {len(cfg.placements)} placements "
+            f"({learning} learning), {len(cfg.actions)} actions")
 
 
 def schema_text() -> str:

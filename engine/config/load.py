@@ -56,6 +56,7 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> model.Eng
         problems.extend(_problem(e) for e in exc.errors(include_url=False))
     problems.extend(_references(raw))
     if doc is not None and not problems:
+        problems.extend(_segment_references(doc))
         problems.extend(_components(doc))
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)), source)
@@ -178,7 +179,7 @@ def _problem(e: ErrorDetails) -> Problem:
 
 def _references(raw: Mapping[str, Any]) -> list[Problem]:
     problems: list[Problem] = []
-    for table, key in (("feature", "name"), ("placement", "id"), ("action", "id")):
+    for table, key in (("feature", "name"), ("segment", "id"), ("placement", "id"), ("action", "id")):
         seen: dict[str, int] = {}
         for i, element in enumerate(_tables(raw, table)):
             value = element.get(key)
@@ -204,6 +205,41 @@ def _references(raw: Mapping[str, Any]) -> list[Problem]:
                 if name not in known:
                     problems.append((f"placement[{i}].{key}", f"unknown policy {show(name)}; expected one of "
                                                               f"{', '.join([model.BASELINE_POLICY, *known])}"))
+    return problems
+
+
+def _segment_references(doc: schema.Document) -> list[Problem]:
+    """Features a condition names exist and have the kind and window it needs; a segment a condition or an
+    audience names is declared (a condition's: earlier, so membership never goes round in a circle)."""
+    problems: list[Problem] = []
+    windows = {f.name: f.windows for f in doc.feature if isinstance(f, schema.WindowFeature)}
+    affinities = [f.name for f in doc.feature if isinstance(f, schema.AffinityFeature)]
+    declared = [s.id for s in doc.segment]
+    for i, seg in enumerate(doc.segment):
+        for part in ("all", "any", "none"):
+            for j, c in enumerate(getattr(seg, part)):
+                at = f"segment[{i}].{part}[{j}]"
+                if c.window is not None:
+                    if c.window not in windows:
+                        problems.append((f"{at}.window", f"unknown window feature {show(c.window)}; expected one "
+                                                         f"of {', '.join(windows) or '(none is declared)'}"))
+                    elif c.span not in windows[c.window]:
+                        problems.append((f"{at}.span", f"feature {show(c.window)} keeps {', '.join(windows[c.window])}"
+                                                       f", not {show(c.span)}"))
+                if c.affinity is not None and c.affinity not in affinities:
+                    problems.append((f"{at}.affinity", f"unknown affinity feature {show(c.affinity)}; expected one "
+                                                       f"of {', '.join(affinities) or '(none is declared)'}"))
+                if c.segment is not None and c.segment not in declared[:i]:
+                    problems.append((f"{at}.segment", f"segment {show(c.segment)} is not declared before "
+                                                      f"segment[{i}]" + (" (a segment cannot name itself or a later "
+                                                                         "one)" if c.segment in declared else "")))
+    for i, action in enumerate(doc.action):
+        for key in ("include", "exclude"):
+            for j, name in enumerate(getattr(action.audience, key) if action.audience else []):
+                if name not in declared:
+                    problems.append((f"action[{i}].audience.{key}[{j}]",
+                                     f"unknown segment {show(name)}; expected one of "
+                                     f"{', '.join(declared) or '(no segment is declared)'}"))
     return problems
 
 
@@ -307,9 +343,17 @@ def _build(doc: schema.Document) -> model.EngineConfig:
         actions={
             a.id: model.Action(id=a.id, placements=tuple(a.placements), category=a.category, item_id=a.item_id,
                                tags=tuple(a.tags), title=a.title, payload=dict(a.payload),
-                               valid_from=a.valid_from, valid_to=a.valid_to)
+                               valid_from=a.valid_from, valid_to=a.valid_to,
+                               audience=model.Audience(tuple(a.audience.include), tuple(a.audience.exclude))
+                               if a.audience is not None else None)
             for a in doc.action
         },
+        segments=tuple(
+            model.Segment(id=s.id, description=s.description,
+                          **{part: tuple(model.SegmentCondition(**c.model_dump()) for c in getattr(s, part))
+                             for part in ("all", "any", "none")})
+            for s in doc.segment
+        ),
         collaborative=model.CollaborativeSettings(
             enabled=doc.collaborative.enabled, weights=dict(doc.collaborative.weights),
             params=dict(doc.collaborative.params), snapshot_every_updates=doc.collaborative.snapshot_every_updates,

@@ -112,6 +112,48 @@ class Placement:
 
 
 @dataclass(frozen=True, slots=True)
+class SegmentCondition:
+    """One condition of a segment (``engine.segments``): exactly one of the subjects is set."""
+
+    count: str | None = None
+    window: str | None = None
+    span: str | None = None
+    metric: str | None = None
+    affinity: str | None = None
+    value: str | None = None
+    consent: str | None = None
+    granted: bool = True
+    segment: str | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    id: str
+    description: str = ""
+    all: tuple[SegmentCondition, ...] = ()
+    any: tuple[SegmentCondition, ...] = ()
+    none: tuple[SegmentCondition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """Who may be shown an action: members of at least one ``include`` segment (when given), of no
+    ``exclude`` segment."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def admits(self, segments: set[str] | frozenset[str]) -> bool:
+        """
+        >>> Audience(include=("vip",), exclude=("lapsed",)).admits({"vip"}), Audience().admits(set())
+        (True, True)
+        """
+        return (not self.include or not segments.isdisjoint(self.include)) and segments.isdisjoint(self.exclude)
+
+
+@dataclass(frozen=True, slots=True)
 class Action:
     id: str
     placements: tuple[str, ...]
@@ -122,6 +164,7 @@ class Action:
     payload: Mapping[str, Any] = field(default_factory=dict)
     valid_from: float | None = None
     valid_to: float | None = None
+    audience: Audience | None = None
 
     def is_valid_at(self, now: float) -> bool:
         return (self.valid_from is None or now >= self.valid_from) and (
@@ -139,6 +182,7 @@ class EngineConfig:
     placements: Mapping[str, Placement]
     actions: Mapping[str, Action]
     collaborative: CollaborativeSettings = field(default_factory=CollaborativeSettings)
+    segments: tuple[Segment, ...] = ()
 
     def actions_for(self, placement: str) -> list[Action]:
         return [a for a in self.actions.values() if placement in a.placements]

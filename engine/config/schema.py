@@ -20,7 +20,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from engine.config.model import BASELINE_POLICY
 
@@ -179,6 +179,77 @@ class Placement(Strict):
     snapshot_every_seconds: PositiveFloat = 5.0
 
 
+#: What a segment condition may compare (``engine.segments.METRICS``, kept here so the schema lists them).
+SegmentMetric = Literal["monetary", "cart_items", "cart_quantity", "session_pages", "minutes_since_last_seen",
+                        "days_since_last_seen", "days_since_first_seen"]
+#: The subjects of a condition: exactly one per condition.
+CONDITION_SUBJECTS = ("count", "window", "metric", "affinity", "consent", "segment")
+
+
+class SegmentCondition(Strict):
+    """One condition: a subject (count, window + span, metric, affinity + value, consent, or segment) and,
+    for the numeric ones, inclusive bounds."""
+
+    count: EventType | None = Field(default=None, description="All-time events of this type.")
+    window: Name | None = Field(default=None, description="A window feature; with span.")
+    span: WindowName | None = Field(default=None, description="Which window of the feature.")
+    metric: SegmentMetric | None = None
+    affinity: Name | None = Field(default=None, description="An affinity feature; with value.")
+    value: Text | None = Field(default=None, description="The affinity value; its share of the strongest, 0-1.")
+    consent: Name | None = Field(default=None, description="A consent purpose that must be granted.")
+    granted: bool = Field(default=True, description="With consent: false means the purpose is not granted.")
+    segment: Name | None = Field(default=None, description="Membership of a segment declared earlier.")
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> SegmentCondition:
+        given = [k for k in CONDITION_SUBJECTS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(CONDITION_SUBJECTS)}"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        numeric = given[0] in ("count", "window", "metric", "affinity")
+        if numeric and self.min is None and self.max is None:
+            raise ValueError(f"{given[0]}: give min and/or max")
+        if not numeric and (self.min is not None or self.max is not None):
+            raise ValueError(f"{given[0]}: min and max do not apply")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        if (self.window is None) != (self.span is None):
+            raise ValueError("window and span go together")
+        if (self.affinity is None) != (self.value is None):
+            raise ValueError("affinity and value go together")
+        if self.consent is None and not self.granted:
+            raise ValueError("granted applies to consent only")
+        return self
+
+
+Conditions = Annotated[list[SegmentCondition], Field(max_length=32)]
+
+
+class Segment(Strict):
+    """A named set of customers: every ``all`` condition holds, one of ``any`` (if given), none of ``none``."""
+
+    id: Name
+    description: Text = ""
+    all: Conditions = []
+    any: Conditions = []
+    none: Conditions = []
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> Segment:
+        if not (self.all or self.any or self.none):
+            raise ValueError("give at least one condition in all, any or none")
+        return self
+
+
+class Audience(Strict):
+    include: Annotated[list[Name], AfterValidator(_unique)] = Field(
+        default_factory=list, description="Shown only to members of one of these segments.")
+    exclude: Annotated[list[Name], AfterValidator(_unique)] = Field(
+        default_factory=list, description="Never shown to members of these segments.")
+
+
 class Action(Strict):
     """One entry of the catalogue of actions / content."""
 
@@ -191,6 +262,7 @@ class Action(Strict):
     payload: dict[str, Any] = Field(default_factory=dict, description="Returned as is with the decision.")
     valid_from: Timestamp = None
     valid_to: Timestamp = None
+    audience: Audience | None = None
 
 
 class Document(Strict):
@@ -204,6 +276,7 @@ class Document(Strict):
     feature: list[Feature] = []
     collaborative: Collaborative = Field(default_factory=Collaborative)
     scoring: Scoring = Field(default_factory=Scoring)
+    segment: list[Segment] = []
     placement: list[Placement] = []
     action: list[Action] = []
 

@@ -1,0 +1,135 @@
+"""Segments: named conditions over a profile's features, evaluated as of a moment.
+
+A segment is declared in the configuration (``[[segment]]``) as lists of conditions: every condition of
+``all`` holds, at least one of ``any`` (when given), and none of ``none``. A condition reads one thing of
+the profile and compares it with ``min`` / ``max`` (inclusive):
+
+- ``count``: all-time events of a type; ``window`` + ``span``: events of a window feature in one of its
+  windows; ``metric``: one of :data:`METRICS`; ``affinity`` + ``value``: that value's share of the
+  feature's strongest score (0 to 1, the scorer's normalisation);
+- ``consent``: the purpose is granted (``granted = false``: it is not);
+- ``segment``: membership of a segment declared earlier (so there are no cycles).
+
+A metric that does not exist yet (days since the last visit of a visitor never seen) makes its condition
+false, whatever the bounds. Evaluation needs no I/O: it reads a decoded :class:`engine.features.Profile`
+as of ``now``, so a time-based segment (lapsed: no visit in 30 days) holds the moment its time comes.
+
+>>> from engine.config.model import Segment, SegmentCondition
+>>> cart_abandoners = Segment(id="cart_abandoners", all=(
+...     SegmentCondition(metric="cart_items", min=1),
+...     SegmentCondition(metric="minutes_since_last_seen", min=30)))
+>>> lapsed = Segment(id="lapsed", all=(SegmentCondition(metric="days_since_last_seen", min=30),))
+>>> segments = Segments([cart_abandoners, lapsed])
+>>> now = 1_700_000_000.0
+>>> p = Profile("c1", True, {"add_to_cart": 1}, now - 86400, now - 3600, {}, {}, {}, {"sku-1": 1}, 0.0, {}, {})
+>>> segments.members(p, now)
+['cart_abandoners']
+>>> segments.members(p, now + 31 * 86400)
+['cart_abandoners', 'lapsed']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from engine.config.model import Segment, SegmentCondition
+from engine.features import Profile
+
+#: The profile metrics a condition may name.
+METRICS = ("monetary", "cart_items", "cart_quantity", "session_pages", "minutes_since_last_seen",
+           "days_since_last_seen", "days_since_first_seen")
+
+Test = Callable[[Profile, float, set[str]], bool]
+
+
+def _metric(name: str) -> Callable[[Profile, float], float | None]:
+    if name == "monetary":
+        return lambda p, now: p.monetary
+    if name == "cart_items":
+        return lambda p, now: float(len(p.cart))
+    if name == "cart_quantity":
+        return lambda p, now: float(sum(p.cart.values()))
+    if name == "session_pages":
+        return lambda p, now: float(p.session.get("pages") or 0)
+    if name in ("minutes_since_last_seen", "days_since_last_seen"):
+        unit = 60.0 if name.startswith("minutes") else 86400.0
+        return lambda p, now: None if p.last_seen is None else max(0.0, now - p.last_seen) / unit
+    if name == "days_since_first_seen":
+        return lambda p, now: None if p.first_seen is None else max(0.0, now - p.first_seen) / 86400.0
+    raise ValueError(f"unknown metric {name!r}; expected one of {', '.join(METRICS)}")
+
+
+def _affinity_share(feature: str, value: str) -> Callable[[Profile, float], float | None]:
+    def share(p: Profile, now: float) -> float | None:
+        scores = p.affinities.get(feature)
+        if not scores:
+            return 0.0
+        peak = max(scores.values())
+        return scores.get(value, 0.0) / peak if peak > 0 else 0.0
+    return share
+
+
+def _reader(c: SegmentCondition) -> Callable[[Profile, float], float | None]:
+    if c.count is not None:
+        etype = c.count
+        return lambda p, now: float(p.counts.get(etype, 0))
+    if c.window is not None:
+        feature, span = c.window, c.span or ""
+        return lambda p, now: float(p.windows.get(feature, {}).get(span, 0))
+    if c.metric is not None:
+        return _metric(c.metric)
+    if c.affinity is not None:
+        return _affinity_share(c.affinity, c.value or "")
+    raise ValueError("a numeric condition names count, window, metric or affinity")
+
+
+def compile_condition(c: SegmentCondition) -> Test:
+    """One condition as a function of (profile, now, the segments already found to hold).
+
+    >>> big = compile_condition(SegmentCondition(metric="monetary", min=100))
+    >>> p = Profile("c", True, {}, None, None, {}, {}, {}, {}, 250.0, {}, {})
+    >>> big(p, 0.0, set()), compile_condition(SegmentCondition(metric="days_since_last_seen", max=7))(p, 0.0, set())
+    (True, False)
+    """
+    if c.segment is not None:
+        name = c.segment
+        return lambda p, now, held: name in held
+    if c.consent is not None:
+        purpose, wanted = c.consent, c.granted
+        return lambda p, now, held: (p.consent.get(purpose) is True) == wanted
+    read, lo, hi = _reader(c), c.min, c.max
+
+    def test(p: Profile, now: float, held: set[str]) -> bool:
+        x = read(p, now)
+        return x is not None and (lo is None or x >= lo) and (hi is None or x <= hi)
+    return test
+
+
+class Segments:
+    """The configured segments, compiled once; ``members`` gives a profile's memberships as of ``now``,
+    in configuration order."""
+
+    def __init__(self, segments: Sequence[Segment]) -> None:
+        self._compiled: list[tuple[str, list[Test], list[Test], list[Test]]] = [
+            (s.id, [compile_condition(c) for c in s.all], [compile_condition(c) for c in s.any],
+             [compile_condition(c) for c in s.none])
+            for s in segments
+        ]
+        self.ids = tuple(s.id for s in segments)
+
+    def __len__(self) -> int:
+        return len(self._compiled)
+
+    def members(self, profile: Profile | None, now: float) -> list[str]:
+        """An unknown visitor (no profile) belongs to no segment."""
+        if profile is None or not profile.exists or not self._compiled:
+            return []
+        held: set[str] = set()
+        out: list[str] = []
+        for sid, every, some, no in self._compiled:
+            if (all(t(profile, now, held) for t in every)
+                    and (not some or any(t(profile, now, held) for t in some))
+                    and not any(t(profile, now, held) for t in no)):
+                held.add(sid)
+                out.append(sid)
+        return out
