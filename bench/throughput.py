@@ -278,7 +278,7 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
     tag = uuid.uuid4().hex[:6]
     # fresh side topics too: a new group would otherwise learn every earlier run's co-visitation messages
     side = {"LEARNING_TOPIC": f"learning-{tag}", "DLQ_TOPIC": f"events.dlq-{tag}",
-            "DECISIONS_TOPIC": f"decisions-{tag}"}
+            "DECISIONS_TOPIC": f"decisions-{tag}", "SEGMENTS_TOPIC": f"segments-{tag}"}
     asyncio.run(ensure_topics(stack.bootstrap, 8, list(side.values())))
     extra = {"REDIS_URL": redis_url, "WORKER_APP_ID": f"pulse-bench-{tag}",
              "WORKER_DATA_DIR": f"/tmp/pulse-faust-bench-{tag}", **side, **(env or {})}

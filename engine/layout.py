@@ -34,6 +34,8 @@ field                        content
 ``d:<i>`` / ``d:n``          event-id de-duplication: ring of the last ``dedup_window`` (64) tokens of
                              ``DEDUP_TOKEN_CHARS`` characters, 10 per chunk ``i``; ``d:n`` = next slot
 ``off:<topic>:<partition>``  highest applied Kafka offset: a replay at or below it is skipped
+``S``                        the segments last published for this profile, ``,``-joined (written by the
+                             segment tracker, ``streams/segments.py``, never by the Lua applier)
 ===========================  ==========================================================================
 
 Withdrawing consent deletes every field but ``k*``, ``off:*`` and ``d:*`` (so replays and duplicates of
@@ -51,6 +53,7 @@ key                            type    content
 ``due:{<slot>}``               zset    decision ids by the end of their reward window, 256 slots
 ``arms:{<placement>}``         hash    experiment counters ``<arm>:impressions|clicks|...``
 ``stats:{worker}``             hash    worker counters (events received/applied, dead letters)
+``segdue:{<slot>}``            zset    profiles by the time their segments may change without an event, 16 slots
 =============================  ======  ==========================================================
 
 Every write sets the profile TTL, so idle profiles expire; every section of a profile is bounded
@@ -89,6 +92,24 @@ CART_PREFIX, DEDUP_PREFIX, OFFSET_PREFIX, CONSENT_PREFIX = "C:", "d:", "off:", "
 DEDUP_CURSOR = DEDUP_PREFIX + "n"
 #: First characters of the fields a consent withdrawal keeps: offsets, consent flags, de-duplication.
 KEPT_ON_WIPE = (OFFSET_PREFIX[0], CONSENT_PREFIX, DEDUP_PREFIX[0])
+
+
+#: The segments last published for a profile (``streams/segments.py``).
+SEGMENTS_FIELD = "S"
+#: Profiles whose segments may change with time alone are spread over this many zsets.
+SEGMENT_DUE_SLOTS = 16
+
+
+def segment_due_slot(owner: str) -> int:
+    """
+    >>> segment_due_slot("cust-1") in range(SEGMENT_DUE_SLOTS)
+    True
+    """
+    return hashlib.blake2b(owner.encode(), digest_size=2).digest()[0] % SEGMENT_DUE_SLOTS
+
+
+def segment_due_key(slot: int) -> str:
+    return f"segdue:{{{slot:02x}}}"
 
 
 def profile_key(customer_id: str) -> str:

@@ -30,9 +30,10 @@ as of ``now``, so a time-based segment (lapsed: no visit in 30 days) holds the m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
-from engine.config.model import Segment, SegmentCondition
+from engine.config.model import WINDOWS, Segment, SegmentCondition
 from engine.features import Profile
 
 #: The profile metrics a condition may name.
@@ -49,8 +50,8 @@ def _metric(name: str) -> Callable[[Profile, float], float | None]:
         return lambda p, now: float(len(p.cart))
     if name == "cart_quantity":
         return lambda p, now: float(sum(p.cart.values()))
-    if name == "session_pages":
-        return lambda p, now: float(p.session.get("pages") or 0)
+    if name == "session_pages":  # the session under way; none once it timed out
+        return lambda p, now: float(p.session.get("pages") or 0) if p.session.get("active") else 0.0
     if name in ("minutes_since_last_seen", "days_since_last_seen"):
         unit = 60.0 if name.startswith("minutes") else 86400.0
         return lambda p, now: None if p.last_seen is None else max(0.0, now - p.last_seen) / unit
@@ -105,11 +106,50 @@ def compile_condition(c: SegmentCondition) -> Test:
     return test
 
 
+_SINCE = {"minutes_since_last_seen": ("last_seen", 60.0), "days_since_last_seen": ("last_seen", 86400.0),
+          "days_since_first_seen": ("first_seen", 86400.0)}
+
+
+def next_change(c: SegmentCondition, p: Profile, now: float) -> float | None:
+    """The earliest time after ``now`` at which time alone (no event) could change this condition's truth,
+    or None if it cannot. Conservative: a window condition is looked at again when its oldest bucket may
+    drop out, and only if its count could cross a bound by falling.
+
+    >>> p = Profile("c", True, {}, None, 1000.0, {}, {}, {}, {}, 0.0, {"views": {"1h": 12}}, {})
+    >>> next_change(SegmentCondition(metric="minutes_since_last_seen", min=30), p, 1100.0)
+    2800.0
+    >>> next_change(SegmentCondition(window="views", span="1h", min=10), p, 1100.0)  # next 5-minute bucket
+    1200.0
+    >>> next_change(SegmentCondition(window="views", span="1h", max=20), p, 1100.0) is None  # can only fall
+    True
+    """
+    if c.metric in _SINCE:
+        attr, unit = _SINCE[c.metric]
+        ref = getattr(p, attr)
+        if ref is None:
+            return None
+        times = [ref + b * unit for b in (c.min, c.max) if b is not None]
+        # past a max bound the condition turns false just after ref + max * unit
+        later = [t if t > now else math.nextafter(t, math.inf) for t in times if t >= now]
+        return min(later) if later else None
+    if c.window is not None and c.span is not None:
+        count = p.windows.get(c.window, {}).get(c.span, 0)
+        can_fall_across = (c.min is not None and count >= c.min) or (c.max is not None and count > c.max)
+        if count <= 0 or not can_fall_across:
+            return None
+        width = WINDOWS[c.span][0]
+        return float((math.floor(now / width) + 1) * width)
+    return None
+
+
 class Segments:
     """The configured segments, compiled once; ``members`` gives a profile's memberships as of ``now``,
-    in configuration order."""
+    in configuration order, and ``next_change`` when time alone could change them."""
 
     def __init__(self, segments: Sequence[Segment]) -> None:
+        self._conditions = [c for s in segments for c in (*s.all, *s.any, *s.none)]
+        self._timed = [c for c in self._conditions
+                       if c.metric in _SINCE or c.window is not None]
         self._compiled: list[tuple[str, list[Test], list[Test], list[Test]]] = [
             (s.id, [compile_condition(c) for c in s.all], [compile_condition(c) for c in s.any],
              [compile_condition(c) for c in s.none])
@@ -133,3 +173,20 @@ class Segments:
                 held.add(sid)
                 out.append(sid)
         return out
+
+    def next_change(self, profile: Profile | None, now: float) -> float | None:
+        """When the memberships should be evaluated again though no event came (None: never)."""
+        if profile is None or not profile.exists or not self._timed:
+            return None
+        times = [t for t in (next_change(c, profile, now) for c in self._timed) if t is not None]
+        return min(times) if times else None
+
+
+def transitions(before: Sequence[str], after: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(entered, left), each in the order given.
+
+    >>> transitions(["a", "b"], ["b", "c"])
+    (['c'], ['a'])
+    """
+    was, now = set(before), set(after)
+    return [s for s in after if s not in was], [s for s in before if s not in now]

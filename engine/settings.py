@@ -138,6 +138,8 @@ class Settings:
     dlq_topic: str = field(default_factory=lambda: _topic("DLQ_TOPIC", "events.dlq"))
     decisions_topic: str = field(default_factory=lambda: _topic("DECISIONS_TOPIC", "decisions"))
     learning_topic: str = field(default_factory=lambda: _topic("LEARNING_TOPIC", "learning"))
+    #: segment entries and exits (``streams/segments.py``), for email and CRM tools
+    segments_topic: str = field(default_factory=lambda: _topic("SEGMENTS_TOPIC", "segments"))
     #: Partition count used when the project creates the events/decisions topics.
     events_partitions: int = field(default_factory=lambda: _int("EVENTS_PARTITIONS", 8, maximum=10_000))
     #: Declared configuration: features, catalogue, placements (TOML).

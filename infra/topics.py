@@ -4,7 +4,8 @@
     python -m infra.topics --bootstrap 127.0.0.1:19092 --partitions 4 events decisions
 
 Topics: ``events`` (EVENTS_TOPIC), ``events.dlq`` (DLQ_TOPIC), ``decisions`` (DECISIONS_TOPIC) and
-``learning`` (LEARNING_TOPIC, training examples keyed by placement), all with EVENTS_PARTITIONS
+``learning`` (LEARNING_TOPIC, training examples keyed by placement) and ``segments`` (SEGMENTS_TOPIC, segment
+entries and exits keyed by profile), all with EVENTS_PARTITIONS
 partitions so one customer's events, dead letters and decisions share a partition number. Existing
 topics are left untouched (adding partitions later would remap keys to partitions); a partition-count
 mismatch is reported as a warning. The connection's security comes from ``KAFKA_SECURITY_PROTOCOL`` and
@@ -35,6 +36,7 @@ DEFAULT_TOPIC_ENV = (
     ("DLQ_TOPIC", "events.dlq"),
     ("DECISIONS_TOPIC", "decisions"),
     ("LEARNING_TOPIC", "learning"),
+    ("SEGMENTS_TOPIC", "segments"),
 )
 
 
@@ -68,7 +70,7 @@ async def ensure_topics(
     connect_timeout: float = 60.0,
     kafka_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create every topic in ``names`` (default: events, events.dlq, decisions, learning) that is missing.
+    """Create every topic in ``names`` (default: events, events.dlq, decisions, learning, segments) that is missing.
 
     Safe to call concurrently and repeatedly. Waits up to ``connect_timeout`` seconds for the broker.
     ``kafka_kwargs``: the connection's security (default: the environment's ``KAFKA_SECURITY_PROTOCOL`` and
@@ -111,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m infra.topics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("names", nargs="*", help="topics to create (default: events, events.dlq, decisions, learning)")
+    parser.add_argument("names", nargs="*",
+                        help="topics to create (default: events, events.dlq, decisions, learning, segments)")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     parser.add_argument("--partitions", type=int, default=int(os.environ.get("EVENTS_PARTITIONS", "8")))
     parser.add_argument("--replication-factor", type=int, default=int(os.environ.get("TOPIC_REPLICATION_FACTOR", "1")))

@@ -46,8 +46,9 @@ from streams.collaborative import CollaborativeFeed
 from streams.consumer import BatchLoop, Outbox, Write
 from streams.faust_auth import faust_credentials
 from streams.learner import PlacementLearner
-from streams.pipeline import BatchProcessor, Record
+from streams.pipeline import BatchProcessor, PreparedBatch, Record
 from streams.rewards import RewardJoiner
+from streams.segments import SegmentTracker
 
 log = logging.getLogger(__name__)
 settings = load_settings()
@@ -100,6 +101,7 @@ class Components:
                                         hooks=[self.joiner.on_events,
                                                CollaborativeFeed(config, self.send_learning_example).on_events],
                                         limits=settings.event_limits)
+        self.segments = SegmentTracker(self.redis, config, self.send_segment_change)
         self.learner = PlacementLearner(config)
         self.restored = False
         self._ready = asyncio.Lock()
@@ -114,6 +116,18 @@ class Components:
 
     async def send_learning_example(self, key: bytes, value: bytes) -> asyncio.Future[None]:
         return await self.outbox.send(settings.learning_topic, key, value)
+
+    async def send_segment_change(self, key: bytes, value: bytes) -> asyncio.Future[None]:
+        return await self.outbox.send(settings.segments_topic, key, value)
+
+    async def ingest(self, prepared: PreparedBatch, sent: Callable[[], None]) -> None:
+        """Write a batch, then publish the segment changes of the profiles it touched (both idempotent, so a
+        retry after a fault repeats nothing that was done)."""
+        stats = await self.processor.apply(prepared, sent)
+        if self.segments:
+            published = await self.segments.update(stats.owners, time.time())
+            if published:
+                await self.processor.store.incr_worker_counters({"segment_changes": published})
 
 
 _components: Components | None = None
@@ -191,7 +205,7 @@ class StreamService(mode.Service):
 
         async def events(records: Sequence[Record]) -> Write:
             prepared = await c.processor.prepare(records)  # no Redis: parsed and dead-lettered once
-            return lambda sent: retry_forever("ingest", lambda: c.processor.apply(prepared, sent))
+            return lambda sent: retry_forever("ingest", lambda: c.ingest(prepared, sent))
 
         async def decisions(records: Sequence[Record]) -> Write:
             logged = await c.joiner.prepare_decisions(records)
@@ -271,9 +285,20 @@ async def publish_due_snapshots() -> None:
         await retry_forever("snapshot", functools.partial(c.learner.snapshot, c.learning_store, signing_key, placement))
 
 
+async def publish_clock_segment_changes() -> None:
+    """Segments that time alone changes (no visit in 30 days): the profiles whose time has come."""
+    c = await components().ready()
+    published = await retry_forever("segment clock", lambda: c.segments.tick(time.time()))
+    if published:
+        await retry_forever("segment counters",
+                            lambda: c.processor.store.incr_worker_counters({"segment_changes": published}))
+
+
 if INGEST:
     app.service(StreamService)
     app.timer(interval=1.0)(settle_expired_rewards)
+    if config.segments:
+        app.timer(interval=1.0)(publish_clock_segment_changes)
 if LEARN:
     app.agent(learning_topic, name="streams.app.learn")(learn)
     app.timer(interval=1.0)(publish_due_snapshots)

@@ -52,6 +52,8 @@ class BatchStats:
     #: dead-lettered while written (a script error on its profile, a failed identity merge, a hook's error)
     isolated: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
+    #: the profiles the batch wrote to (for what follows the writes: segments)
+    owners: set[str] = field(default_factory=set)
 
 
 #: Sends a dead letter: (key, original bytes, headers).
@@ -247,6 +249,7 @@ class BatchProcessor:
             return 0
         batches = [*owners.values(), *popularity.values()]
         results = await self.store.apply(batches, on_sent, raise_on_error=False)
+        stats.owners.update(owner for owner, _ in owners)
         applied = 0
         srcs = [*sources.values(), *pop_sources.values()]
         for i, (batch, r) in enumerate(zip(batches, results, strict=True)):

@@ -40,6 +40,8 @@ T0 = T0_MS / 1000
 #: the learning topic's messages (tests/test_learning_messages.py checks their examples and producers)
 LEARNING_FILES = ("learning.v1.schema.json", "learning_example.v1.schema.json",
                   "learning_interactions.v1.schema.json", "learning_forget.v1.schema.json")
+#: the segments topic's messages (tests/test_segments.py checks the example and the producer)
+SEGMENT_FILES = ("segment_change.v1.schema.json",)
 
 EXPECTED_TYPES = (
     "page_view", "click", "add_to_cart", "remove_from_cart", "purchase",
@@ -109,7 +111,7 @@ DRAFT07_KEYWORDS = set(load(META_SCHEMA)["properties"])
 
 
 def test_expected_files_exist() -> None:
-    expected = {"envelope.v1.schema.json", "decision.v1.schema.json", *LEARNING_FILES} | {
+    expected = {"envelope.v1.schema.json", "decision.v1.schema.json", *LEARNING_FILES, *SEGMENT_FILES} | {
         f"{t}.v1.schema.json" for t in EXPECTED_TYPES}
     assert set(SCHEMA_FILES) == expected
     assert EVENT_TYPES == EXPECTED_TYPES
@@ -227,7 +229,8 @@ def test_every_example_file_is_checked() -> None:
     covered = {f"{t}.v1.example.json" for t in EXPECTED_TYPES} | {
         "decision.v1.example.json",
         "segment.track.product_added.example.json",
-    } | {f.replace(".schema.", ".example.") for f in LEARNING_FILES if f != "learning.v1.schema.json"}
+    } | {f.replace(".schema.", ".example.") for f in (*LEARNING_FILES, *SEGMENT_FILES)
+         if f != "learning.v1.schema.json"}
     assert names == covered
 
 

@@ -125,3 +125,38 @@ def test_unknown_visitors_belong_to_nothing() -> None:
     s = Segments(config(segs).segments)
     assert s.members(None, NOW) == [] and s.members(profile(exists=False), NOW) == []
     assert s.members(profile(), NOW) == ["newcomers"]
+
+
+def test_segment_change_messages_match_their_schema() -> None:
+    import json
+    from pathlib import Path
+
+    from fastjsonschema import JsonSchemaValueException
+
+    from schemas._validation import compile_schema
+    from streams.segments import change_message
+
+    validate = compile_schema("segment_change.v1.schema.json", use_default=False)
+    root = Path(__file__).resolve().parents[1] / "schemas"
+    validate(json.loads((root / "examples" / "segment_change.v1.example.json").read_text()))
+    produced = change_message("cust-1", "lapsed", "segment_exited", "event", ["high_value"], "1800000000000", NOW)
+    validate(produced)
+    with pytest.raises(JsonSchemaValueException):
+        validate({**produced, "type": "segment_left"})
+    with pytest.raises(JsonSchemaValueException):
+        validate({**produced, "extra": 1})
+
+
+def test_next_change_tells_when_time_alone_changes_membership() -> None:
+    segs = Segments(config([
+        {"id": "lapsed", "all": [{"metric": "days_since_last_seen", "min": 30}]},
+        {"id": "busy", "all": [{"window": "views", "span": "1h", "min": 3}]},
+        {"id": "big", "all": [{"metric": "monetary", "min": 100}]},
+    ]).segments)
+    seen = profile(last_seen=NOW - 86400, windows={"views": {"1h": 5}})
+    # the 1h window's next 5-minute bucket comes before the 29 days left to "lapsed"
+    assert segs.next_change(seen, NOW) == (NOW // 300 + 1) * 300
+    quiet = profile(last_seen=NOW - 86400, windows={"views": {"1h": 1}})
+    assert segs.next_change(quiet, NOW) == NOW - 86400 + 30 * 86400
+    only_money = Segments(config([{"id": "big", "all": [{"metric": "monetary", "min": 100}]}]).segments)
+    assert only_money.next_change(seen, NOW) is None and segs.next_change(None, NOW) is None

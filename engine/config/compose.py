@@ -42,11 +42,11 @@ from typing import Any
 from engine.config.errors import ConfigError, Problem
 
 #: Arrays of tables merged element by element, keyed by this field.
-KEYED = {"feature": "name", "placement": "id", "action": "id"}
+KEYED = {"feature": "name", "segment": "id", "placement": "id", "action": "id"}
 #: Tables whose keys belong together: an overlay replaces them whole.
 OPAQUE = frozenset({"policy_params", "params", "payload", "weights"})
 #: Top-level keys a ``replace`` list may name.
-TOP_LEVEL = ("profile", "feature", "collaborative", "scoring", "placement", "action")
+TOP_LEVEL = ("profile", "feature", "segment", "collaborative", "scoring", "placement", "action")
 #: An include chain deeper than this is a mistake (or a loop through differently spelled paths).
 MAX_INCLUDE_DEPTH = 8
 
