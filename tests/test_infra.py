@@ -48,7 +48,7 @@ def test_split_hostport(address: str, expected: tuple[str, int]) -> None:
 
 def test_default_topic_names_follow_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DLQ_TOPIC", "dead")
-    assert default_topic_names() == ["events", "dead", "decisions", "learning"]
+    assert default_topic_names() == ["events", "dead", "decisions", "learning", "segments"]
 
 
 def test_free_ports_are_distinct() -> None:

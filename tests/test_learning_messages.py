@@ -86,7 +86,7 @@ def produced_interactions() -> list[dict[str, Any]]:
         sent.append((key, value))
 
     events = [parse_event(p.read_bytes()) for p in sorted((ROOT / "examples").glob("*.v1.example.json"))
-              if json.loads(p.read_text()).get("event_id")]
+              if json.loads(p.read_text()).get("type") in schemas.EVENT_TYPES]
     records = [(Record("events", 0, i, None, orjson.dumps(e.event_id)), e) for i, e in enumerate(events)]
     asyncio.run(CollaborativeFeed(config, sink).on_events(records))
     return [json.loads(v) for _, v in sent]
