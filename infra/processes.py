@@ -61,7 +61,8 @@ class Stack:
     def create_topics(self) -> None:
         asyncio.run(ensure_topics(self.bootstrap, self.partitions,
                                   [self.events_topic, self.dlq_topic, self.decisions_topic,
-                                   self.learning_topic, self.segments_topic], kafka_kwargs=kafka_client_kwargs(self.kafka_env)))
+                                   self.learning_topic, self.segments_topic],
+                                  kafka_kwargs=kafka_client_kwargs(self.kafka_env)))
 
 
 class ManagedProcess:
