@@ -35,87 +35,80 @@ from collections.abc import Callable, Sequence
 
 from engine.config.model import WINDOWS, Segment, SegmentCondition
 from engine.features import Profile
+from engine.segment_view import DecodedView, View
 
 #: The profile metrics a condition may name.
 METRICS = ("monetary", "cart_items", "cart_quantity", "session_pages", "minutes_since_last_seen",
            "days_since_last_seen", "days_since_first_seen")
 
-Test = Callable[[Profile, float, set[str]], bool]
+Test = Callable[[View, float, set[str]], bool]
+Reader = Callable[[View, float], float | None]
 
 
-def _metric(name: str) -> Callable[[Profile, float], float | None]:
+def _metric(name: str) -> Reader:
     if name == "monetary":
-        return lambda p, now: p.monetary
+        return lambda v, now: v.monetary()
     if name == "cart_items":
-        return lambda p, now: float(len(p.cart))
+        return lambda v, now: float(v.cart_items())
     if name == "cart_quantity":
-        return lambda p, now: float(sum(p.cart.values()))
+        return lambda v, now: float(v.cart_quantity())
     if name == "session_pages":  # the session under way; none once it timed out
-        return lambda p, now: float(p.session.get("pages") or 0) if p.session.get("active") else 0.0
+        return lambda v, now: float(v.session_pages(now))
     if name in ("minutes_since_last_seen", "days_since_last_seen"):
         unit = 60.0 if name.startswith("minutes") else 86400.0
-        return lambda p, now: None if p.last_seen is None else max(0.0, now - p.last_seen) / unit
+        return lambda v, now: None if (t := v.last_seen()) is None else max(0.0, now - t) / unit
     if name == "days_since_first_seen":
-        return lambda p, now: None if p.first_seen is None else max(0.0, now - p.first_seen) / 86400.0
+        return lambda v, now: None if (t := v.first_seen()) is None else max(0.0, now - t) / 86400.0
     raise ValueError(f"unknown metric {name!r}; expected one of {', '.join(METRICS)}")
 
 
-def _affinity_share(feature: str, value: str) -> Callable[[Profile, float], float | None]:
-    def share(p: Profile, now: float) -> float | None:
-        scores = p.affinities.get(feature)
-        if not scores:
-            return 0.0
-        peak = max(scores.values())
-        return scores.get(value, 0.0) / peak if peak > 0 else 0.0
-    return share
-
-
-def _reader(c: SegmentCondition) -> Callable[[Profile, float], float | None]:
+def _reader(c: SegmentCondition) -> Reader:
     if c.count is not None:
         etype = c.count
-        return lambda p, now: float(p.counts.get(etype, 0))
+        return lambda v, now: float(v.count(etype))
     if c.window is not None:
         feature, span = c.window, c.span or ""
-        return lambda p, now: float(p.windows.get(feature, {}).get(span, 0))
+        return lambda v, now: float(v.window(feature, span, now))
     if c.metric is not None:
         return _metric(c.metric)
     if c.affinity is not None:
-        return _affinity_share(c.affinity, c.value or "")
+        feature, value = c.affinity, c.value or ""
+        return lambda v, now: v.affinity_share(feature, value)
     raise ValueError("a numeric condition names count, window, metric or affinity")
 
 
 def compile_condition(c: SegmentCondition) -> Test:
-    """One condition as a function of (profile, now, the segments already found to hold).
+    """One condition as a function of (a view of the profile, now, the segments already found to hold).
 
     >>> big = compile_condition(SegmentCondition(metric="monetary", min=100))
-    >>> p = Profile("c", True, {}, None, None, {}, {}, {}, {}, 250.0, {}, {})
+    >>> p = DecodedView(Profile("c", True, {}, None, None, {}, {}, {}, {}, 250.0, {}, {}))
     >>> big(p, 0.0, set()), compile_condition(SegmentCondition(metric="days_since_last_seen", max=7))(p, 0.0, set())
     (True, False)
     """
     if c.segment is not None:
         name = c.segment
-        return lambda p, now, held: name in held
+        return lambda v, now, held: name in held
     if c.consent is not None:
         purpose, wanted = c.consent, c.granted
-        return lambda p, now, held: (p.consent.get(purpose) is True) == wanted
+        return lambda v, now, held: (v.consent(purpose) is True) == wanted
     read, lo, hi = _reader(c), c.min, c.max
 
-    def test(p: Profile, now: float, held: set[str]) -> bool:
-        x = read(p, now)
+    def test(v: View, now: float, held: set[str]) -> bool:
+        x = read(v, now)
         return x is not None and (lo is None or x >= lo) and (hi is None or x <= hi)
     return test
 
 
-_SINCE = {"minutes_since_last_seen": ("last_seen", 60.0), "days_since_last_seen": ("last_seen", 86400.0),
-          "days_since_first_seen": ("first_seen", 86400.0)}
+_SINCE = {"minutes_since_last_seen": (True, 60.0), "days_since_last_seen": (True, 86400.0),
+          "days_since_first_seen": (False, 86400.0)}
 
 
-def next_change(c: SegmentCondition, p: Profile, now: float) -> float | None:
+def next_change(c: SegmentCondition, v: View, now: float) -> float | None:
     """The earliest time after ``now`` at which time alone (no event) could change this condition's truth,
     or None if it cannot. Conservative: a window condition is looked at again when its oldest bucket may
     drop out, and only if its count could cross a bound by falling.
 
-    >>> p = Profile("c", True, {}, None, 1000.0, {}, {}, {}, {}, 0.0, {"views": {"1h": 12}}, {})
+    >>> p = DecodedView(Profile("c", True, {}, None, 1000.0, {}, {}, {}, {}, 0.0, {"views": {"1h": 12}}, {}))
     >>> next_change(SegmentCondition(metric="minutes_since_last_seen", min=30), p, 1100.0)
     2800.0
     >>> next_change(SegmentCondition(window="views", span="1h", min=10), p, 1100.0)  # next 5-minute bucket
@@ -124,8 +117,8 @@ def next_change(c: SegmentCondition, p: Profile, now: float) -> float | None:
     True
     """
     if c.metric in _SINCE:
-        attr, unit = _SINCE[c.metric]
-        ref = getattr(p, attr)
+        last, unit = _SINCE[c.metric]
+        ref = v.last_seen() if last else v.first_seen()
         if ref is None:
             return None
         times = [ref + b * unit for b in (c.min, c.max) if b is not None]
@@ -133,7 +126,7 @@ def next_change(c: SegmentCondition, p: Profile, now: float) -> float | None:
         later = [t if t > now else math.nextafter(t, math.inf) for t in times if t >= now]
         return min(later) if later else None
     if c.window is not None and c.span is not None:
-        count = p.windows.get(c.window, {}).get(c.span, 0)
+        count = v.window(c.window, c.span, now)
         can_fall_across = (c.min is not None and count >= c.min) or (c.max is not None and count > c.max)
         if count <= 0 or not can_fall_across:
             return None
@@ -164,20 +157,28 @@ class Segments:
         """An unknown visitor (no profile) belongs to no segment."""
         if profile is None or not profile.exists or not self._compiled:
             return []
+        return self.members_of(DecodedView(profile), now)
+
+    def members_of(self, view: View, now: float) -> list[str]:
+        """The memberships read from a view of an existing profile (``engine.segment_view``)."""
         held: set[str] = set()
         out: list[str] = []
         for sid, every, some, no in self._compiled:
-            if (all(t(profile, now, held) for t in every)
-                    and (not some or any(t(profile, now, held) for t in some))
-                    and not any(t(profile, now, held) for t in no)):
+            if (all(t(view, now, held) for t in every)
+                    and (not some or any(t(view, now, held) for t in some))
+                    and not any(t(view, now, held) for t in no)):
                 held.add(sid)
                 out.append(sid)
         return out
 
-    def next_change(self, profile: Profile | None, now: float) -> float | None:
+    def next_change(self, profile: Profile | View | None, now: float) -> float | None:
         """When the memberships should be evaluated again though no event came (None: never)."""
-        if profile is None or not profile.exists or not self._timed:
+        if profile is None or not self._timed:
             return None
+        if isinstance(profile, Profile):
+            if not profile.exists:
+                return None
+            profile = DecodedView(profile)
         times = [t for t in (next_change(c, profile, now) for c in self._timed) if t is not None]
         return min(times) if times else None
 

@@ -24,7 +24,6 @@ import orjson
 import redis.asyncio as aioredis
 
 from engine.config import EngineConfig
-from engine.features import RawProfile, decode
 from engine.layout import (
     LAST_SEEN,
     SEGMENT_DUE_SLOTS,
@@ -33,6 +32,7 @@ from engine.layout import (
     segment_due_key,
     segment_due_slot,
 )
+from engine.segment_view import RawView
 from engine.segments import Segments, transitions
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,8 @@ class SegmentTracker:
             if not h:  # erased or expired: nothing to publish, nothing to look at again
                 done.setdefault(slot, []).append(owner)
                 continue
-            profile = decode(owner, RawProfile(hash=h), self.config, now)
-            after = self.segments.members(profile, now)
+            view = RawView(h, self.config)  # only the fields the conditions name are read
+            after = self.segments.members_of(view, now)
             stored = h.get(SEGMENTS_FIELD, "")
             before = stored.split(",") if stored else []
             entered, left = transitions(before, after)
@@ -118,7 +118,7 @@ class SegmentTracker:
                     deliveries.append(await self.send(owner.encode(), orjson.dumps(message)))
             if entered or left:
                 records.append((owner, ",".join(after)))
-            when = self.segments.next_change(profile, now)
+            when = self.segments.next_change(view, now)
             if when is None:
                 done.setdefault(slot, []).append(owner)
             else:

@@ -160,3 +160,72 @@ def test_next_change_tells_when_time_alone_changes_membership() -> None:
     assert segs.next_change(quiet, NOW) == NOW - 86400 + 30 * 86400
     only_money = Segments(config([{"id": "big", "all": [{"metric": "monetary", "min": 100}]}]).segments)
     assert only_money.next_change(seen, NOW) is None and segs.next_change(None, NOW) is None
+
+
+def test_the_stored_hash_and_the_decoded_profile_give_the_same_answers() -> None:
+    """The stream reads segments from the hash (RawView), serving from the decoded profile: random profiles
+    and every kind of condition, the same memberships and the same next change."""
+    import random
+
+    from engine.features import RawProfile, decode
+    from engine.layout import (
+        FIRST_SEEN,
+        LAST_SEEN,
+        MONETARY,
+        SESSION_LAST,
+        SESSION_PAGES,
+        cart_field,
+        consent_field,
+        count_field,
+        profile_fields,
+    )
+    from engine.segment_view import RawView
+
+    rng = random.Random(7)
+    segs = [
+        {"id": "viewers", "all": [{"count": "page_view", "min": 5}]},
+        {"id": "busy", "all": [{"window": "views", "span": "1h", "min": 3}], "none": [{"count": "purchase", "min": 1}]},
+        {"id": "day", "any": [{"window": "views", "span": "24h", "max": 2}, {"metric": "cart_quantity", "min": 3}]},
+        {"id": "carts", "all": [{"metric": "cart_items", "min": 2}, {"metric": "monetary", "max": 300}]},
+        {"id": "reading", "all": [{"affinity": "category", "value": "books", "min": 0.5}]},
+        {"id": "session", "all": [{"metric": "session_pages", "min": 2}]},
+        {"id": "recent", "all": [{"metric": "minutes_since_last_seen", "max": 30},
+                                 {"metric": "days_since_first_seen", "min": 1}]},
+        {"id": "mail", "all": [{"consent": "marketing"}], "none": [{"segment": "recent"}]},
+    ]
+    cfg = config(segs)
+    segments = Segments(cfg.segments)
+    fields = profile_fields(cfg)
+    seen: set[tuple[str, ...]] = set()
+    for _ in range(400):
+        now = NOW + rng.uniform(0, 7200)
+        h: dict[str, str] = {}
+        if rng.random() < 0.9:
+            h[count_field("page_view")] = str(rng.randint(0, 12))
+        if rng.random() < 0.3:
+            h[count_field("purchase")] = str(rng.randint(1, 3))
+        for span in ("1h", "24h"):
+            if rng.random() < 0.8:
+                width = 300 if span == "1h" else 3600
+                newest = int(now // width) - rng.randint(0, 3)
+                h[fields.window["views", span]] = f"{newest}:" + ",".join(
+                    rng.choice(["", "1", "2", "4"]) for _ in range(rng.randint(1, 5)))
+        for i in range(rng.randint(0, 3)):
+            h[cart_field(f"sku-{i}")] = str(rng.randint(1, 3))
+        h[MONETARY] = str(rng.choice([0.0, 120.5, 450.0]))
+        last = now - rng.uniform(0, 3600)
+        h[LAST_SEEN], h[FIRST_SEEN] = str(int(last * 1000)), str(int((last - rng.uniform(0, 3 * 86400)) * 1000))
+        h[SESSION_LAST], h[SESSION_PAGES] = h[LAST_SEEN], str(rng.randint(1, 4))
+        prefix = fields.affinity["category"]
+        h[fields.landmark["category"]] = str(int(now) - rng.randint(0, 100000))
+        for value in rng.sample(["books", "shoes", "hats"], rng.randint(0, 3)):
+            h[prefix + value] = f"{rng.uniform(0.1, 9):.7f}"
+        if rng.random() < 0.7:
+            h[consent_field("marketing")] = rng.choice(["0", "1"])
+        decoded = decode("c", RawProfile(hash=h), cfg, now)
+        raw, ref = segments.members_of(RawView(h, cfg), now), segments.members(decoded, now)
+        assert raw == ref, (h, now)
+        assert segments.next_change(RawView(h, cfg), now) == segments.next_change(decoded, now)
+        seen.add(tuple(ref))
+    assert len(seen) > 20  # the profiles were varied enough to exercise every segment
+    assert {s for m in seen for s in m} == {s["id"] for s in segs}
