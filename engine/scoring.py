@@ -100,6 +100,31 @@ class AffinityPopularityScorer:
             out.append(prior * personal)
         return out
 
+    def terms(self, action: Action, affinities: Affinities | None, popularity: PopularitySnapshot,
+              collaborative: Mapping[str, float] | None = None) -> tuple[float, list[tuple[str, float]]]:
+        """What one action's score is made of: ``(prior, [(term, value), ...])`` with
+        ``score = prior * (1 + sum of the values)``, the same numbers ``score`` adds (for explanations).
+
+        >>> from engine.config import Action, ScoringSettings
+        >>> scorer = AffinityPopularityScorer(ScoringSettings())
+        >>> shoes = Action(id="a", placements=("p",), category="shoes", tags=("shoes", "sale"))
+        >>> prior, terms = scorer.terms(shoes, {"category": {"shoes": 3.0, "books": 6.0}}, PopularitySnapshot())
+        >>> prior, terms
+        (1.0, [('category affinity', 0.5), ('item affinity', 0.0), ('tag affinity', 0.075), ('co-visitation', 0.0)])
+        >>> scorer.score([shoes], {"category": {"shoes": 3.0, "books": 6.0}}, PopularitySnapshot()) == [prior * 1.575]
+        True
+        """
+        cat = _normalised((affinities or {}).get("category"))
+        item = _normalised((affinities or {}).get("item"))
+        w = self.w
+        prior = self._prior(action, popularity)
+        tags = action.tags
+        tag = w.tag_weight * sum(cat.get(t, 0.0) for t in tags) / len(tags) if tags and cat else 0.0
+        covisit = w.covisit_weight * float((collaborative or {}).get(action.id, 0.0))
+        return prior, [("category affinity", w.category_weight * cat.get(action.category or "", 0.0)),
+                       ("item affinity", w.item_weight * item.get(action.item_id or "", 0.0)),
+                       ("tag affinity", tag), ("co-visitation", covisit)]
+
     def rank(self, actions: Sequence[Action], affinities: Affinities | None,
              popularity: PopularitySnapshot, collaborative: Mapping[str, float] | None = None,
              ) -> list[tuple[Action, float]]:

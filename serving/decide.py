@@ -29,7 +29,7 @@ from engine.decisions import CONTROL_ARM, holdout_arm, new_decision_id, request_
 from engine.features import Profile, RawProfile, context_features, decode
 from engine.layout import identity_key, profile_key
 from engine.policies import Candidate
-from serving import auth
+from serving import auth, explain
 from serving.admission import queued_seconds
 from serving.asgi import BodyTooLarge, is_decide, read_limited, send_json
 from serving.services import Services
@@ -57,6 +57,8 @@ class DecideRequest:
     n: int
     candidates: list[str] | None
     context: dict[str, Any]
+    #: add why each candidate was shown, ranked lower or left out (``serving.explain``)
+    explain: bool = False
 
 
 def parse_decide_request(body: bytes, config: EngineConfig) -> DecideRequest:
@@ -101,7 +103,10 @@ def parse_decide_request(body: bytes, config: EngineConfig) -> DecideRequest:
         context = {}
     else:
         _check_context(context)
-    return DecideRequest(cid, anon, placement, n, candidates, context)
+    explain = data.get("explain", False)
+    if not isinstance(explain, bool):
+        raise DecideRequestError("explain: must be true or false")
+    return DecideRequest(cid, anon, placement, n, candidates, context, explain)
 
 
 def _candidates(candidates: Any, config: EngineConfig) -> list[str]:
@@ -239,6 +244,8 @@ def decide_request_schema(config: EngineConfig | None) -> dict[str, Any]:
             "n": {"type": "integer", "minimum": 1, "maximum": MAX_N,
                   "description": "how many actions (default: the placement's max_items)"},
             "candidates": candidates,
+            "explain": {"type": "boolean", "description": "add why each candidate was shown, ranked lower or "
+                                                          "left out (the answer's explanation)"},
             "context": {
                 "type": ["object", "null"], "maxProperties": MAX_CONTEXT_MEMBERS,
                 "description": "page context: channel, locale, device, segment...",
@@ -274,6 +281,7 @@ DECIDE_OPENAPI: dict[str, Any] = {
                 "propensity": {"type": "number", "description": "probability the policy had of "
                                "showing the top action first (for off-policy evaluation)"},
                 "personalised": {"type": "boolean"},
+                "explanation": explain.EXPLANATION_SCHEMA,
                 "segments": {"type": "array", "items": {"type": "string"},
                              "description": "the visitor's segments as of this decision (configured "
                                             "[[segment]]; empty when not personalised)"},
@@ -427,6 +435,10 @@ async def decide_bytes(svc: Services, body: bytes, shed: bool = False) -> tuple[
         "personalised": personalised,
         "degraded": degraded,
         "segments": ranking.segments,
+        **({"explanation": explain.explanation(
+            svc, req, ranking, profile, personalised, context,
+            collaborative_scores(svc, profile, eligible_actions(req, svc.config, now, frozenset(ranking.segments)))
+            if personalised and profile is not None else {}, now)} if req.explain else {}),
     })
     visitor = req.customer_id or req.anonymous_id
     if ranking.actions and visitor:
