@@ -33,10 +33,21 @@ MAX_BATCH = DEFAULT_LIMITS.max_events_per_request
 BATCH_MEMBERS = frozenset({"batch", "sentAt", "context", "integrations", "writeKey"})
 #: Kafka errors that a retry cannot fix: the request is answered 422, never "retry".
 PERMANENT_KAFKA_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+#: How long a request waits for Kafka's acknowledgements before it is answered 503: a client must not hang
+#: for the length of an outage (the idempotent producer keeps its batches until Kafka is back).
+PUBLISH_TIMEOUT_S = 5.0
+#: ``Retry-After`` of a 503 (seconds): about when a resend can be taken again
+RETRY_AFTER_S = 2
 
 
 def _answer(status: int, payload: dict[str, Any]) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _retry_later(payload: dict[str, Any]) -> Response:
+    """503 with ``Retry-After``: Kafka is away or slow; the same events can be sent again."""
+    return Response(orjson.dumps(payload), status_code=503, media_type="application/json",
+                    headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def _error(index: int, item: Any, reason: str) -> dict[str, Any]:
@@ -111,7 +122,9 @@ EVENTS_OPENAPI: dict[str, Any] = {
         "413": {"description": "body larger than COLLECTOR_MAX_BODY_BYTES (default 1 MiB); none were published"},
         "422": {"description": "some events are invalid, with the index, field and reason of each; none were "
                                "published (or Kafka refused one for good: too large; the delivered ones are listed)"},
-        "503": {"description": "Kafka did not confirm delivery; retry (events are de-duplicated by event_id)"},
+        "503": {"description": "Kafka did not confirm delivery within 5 s (it is away); resend the same events "
+                               "(same event_id) after Retry-After: events delivered twice are applied once",
+                "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}},
     },
 }
 
@@ -150,14 +163,28 @@ async def publish(svc: Services, items: list[Any], ready: list[tuple[Any, bytes]
     topic = svc.settings.events_topic
     futures: list[asyncio.Future[Any]] = []
     failed: dict[int, BaseException] = {}
-    # send() enqueues and returns a delivery future; awaiting them all pipelines the batch
-    for i, (ev, value) in enumerate(ready):
-        try:
-            futures.append(await svc.producer.send(topic, value=value, key=ev.visitor_id.encode(), headers=headers))
-        except Exception as exc:  # refused before sending (too large for the producer, not started...)
-            failed[i] = exc
-            break
-    for i, result in enumerate(await asyncio.gather(*futures, return_exceptions=True)):
+    try:
+        # bounded: a client must not hang for an outage (the idempotent producer keeps its batches until Kafka
+        # is back); the futures are waited for, never cancelled, and what Kafka takes later is applied once
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            # send() enqueues and returns a delivery future; awaiting them all pipelines the batch
+            for i, (ev, value) in enumerate(ready):
+                try:
+                    futures.append(await svc.producer.send(topic, value=value, key=ev.visitor_id.encode(),
+                                                           headers=headers))
+                except Exception as exc:  # refused before sending (too large for the producer, not started...)
+                    failed[i] = exc
+                    break
+            results = await asyncio.gather(*(asyncio.shield(f) for f in futures), return_exceptions=True)
+    except TimeoutError:
+        delivered = [ev.event_id for (ev, _), f in zip(ready, futures, strict=False)
+                     if f.done() and not f.cancelled() and f.exception() is None]
+        svc.metrics.events_out.inc(n=len(delivered))
+        svc.metrics.errors.inc("collector_publish")
+        return _retry_later({"error": f"Kafka did not confirm delivery within {PUBLISH_TIMEOUT_S:.0f} s; resend "
+                                      f"the same events (same event_id) after {RETRY_AFTER_S} s",
+                             "delivered": delivered})
+    for i, result in enumerate(results):
         if isinstance(result, BaseException):
             failed[i] = result
     if not failed:
@@ -173,5 +200,5 @@ async def publish(svc: Services, items: list[Any], ready: list[tuple[Any, bytes]
             for i, exc in sorted(permanent.items())]})
     svc.metrics.errors.inc("collector_publish")
     first = next(iter(failed.values()))
-    return _answer(503, {"error": f"Kafka did not confirm delivery: {first!r}; retry the request "
-                                  f"(events are de-duplicated by event_id)", "delivered": delivered})
+    return _retry_later({"error": f"Kafka did not confirm delivery: {first!r}; resend the same events (same "
+                                  f"event_id) after {RETRY_AFTER_S} s", "delivered": delivered})

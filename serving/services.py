@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from engine.config import EngineConfig, load_config
 from engine.decisions import action_features
+from engine.kafka_producer import keep_batches_until_delivered
 from engine.layout import popularity_landmark_field
 from engine.learning_store import LearningStore
 from engine.policies import Candidate
@@ -117,11 +118,11 @@ class Services:
         # batch in flight waits for it; with the default 16 KiB (~8 records of ~2 KB) a loaded machine shipped
         # fewer decisions than it made and the backlog grew (see serving.decision_log). 256 KiB per partition
         # stays well under the broker's 1 MiB message.max.bytes.
-        producer = AIOKafkaProducer(
+        producer = keep_batches_until_delivered(AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
             linger_ms=1, request_timeout_ms=10_000, max_batch_size=DECISION_BATCH_BYTES,
             **settings.kafka_security.client_kwargs(),
-        )
+        ))  # an outage longer than request_timeout_ms must not break it for good (engine.kafka_producer)
         await producer.start()
         for topic in (settings.events_topic, settings.decisions_topic):
             # fetch partition metadata now, not on the first request (it costs a few hundred ms)

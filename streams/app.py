@@ -202,6 +202,7 @@ class StreamService(mode.Service):
         c = await components().ready()
         self._published = {}
         self._faults: dict[str, int] = {}
+        self._kafka_paused = 0.0
 
         async def events(records: Sequence[Record]) -> Write:
             prepared = await c.processor.prepare(records)  # no Redis: parsed and dead-lettered once
@@ -243,11 +244,16 @@ class StreamService(mode.Service):
         outbox = components().outbox
         faults = {"kafka_resends": outbox.resent, "kafka_dropped": outbox.dropped,
                   "kafka_commit_failures": self.loop_.commit_failures,
+                  "kafka_pauses": self.loop_.kafka.pauses,
                   "rewards_resent": components().joiner.stats.resent}
         counts = {k: v - self._faults.get(k, 0) for k, v in faults.items()}
         if any(counts.values()):
             await retry_forever("fault counters", lambda: store.incr_worker_counters(counts))
             self._faults = faults
+        paused = self.loop_.kafka.seconds - self._kafka_paused
+        if paused > 0:  # pulse_worker_kafka_pause_seconds_total
+            await retry_forever("fault counters", lambda: store.add_worker_seconds({"kafka_pause": paused}))
+            self._kafka_paused += paused
 
     async def on_stop(self) -> None:
         if self.loop_ is not None:

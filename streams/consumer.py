@@ -25,7 +25,9 @@ exactly-once effect.
 * Redis unavailable (or out of memory, or restarted: ``engine.faults``): the batch is retried with a bounded
   backoff until Redis answers, nothing is committed meanwhile (``streams.app.retry_forever``);
 * Kafka unavailable: sends that fail are sent again by ``Outbox.flush`` until acknowledged, and the commit waits
-  for them; a failed commit is retried with the next one. Nothing stops the loop for good but a bug.
+  for them; a failed commit is retried with the next one. Nothing stops the loop for good but a bug. A flush
+  or commit that waits longer than ``KAFKA_PAUSE_AFTER_S`` is a pause (``KafkaWaits``): logged when it starts
+  and ends, counted in ``pulse_worker_kafka_pauses_total`` and ``pulse_worker_kafka_pause_seconds_total``.
 """
 
 from __future__ import annotations
@@ -47,9 +49,12 @@ from aiokafka.errors import (
 )
 
 from engine.kafka_client import kafka_client_kwargs
+from engine.kafka_producer import keep_batches_until_delivered
 from streams.pipeline import Record
 
 log = logging.getLogger(__name__)
+#: A wait on Kafka (the outbox's acknowledgements, an offset commit) longer than this is logged as a pause.
+KAFKA_PAUSE_AFTER_S = 3.0
 
 #: The step of a batch that writes (Redis, Kafka sends); returned by a ``BatchHandler``. It is given a
 #: callback to call once the bulk of its Redis commands is sent: the loop waits for that (or for the step's
@@ -93,9 +98,10 @@ class Outbox:
                  kafka_kwargs: Mapping[str, Any] | None = None) -> None:
         """``kafka_kwargs``: the connection's security (``KafkaSecurity.client_kwargs``; default: the
         environment's, ``engine.kafka_client``)."""
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms,
-                                         enable_idempotence=True,
-                                         **(kafka_client_kwargs() if kafka_kwargs is None else kafka_kwargs))
+        # kept until delivered: an outage longer than the request timeout must not break it (engine.kafka_producer)
+        self.producer = keep_batches_until_delivered(AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, enable_idempotence=True,
+            **(kafka_client_kwargs() if kafka_kwargs is None else kafka_kwargs)))
         self.pending: list[_Send] = []
         self.max_backoff = max_backoff
         #: sends given up (a permanent error such as a message too large), and resends after a failure
@@ -170,6 +176,37 @@ class Outbox:
                 self._started = False
 
 
+class KafkaWaits:
+    """The loop's waits on Kafka: one longer than ``after`` seconds is a pause, logged as it starts and as it
+    ends, and counted (``pauses``, ``seconds``). The wait itself is not bounded: nothing is committed past
+    what Kafka has not acknowledged."""
+
+    def __init__(self, after: float = KAFKA_PAUSE_AFTER_S) -> None:
+        self.after = after
+        self.pauses = 0
+        self.seconds = 0.0
+
+    async def run(self, what: str, aw: Awaitable[Any]) -> Any:
+        task = asyncio.ensure_future(aw)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.after)
+            if done:
+                return task.result()
+            started = time.monotonic() - self.after
+            log.warning("kafka unavailable: the %s waits (%.0fs so far); paused, nothing is committed meanwhile",
+                        what, self.after)
+            try:
+                return await task
+            finally:
+                paused = time.monotonic() - started
+                self.pauses += 1
+                self.seconds += paused
+                log.warning("kafka back: the %s ended after %.1fs; resumed", what, paused)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+
+
 class BatchLoop(ConsumerRebalanceListener):
     """``getmany`` -> handlers per topic -> periodic manual commit; see the module docstring."""
 
@@ -193,6 +230,7 @@ class BatchLoop(ConsumerRebalanceListener):
         self._writing: asyncio.Task[None] | None = None  # the previous batch's writes, if still running
         self.batches = 0
         self.commit_failures = 0
+        self.kafka = KafkaWaits()
         # where the loop's wall time went: fetching, preparing, waiting for the previous batch's writes, committing
         self.seconds = {"poll": 0.0, "prepare": 0.0, "wait_writes": 0.0, "head_start": 0.0, "commit": 0.0}
 
@@ -326,14 +364,15 @@ class BatchLoop(ConsumerRebalanceListener):
         # The flush runs even with nothing to commit: it resends what the expiry timer's sends lost.
         offsets, self._processed = self._processed, {}
         try:
-            await self.outbox.flush()  # dead letters and learning examples of these batches are durable first
+            # dead letters and learning examples of these batches are durable first
+            await self.kafka.run("outbox flush", self.outbox.flush())
         except Exception as exc:
             self._failure = exc  # never commit past a lost send: the worker stops, a restart replays
             raise
         if not offsets:
             return
         try:
-            await self.consumer.commit(offsets)  # type: ignore[union-attr]  # set while the loop runs
+            await self.kafka.run("offset commit", self.consumer.commit(offsets))  # type: ignore[union-attr]
         except (CommitFailedError, IllegalStateError) as exc:
             # we were removed from the group: the partitions' new owner replays from the last commit, and the
             # idempotent scripts make that replay harmless

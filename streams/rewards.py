@@ -80,9 +80,15 @@ class RewardJoiner:
         self._default_placement = next(iter(config.placements.values()), None)
         #: examples sent, waiting for Kafka's acknowledgement before their decisions are settled
         self._unconfirmed: list[tuple[asyncio.Future[None] | None, Finalised]] = []
+        #: their decision ids: a lease that runs out while Kafka is away (the outbox still holds the example,
+        #: it never gives one up for its age) must not send a second copy from this process
+        self._unconfirmed_ids: set[str] = set()
 
     async def _settle(self, finalised: Sequence[Finalised]) -> None:
         for f in finalised:
+            if f.decision_id in self._unconfirmed_ids:
+                continue
+            self._unconfirmed_ids.add(f.decision_id)
             example = learning_example(f)
             self._unconfirmed.append((await self.emit(example["placement"].encode(), orjson.dumps(example)), f))
         await self.confirm()
@@ -94,11 +100,13 @@ class RewardJoiner:
         if not done:
             return 0
         self._unconfirmed = [(fut, f) for fut, f in self._unconfirmed if not (fut is None or fut.done())]
+        self._unconfirmed_ids.difference_update(f.decision_id for _, f in done)
         acked = [f for fut, f in done if fut is None or (not fut.cancelled() and fut.exception() is None)]
         try:
             newly = await self.store.settle([f.decision_id for f in acked])
         except BaseException:
             self._unconfirmed = done + self._unconfirmed  # a retry settles them (the script is idempotent)
+            self._unconfirmed_ids.update(f.decision_id for _, f in done)
             raise
         increments: list[tuple[str, str, str, float]] = []
         for f, new in zip(acked, newly, strict=True):
