@@ -182,6 +182,11 @@ class Settings:
     #: ``python -m bench.admission`` before it adapted; the minimum keeps some full decisions flowing.
     decide_shed_min_in_flight: int = field(default_factory=lambda: _int("DECIDE_SHED_MIN_IN_FLIGHT", 4))
     decide_shed_max_in_flight: int = field(default_factory=lambda: _int("DECIDE_SHED_MAX_IN_FLIGHT", 48))
+    #: Decision records an API process may hold that Kafka has not acknowledged (buffered, or in the producer);
+    #: past it a record is dropped and counted (``decision_log_overflow``). What a SIGKILL of the process can
+    #: lose: ``serving.decision_log``, measured by ``tests/integration/test_chaos.py``.
+    decision_log_max_buffered: int = field(default_factory=lambda: _int("DECISION_LOG_MAX_BUFFERED", 20_000,
+                                                                        maximum=1_000_000))
     #: Header in which the proxy in front stamps when it received a request (``t=<epoch s|ms|us>``, as nginx,
     #: Heroku and HAProxy set ``X-Request-Start``): the wait before the process read the request is then
     #: exported (``pulse_decide_queue_seconds``) and counted in the latency the admission limit judges. Empty

@@ -9,11 +9,18 @@ producer. Delivery is confirmed in the background; a failed batch counts its rec
 ``pulse_errors_total{where="decision_log_delivery"}``. ``close()`` flushes what is left.
 
 Memory is bounded: records buffered or taken by the running flush (not yet handed to the producer) may hold at
-most ``max_buffered_bytes`` (16 MiB, about 8,000 records of ~2 KB) and ``max_buffered`` records; beyond that a
-record is dropped and counted in ``decision_log_overflow`` (Kafka slow or down for seconds). What the producer
-holds is bounded by its own ``max_batch_size`` per partition (``send_batch`` waits while a partition has a batch
-pending). A record is buffered as a right-sized copy: the bytes ``orjson.dumps`` returns keep its whole output
-buffer, several times the record.
+most ``max_buffered_bytes`` (16 MiB, about 8,000 records of ~2 KB); and at most ``max_buffered`` records
+(``DECISION_LOG_MAX_BUFFERED``, 20,000) may be answered and not yet acknowledged by Kafka - buffered, in the
+running flush, or handed to the producer and waiting for ``acks=all``. Beyond either a record is dropped and
+counted in ``decision_log_overflow`` (Kafka slow or down for seconds). What the producer holds is also bounded
+by its own ``max_batch_size`` per partition (``send_batch`` waits while a partition has a batch pending).
+A record is buffered as a right-sized copy: the bytes ``orjson.dumps`` returns keep its whole output buffer,
+several times the record.
+
+What a crash loses: a SIGKILLed API loses the records it held unacknowledged, never more than ``max_buffered``
+(the gauge ``pulse_decision_log_unacknowledged`` shows how many); with Kafka healthy a record is handed over
+within ``flush_interval`` (20 ms) and acknowledged a round trip later, so about that much of the decisions
+answered last. Measured by ``tests/integration/test_chaos.py`` (``docs/guarantees.md``).
 
 Why: bounded by count only, with the producer's default 16 KiB batches shipping fewer decisions than a loaded
 API made, the buffer grew to hundreds of MiB and glibc kept the heap mapped after the backlog drained
@@ -46,6 +53,9 @@ class DecisionLog:
         #: bytes of the records in ``_buf`` and of those the running flush has not handed to the producer yet
         self._held_bytes = 0
         self._inflight = 0
+        #: records answered and not acknowledged by Kafka yet (nor given up): buffered, in the flush, in the producer
+        self._unacked = 0
+        self._handed = 0  # records of the running flush handed to the producer (or given up) so far
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._key_hash: dict[bytes, int] = {}
@@ -56,10 +66,12 @@ class DecisionLog:
         buf = self._buf
         value = bytes(memoryview(value))  # right-sized (see the module docstring); cheap next to the record
         size = len(key) + len(value) + RECORD_OVERHEAD
-        if len(buf) + self._inflight >= self.max_buffered or self._held_bytes + size > self.max_buffered_bytes:
+        if self._unacked >= self.max_buffered or self._held_bytes + size > self.max_buffered_bytes:
             self.metrics.errors.inc("decision_log_overflow")
             return
         self._held_bytes += size
+        self._unacked += 1
+        self.metrics.decision_log_unacked.value = self._unacked
         buf.append((key, value))
         if self._timer is None and self._task is None:
             self._timer = asyncio.get_running_loop().call_later(self.flush_interval, self._start_flush)
@@ -73,11 +85,12 @@ class DecisionLog:
         try:
             while self._buf:
                 records, self._buf = self._buf, []
-                self._inflight = len(records)
+                self._inflight, self._handed = len(records), 0
                 try:
                     await self._send(records)
                 except Exception as exc:
-                    self.metrics.errors.inc("decision_log", len(records))
+                    self.metrics.errors.inc("decision_log", len(records) - self._handed)
+                    self._settled(len(records) - self._handed)
                     log.debug("decision records not handed to Kafka: %r", exc)
                 finally:
                     self._inflight = 0
@@ -85,6 +98,16 @@ class DecisionLog:
                     del records
         finally:
             self._task = None
+
+    def _settled(self, count: int) -> None:
+        """``count`` records left this process's hands: acknowledged by Kafka, or given up (and counted)."""
+        self._unacked -= count
+        self.metrics.decision_log_unacked.value = self._unacked
+
+    @property
+    def unacked(self) -> int:
+        """Records answered and not yet acknowledged by Kafka: what a crash now would lose."""
+        return self._unacked
 
     @property
     def held_bytes(self) -> int:
@@ -124,11 +147,15 @@ class DecisionLog:
             delivery = await self.producer.send_batch(builder, self.topic, partition=partition)
         except Exception:
             self.metrics.errors.inc("decision_log", count)
+            self._handed += count
+            self._settled(count)
             return
+        self._handed += count
         self.sent += count
         errors = self.metrics.errors
 
         def delivered(f: asyncio.Future[Any]) -> None:
+            self._settled(count)
             if f.cancelled() or f.exception() is not None:
                 errors.inc("decision_log_delivery", count)
 

@@ -77,6 +77,10 @@ class ServingMetrics:
                                       "X-Request-Start stamp)")
         self.admission_limit = Gauge("pulse_decide_admission_limit",
                                      "Decisions in progress this process runs in full; past it they are shed")
+        self.decision_log_unacked = Gauge(
+            "pulse_decision_log_unacknowledged", "Decision records answered that Kafka has not acknowledged yet "
+            "(buffered or in the producer): what a crash of this process would lose; at most "
+            "DECISION_LOG_MAX_BUFFERED")
         self.admission_cuts = Counter("pulse_decide_admission_cuts_total",
                                       "Times the admission limit was lowered because decisions ended late")
         self.model_load = Histogram("pulse_model_load_seconds",
@@ -91,6 +95,7 @@ class ServingMetrics:
         out: list[str] = []
         for m in (self.decide_latency, self.decide_queue, self.decisions, self.events_in, self.events_out,
                   self.events_rejected, self.errors, self.read_pipelines, self.read_commands,
-                  self.admission_limit, self.admission_cuts, self.model_load, self.model_rejected):
+                  self.admission_limit, self.admission_cuts, self.model_load, self.model_rejected,
+                  self.decision_log_unacked):
             out += m.render()
         return "\n".join(out) + "\n"

@@ -134,7 +134,8 @@ class Services:
                   producer=producer, scorer=AffinityPopularityScorer(config.scoring), learning=learning,
                   models=ModelRegistry(config, learning, settings.model_signing_key.encode(), metrics),
                   metrics=metrics)
-        svc.decision_log = DecisionLog(producer, settings.decisions_topic, metrics)
+        svc.decision_log = DecisionLog(producer, settings.decisions_topic, metrics,
+                                       max_buffered=settings.decision_log_max_buffered)
         svc.reads = ReadBatcher(redis, metrics)
         svc.queue_header = settings.decide_queue_header.strip().lower().encode("latin-1")
         if settings.decide_shed_target_ms > 0:

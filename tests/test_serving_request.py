@@ -164,6 +164,43 @@ def test_failed_deliveries_and_a_full_buffer_are_counted() -> None:
     assert metrics.errors.values["decision_log_delivery"] == 4
 
 
+def test_records_waiting_for_kafka_count_against_the_bound_of_what_a_crash_loses() -> None:
+    """Handed to the producer is not yet safe: until Kafka acknowledges them, records count against
+    ``max_buffered``, so a SIGKILL never loses more than that (tests/integration/test_chaos.py)."""
+    import asyncio
+
+    from serving.decision_log import DecisionLog
+    from serving.metrics import ServingMetrics
+
+    class Unacknowledging(_FakeProducer):
+        async def send_batch(self, batch: _FakeBatch, topic: str, *, partition: int) -> object:
+            self.sent.append((partition, batch.records))
+            self.pending.append(asyncio.get_running_loop().create_future())
+            return self.pending[-1]
+
+    producer, metrics = Unacknowledging(partitions=2, fail_partition=None, capacity=100), ServingMetrics()
+    producer.pending = []
+
+    async def run() -> None:
+        log = DecisionLog(producer, "decisions", metrics, flush_interval=0.001, max_buffered=5)
+        for i in range(4):
+            log.publish(f"v{i}".encode(), b"{}")
+        await asyncio.sleep(0.02)
+        assert sum(len(r) for _, r in producer.sent) == 4 and log.unacked == 4  # handed over, not acknowledged
+        for i in range(3):
+            log.publish(b"w", b"{}")
+        assert log.unacked == 5 and metrics.errors.values["decision_log_overflow"] == 2
+        assert metrics.decision_log_unacked.value == 5
+        await asyncio.sleep(0.02)
+        for f in producer.pending:
+            f.set_result(None)
+        await asyncio.sleep(0)
+        assert log.unacked == 0 and metrics.decision_log_unacked.value == 0
+        await log.close()
+
+    asyncio.run(run())
+
+
 def test_the_fast_path_answers_decide_and_passes_everything_else_on() -> None:
     import asyncio
 
