@@ -6,23 +6,32 @@ The outage lasts ``CHAOS_KAFKA_OUTAGE_S`` seconds: 15 in ``make test``, 60 in ``
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer
 
+from engine.layout import arms_key, decision_key
 from infra import local
+from tests.integration.test_faults import LEARNING_CONFIG, decision_record, learning_examples, redis_call
 from tests.support import (
+    ManagedProcess,
     Stack,
     api_process,
     event,
     free_port,
     keys_env,
+    produce,
     profile_of,
     start_or_fail,
     wait_http_ready,
@@ -147,3 +156,158 @@ def test_kafka_stopped_during_ingest_pauses_and_resumes_with_exact_counts(
         client.stop.set()
         api.stop()
         worker.stop()
+
+
+def test_kafka_stopped_while_reward_windows_expire_sends_every_example_once(
+    own_kafka: local.KafkaService, own_redis: local.RedisService, log_dir: Path
+) -> None:
+    stack = Stack(own_kafka.bootstrap, own_redis.url)
+    stack.create_topics()
+    # a lease shorter than the outage: the expiry finds the unsettled decisions due again while Kafka is away
+    env = {"ENGINE_CONFIG": LEARNING_CONFIG, "REWARD_SETTLE_LEASE_S": "4"}
+    rewarded = [uuid.uuid4().hex for _ in range(10)]  # clicked before the outage: learned at once
+    expiring = [uuid.uuid4().hex for _ in range(40)]  # never rewarded: their windows end during the outage
+    ids = rewarded + expiring
+
+    def state(field: str) -> list[str | None]:
+        return redis_call(stack.redis_url, lambda r: asyncio.gather(*(r.hget(decision_key(d), field) for d in ids)))
+
+    worker = worker_process(stack, log_dir, name=f"expiry-outage-worker-{stack.tag}", **env).start()
+    try:
+        sentinel = f"sentinel-{stack.tag}"
+        produce(stack.bootstrap, stack.events_topic, [event("page_view", sentinel)])
+        wait_until(lambda: counts_of(stack.redis_url, [sentinel]) == [1], timeout=90,
+                   what=f"the worker to start\n{worker.log_tail()}")
+        now = time.time()
+        produce(stack.bootstrap, stack.decisions_topic,
+                [decision_record(d, f"v-{i}", now + 15.0) for i, d in enumerate(rewarded)]
+                + [decision_record(d, f"w-{i}", now + 15.0) for i, d in enumerate(expiring)])
+        produce(stack.bootstrap, stack.events_topic,
+                [event("click", f"v-{i}", decision_id=d, action_id="offer-a") for i, d in enumerate(rewarded)])
+        wait_until(lambda: all(state("record")), timeout=30, what=f"the decisions to be joined\n{worker.log_tail()}")
+        wait_until(lambda: all(state("settled")[:len(rewarded)]), timeout=30,
+                   what=f"the clicked decisions to be learned\n{worker.log_tail()}")
+        assert not any(state("final")[len(rewarded):]), "a window ended before the outage: the test proves nothing"
+        own_kafka.stop()
+        stopped = time.monotonic()
+        wait_until(lambda: all(v == "1" for v in state("final")), timeout=30,
+                   what=f"the expiry to fix the rewards while Kafka is away\n{worker.log_tail()}")
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped)))
+        assert not any(state("settled")[len(rewarded):]), "settled before Kafka acknowledged the examples"
+        own_kafka.start()
+        examples = learning_examples(stack.bootstrap, stack.learning_topic, set(ids))
+        by_id = Counter(e["decision_id"] for e in examples)
+        assert by_id == Counter(ids), {d: n for d, n in by_id.items() if n != 1}  # each once: none lost, none twice
+        assert all(e["defaulted"] and e["reward"] == 0.0 for e in examples if e["decision_id"] in set(expiring))
+        wait_until(lambda: all(v == "1" for v in state("settled")), timeout=30, what="settlement")
+        learned = redis_call(stack.redis_url, lambda r: r.hget(arms_key("offers"), "learning:learned"))
+        assert int(learned) == len(ids)
+        assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
+        wait_until(lambda: worker_counters(stack.redis_url).get("kafka_pauses", 0) >= 1, timeout=10,
+                   what=f"the pause to be counted\n{worker.log_tail()}")
+        print(f"reward expiry, Kafka stopped {OUTAGE_S:.0f}s: {len(ids)} examples, each once")
+    finally:
+        worker.stop()
+
+
+def topic_ids(bootstrap: str, topic: str, idle: float = 4.0) -> Counter[str]:
+    """How many times each decision id is on ``topic``, read from its start until nothing came for ``idle`` s."""
+    async def read() -> Counter[str]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        found: Counter[str] = Counter()
+        try:
+            last = time.monotonic()
+            while time.monotonic() - last < idle:
+                for msgs in (await consumer.getmany(timeout_ms=300)).values():
+                    found.update(orjson.loads(m.value)["decision_id"] for m in msgs)
+                    last = time.monotonic()
+            return found
+        finally:
+            await consumer.stop()
+    return asyncio.run(read())
+
+
+def unacked_records(base: str) -> float:
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith("pulse_decision_log_unacknowledged "):
+            return float(line.split()[1])
+    raise AssertionError("no pulse_decision_log_unacknowledged in /metrics")
+
+
+def decide(http: httpx.Client, base: str, visitor: str) -> str:
+    r = http.post(f"{base}/v1/decide", json={"anonymous_id": visitor, "placement": "home_hero"})
+    assert r.status_code == 200, r.text
+    return str(r.json()["decision_id"])
+
+
+#: the API's bound on unacknowledged decision records in this test (DECISION_LOG_MAX_BUFFERED)
+MAX_UNACKED = 300
+
+
+def test_an_api_killed_with_decision_records_buffered_loses_at_most_its_bound(
+    own_kafka: local.KafkaService, own_redis: local.RedisService, log_dir: Path
+) -> None:
+    stack = Stack(own_kafka.bootstrap, own_redis.url)
+    stack.create_topics()
+
+    def start_api(name: str) -> tuple[ManagedProcess, str]:
+        port = free_port()
+        proc = api_process(stack, log_dir, port, DECISION_LOG_MAX_BUFFERED=str(MAX_UNACKED), **keys_env())
+        proc.name = name
+        proc.log_path = log_dir / f"{name}-{stack.tag}.log"
+        proc.start()
+        base = f"http://127.0.0.1:{port}"
+        wait_http_ready(base, proc, timeout=60)
+        return proc, with_key(base)
+
+    # 1. Kafka stopped: every decision answered stays unacknowledged, so the kill loses exactly what the gauge
+    # showed, and that can never pass the bound
+    api, url = start_api("api-held")
+    try:
+        with httpx.Client(timeout=10) as http:
+            warm = [decide(http, url, f"warm-{i}") for i in range(20)]
+            wait_until(lambda: unacked_records(url) == 0, timeout=30, what="the warm-up records acknowledged")
+            own_kafka.stop()
+            held = [decide(http, url, f"held-{i}") for i in range(200)]
+            shown = unacked_records(url)
+        api.kill()
+    finally:
+        api.kill()
+        own_kafka.start()
+    on_topic = topic_ids(stack.bootstrap, stack.decisions_topic)
+    assert all(on_topic[d] == 1 for d in warm)
+    lost_held = sum(1 for d in held if d not in on_topic)
+    assert shown == len(held) and lost_held == shown <= MAX_UNACKED, (shown, lost_held)
+
+    # 2. Kafka healthy, the API killed under load: it loses the records of its last few milliseconds
+    api, url = start_api("api-loaded")
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def load(n: int) -> None:
+        with httpx.Client(timeout=10) as http:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    answered.append(decide(http, url, f"load-{n}-{i % 50}"))
+                except httpx.HTTPError:
+                    return  # the API is gone
+    threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(answered) >= 1500, timeout=60, what="decisions under load")
+        api.kill()
+    finally:
+        stop.set()
+        api.kill()
+        for t in threads:
+            t.join(15)
+    on_topic = topic_ids(stack.bootstrap, stack.decisions_topic)
+    lost = sum(1 for d in answered if d not in on_topic)
+    assert lost <= MAX_UNACKED, lost
+    assert all(on_topic[d] <= 1 for d in answered)
+    print(f"API SIGKILLed: Kafka stopped {lost_held}/{len(held)} lost (gauge {shown:.0f}); under load "
+          f"{lost}/{len(answered)} lost; bound {MAX_UNACKED}")
