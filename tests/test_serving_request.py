@@ -173,6 +173,8 @@ def test_records_waiting_for_kafka_count_against_the_bound_of_what_a_crash_loses
     from serving.metrics import ServingMetrics
 
     class Unacknowledging(_FakeProducer):
+        pending: list[asyncio.Future[None]]
+
         async def send_batch(self, batch: _FakeBatch, topic: str, *, partition: int) -> object:
             self.sent.append((partition, batch.records))
             self.pending.append(asyncio.get_running_loop().create_future())
@@ -187,7 +189,7 @@ def test_records_waiting_for_kafka_count_against_the_bound_of_what_a_crash_loses
             log.publish(f"v{i}".encode(), b"{}")
         await asyncio.sleep(0.02)
         assert sum(len(r) for _, r in producer.sent) == 4 and log.unacked == 4  # handed over, not acknowledged
-        for i in range(3):
+        for _ in range(3):
             log.publish(b"w", b"{}")
         assert log.unacked == 5 and metrics.errors.values["decision_log_overflow"] == 2
         assert metrics.decision_log_unacked.value == 5
