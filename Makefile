@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install deps test unit demo bench bench-quality lint compose-config clean
+.PHONY: install deps test unit chaos demo bench bench-quality lint compose-config clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ test: lint deps
 # no Kafka or Redis needed: the tests outside tests/integration/ and every module's doctests
 unit: install
 	$(VENV)/bin/pytest --ignore=tests/integration
+
+# the fault scenarios with Kafka stopped for a full minute (make test stops it for 15 s): docs/guarantees.md
+chaos: install deps
+	CI=true CHAOS_KAFKA_OUTAGE_S=60 $(VENV)/bin/pytest -q -s tests/integration/test_chaos.py tests/integration/test_faults.py
 
 demo: install deps
 	$(PY) -m infra.demo $(DEMO_ARGS)
