@@ -181,8 +181,8 @@ async def publish(svc: Services, items: list[Any], ready: list[tuple[Any, bytes]
                      if f.done() and not f.cancelled() and f.exception() is None]
         svc.metrics.events_out.inc(n=len(delivered))
         svc.metrics.errors.inc("collector_publish")
-        return _retry_later({"error": f"Kafka did not confirm delivery within {PUBLISH_TIMEOUT_S:.0f} s; resend "
-                                      f"the same events (same event_id) after {RETRY_AFTER_S} s",
+        return _retry_later({"error": f"Kafka did not confirm delivery within {PUBLISH_TIMEOUT_S:.0f} s; retry the "
+                                      f"request (the same events, same event_id) after {RETRY_AFTER_S} s",
                              "delivered": delivered})
     for i, result in enumerate(results):
         if isinstance(result, BaseException):
@@ -200,5 +200,5 @@ async def publish(svc: Services, items: list[Any], ready: list[tuple[Any, bytes]
             for i, exc in sorted(permanent.items())]})
     svc.metrics.errors.inc("collector_publish")
     first = next(iter(failed.values()))
-    return _retry_later({"error": f"Kafka did not confirm delivery: {first!r}; resend the same events (same "
-                                  f"event_id) after {RETRY_AFTER_S} s", "delivered": delivered})
+    return _retry_later({"error": f"Kafka did not confirm delivery: {first!r}; retry the request (the same "
+                                  f"events, same event_id) after {RETRY_AFTER_S} s", "delivered": delivered})

@@ -161,4 +161,30 @@ def test_a_permanent_kafka_error_is_a_4xx_never_retry(error: Exception, status: 
     if status == 422:
         assert body["errors"][0]["index"] == 1 and "do not retry" in body["errors"][0]["reason"]
     else:
-        assert "retry the request" in body["error"]
+        assert "retry the request" in body["error"] and answer.headers["retry-after"] == str(collector.RETRY_AFTER_S)
+
+
+def test_a_request_kafka_does_not_answer_gets_503_with_retry_after_and_its_sends_stand(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kafka away: the producer keeps the batch (engine.kafka_producer), the request is answered in bounded time
+    and its delivery futures are not cancelled (what Kafka takes later is applied once, by event id)."""
+    class Silent(_FakeProducer):
+        kept: list[asyncio.Future[Any]]
+
+        async def send(self, topic: str, value: bytes, key: bytes, headers: Any) -> asyncio.Future[Any]:
+            fut = await super().send(topic, value, key, headers)
+            if self.sent > 1:  # the first is acknowledged, the second never answered
+                fut = asyncio.get_running_loop().create_future()
+                self.kept.append(fut)
+            return fut
+
+    monkeypatch.setattr(collector, "PUBLISH_TIMEOUT_S", 0.05)
+    items = [ev(), {**ev(), "event_id": "e-2"}]
+    ready, _ = collector.validate(items, L, time.time())
+    producer = Silent({})
+    producer.kept = []
+    answer = asyncio.run(collector.publish(_Svc(producer), items, ready, []))  # type: ignore[arg-type]
+    body = orjson.loads(answer.body)
+    assert answer.status_code == 503 and answer.headers["retry-after"] == str(collector.RETRY_AFTER_S)
+    assert body["delivered"] == ["e-1"] and "within" in body["error"]
+    assert len(producer.kept) == 1 and not producer.kept[0].cancelled()
