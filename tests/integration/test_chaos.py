@@ -21,6 +21,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from engine.kafka_client import kafka_client_kwargs
 from engine.layout import arms_key, decision_key
 from infra import local
 from tests.integration.test_faults import LEARNING_CONFIG, decision_record, learning_examples, redis_call
@@ -213,7 +214,8 @@ def test_kafka_stopped_while_reward_windows_expire_sends_every_example_once(
 def topic_ids(bootstrap: str, topic: str, idle: float = 4.0) -> Counter[str]:
     """How many times each decision id is on ``topic``, read from its start until nothing came for ``idle`` s."""
     async def read() -> Counter[str]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+                                    **kafka_client_kwargs())
         await consumer.start()
         found: Counter[str] = Counter()
         try:
