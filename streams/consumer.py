@@ -26,8 +26,9 @@ exactly-once effect.
   backoff until Redis answers, nothing is committed meanwhile (``streams.app.retry_forever``);
 * Kafka unavailable: sends that fail are sent again by ``Outbox.flush`` until acknowledged, and the commit waits
   for them; a failed commit is retried with the next one. Nothing stops the loop for good but a bug. A flush
-  or commit that waits longer than ``KAFKA_PAUSE_AFTER_S`` is a pause (``KafkaWaits``): logged when it starts
-  and ends, counted in ``pulse_worker_kafka_pauses_total`` and ``pulse_worker_kafka_pause_seconds_total``.
+  or commit waiting longer than ``KAFKA_PAUSE_AFTER_S``, or polls finding nothing while no fetch was answered that
+  long, is a pause (``KafkaWaits``): logged when it starts and ends, counted in
+  ``pulse_worker_kafka_pauses_total`` and ``pulse_worker_kafka_pause_seconds_total``.
 """
 
 from __future__ import annotations
@@ -177,14 +178,32 @@ class Outbox:
 
 
 class KafkaWaits:
-    """The loop's waits on Kafka: one longer than ``after`` seconds is a pause, logged as it starts and as it
-    ends, and counted (``pauses``, ``seconds``). The wait itself is not bounded: nothing is committed past
-    what Kafka has not acknowledged."""
+    """Kafka outages as the loop sees them: a flush or commit waiting longer than ``after`` seconds, or polls that
+    find nothing while no fetch was answered for that long. One outage is one pause, logged as it starts and as it
+    ends and counted (``pauses``, ``seconds``). Waits are not bounded: nothing is committed past what Kafka has
+    not acknowledged."""
 
     def __init__(self, after: float = KAFKA_PAUSE_AFTER_S) -> None:
         self.after = after
         self.pauses = 0
         self.seconds = 0.0
+        self.since: float | None = None  # wall-clock start of the pause in progress
+
+    def begin(self, since: float, why: str) -> bool:
+        """Start a pause (unless one is in progress: then False)."""
+        if self.since is not None:
+            return False
+        self.since = since
+        log.warning("kafka unavailable: %s (%.0fs); paused, nothing is committed meanwhile", why, time.time() - since)
+        return True
+
+    def end(self, why: str) -> None:
+        if self.since is None:
+            return
+        paused, self.since = time.time() - self.since, None
+        self.pauses += 1
+        self.seconds += paused
+        log.warning("kafka back (%s) after %.1fs; resumed", why, paused)
 
     async def run(self, what: str, aw: Awaitable[Any]) -> Any:
         task = asyncio.ensure_future(aw)
@@ -192,19 +211,30 @@ class KafkaWaits:
             done, _ = await asyncio.wait({task}, timeout=self.after)
             if done:
                 return task.result()
-            started = time.monotonic() - self.after
-            log.warning("kafka unavailable: the %s waits (%.0fs so far); paused, nothing is committed meanwhile",
-                        what, self.after)
+            mine = self.begin(time.time() - self.after, f"the {what} waits")
             try:
                 return await task
             finally:
-                paused = time.monotonic() - started
-                self.pauses += 1
-                self.seconds += paused
-                log.warning("kafka back: the %s ended after %.1fs; resumed", what, paused)
+                if mine:
+                    self.end(f"the {what} ended")
         except asyncio.CancelledError:
             task.cancel()
             raise
+
+    def polled(self, consumer: AIOKafkaConsumer, got_records: bool, empty_since: float | None) -> None:
+        """Judge a poll: empty polls for ``after`` seconds while no fetch was answered that long (the consumer
+        stamps every fetch answer, even an empty one) mean the brokers are away; records or a fresh answer, back."""
+        if got_records:
+            self.end("records fetched")
+            return
+        stamps = [s for tp in consumer.assignment() if (s := consumer.last_poll_timestamp(tp))]
+        if not stamps:  # nothing fetched yet (starting, or no partitions): nothing to judge
+            return
+        now, last = time.time(), max(stamps) / 1000.0
+        if now - last <= self.after:
+            self.end("fetches answered")
+        elif empty_since is not None and now - empty_since >= self.after:
+            self.begin(last, "no fetch answered")
 
 
 class BatchLoop(ConsumerRebalanceListener):
@@ -231,6 +261,7 @@ class BatchLoop(ConsumerRebalanceListener):
         self.batches = 0
         self.commit_failures = 0
         self.kafka = KafkaWaits()
+        self._empty_since: float | None = None  # since when every poll found nothing
         # where the loop's wall time went: fetching, preparing, waiting for the previous batch's writes, committing
         self.seconds = {"poll": 0.0, "prepare": 0.0, "wait_writes": 0.0, "head_start": 0.0, "commit": 0.0}
 
@@ -264,6 +295,11 @@ class BatchLoop(ConsumerRebalanceListener):
                 continue
             t1 = time.perf_counter()
             seconds["poll"] += t1 - t0
+            if batch:
+                self._empty_since = None
+            elif self._empty_since is None:
+                self._empty_since = time.time()
+            self.kafka.polled(consumer, bool(batch), self._empty_since)
             async with self._lock:
                 if self._stopping or generation != self._generation:
                     # fetched across a rebalance (or stopping): the partitions' owner (us again, or another

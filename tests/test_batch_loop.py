@@ -144,3 +144,27 @@ def test_a_failed_write_stops_the_loop_and_commits_nothing_of_its_batch() -> Non
     commits, error = asyncio.run(main())
     assert isinstance(error, ValueError)
     assert commits and all(c.get(TopicPartition(TOPIC, 0), 0) <= 2 for c in commits)
+
+
+def test_polls_that_find_nothing_while_no_fetch_is_answered_are_one_kafka_pause() -> None:
+    """The consumer stamps every fetch answer, even an empty one: empty polls with stale stamps mean the brokers
+    are away (one pause, however many polls or waits), fresh stamps or records mean they are back."""
+    import time
+
+    from streams.consumer import KafkaWaits
+
+    tp = TopicPartition(TOPIC, 0)
+    stamp = {"ms": int(time.time() * 1000)}
+    consumer = SimpleNamespace(assignment=lambda: {tp}, last_poll_timestamp=lambda _: stamp["ms"])
+    waits = KafkaWaits(after=3.0)
+    now = time.time()
+    waits.polled(consumer, False, now - 10)  # answered just now: healthy
+    assert waits.since is None
+    stamp["ms"] = int((now - 5) * 1000)
+    waits.polled(consumer, False, now - 1)  # stale, but empty only for 1 s: not yet
+    assert waits.since is None
+    waits.polled(consumer, False, now - 4)
+    assert waits.since == stamp["ms"] / 1000 and waits.pauses == 0
+    assert not waits.begin(now, "the offset commit waits")  # the same outage: no second pause
+    waits.polled(consumer, True, None)  # records again
+    assert waits.since is None and waits.pauses == 1 and waits.seconds >= 4.9
