@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -24,7 +25,7 @@ from aiokafka import AIOKafkaConsumer
 from engine.kafka_client import kafka_client_kwargs
 from engine.layout import arms_key, decision_key
 from infra import local
-from tests.integration.test_faults import LEARNING_CONFIG, decision_record, learning_examples, redis_call
+from tests.integration.test_faults import redis_call
 from tests.support import (
     ManagedProcess,
     Stack,
@@ -34,6 +35,7 @@ from tests.support import (
     keys_env,
     produce,
     profile_of,
+    read_topic,
     start_or_fail,
     wait_http_ready,
     wait_until,
@@ -43,6 +45,7 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.integration
+LEARNING_CONFIG = str(Path(__file__).parent / "config" / "learning.toml")
 OUTAGE_S = float(os.environ.get("CHAOS_KAFKA_OUTAGE_S", "15"))
 
 
@@ -157,6 +160,21 @@ def test_kafka_stopped_during_ingest_pauses_and_resumes_with_exact_counts(
         client.stop.set()
         api.stop()
         worker.stop()
+
+
+def decision_record(decision_id: str, visitor: str, ts: float) -> dict[str, Any]:
+    return {"decision_id": decision_id, "placement": "offers", "context": {"bias": 1.0},
+            "candidates": ["offer-a", "offer-b"], "actions": [{"action_id": "offer-a", "score": 1.0}],
+            "propensity": 0.5, "policy": "linucb", "model_version": "0", "holdout_arm": "learning",
+            "degraded": False, "timestamp": int(ts * 1000), "anonymous_id": visitor}
+
+
+def learning_examples(bootstrap: str, topic: str, wanted: set[str], timeout: float = 60.0) -> list[dict]:
+    """The examples of ``wanted`` decisions on the learning topic (from its start), once all are there
+    and a little longer (a second copy would show up then)."""
+    found = read_topic(bootstrap, topic, lambda got: {orjson.loads(m.value)["decision_id"] for m in got} >= wanted,
+                       timeout, keep=lambda m: orjson.loads(m.value).get("decision_id") in wanted, linger=2.0)
+    return [orjson.loads(m.value) for m in found]
 
 
 def test_kafka_stopped_while_reward_windows_expire_sends_every_example_once(
@@ -313,3 +331,47 @@ def test_an_api_killed_with_decision_records_buffered_loses_at_most_its_bound(
     assert all(on_topic[d] <= 1 for d in answered)
     print(f"API SIGKILLed: Kafka stopped {lost_held}/{len(held)} lost (gauge {shown:.0f}); under load "
           f"{lost}/{len(answered)} lost; bound {MAX_UNACKED}")
+
+
+def test_a_worker_killed_between_reward_expiry_and_the_kafka_flush_loses_no_learning_example(
+    own_kafka: local.KafkaService, own_redis: local.RedisService, log_dir: Path
+) -> None:
+    kafka = own_kafka
+    stack = Stack(kafka.bootstrap, own_redis.url)
+    stack.create_topics()
+    env = {"ENGINE_CONFIG": LEARNING_CONFIG, "REWARD_SETTLE_LEASE_S": "3"}
+    n = 20
+    ids = [uuid.uuid4().hex for _ in range(n)]
+
+    def state(field: str) -> list[Any]:
+        return redis_call(stack.redis_url, lambda r: asyncio.gather(*(r.hget(decision_key(d), field) for d in ids)))
+
+    worker = worker_process(stack, log_dir, name=f"expiry-worker-{stack.tag}", **env).start()
+    try:
+        sentinel = f"sentinel-{stack.tag}"
+        produce(stack.bootstrap, stack.events_topic, [event("page_view", sentinel)])
+        wait_until(lambda: counts_of(stack.redis_url, [sentinel]) == [1], timeout=90,
+                   what=f"the worker to start\n{worker.log_tail()}")
+        # decisions whose reward windows end once Kafka is stopped, never rewarded: the expiry fixes each one's
+        # default reward and sends its example, which Kafka cannot acknowledge
+        produce(stack.bootstrap, stack.decisions_topic,
+                [decision_record(d, f"v-{i}", time.time() + 15.0) for i, d in enumerate(ids)])
+        wait_until(lambda: all(state("record")), timeout=30, what=f"the decisions to be joined\n{worker.log_tail()}")
+        kafka.stop()  # the examples the expiry sends now cannot be acknowledged
+        try:
+            wait_until(lambda: all(v == "1" for v in state("final")), timeout=30,
+                       what=f"the expiry to fix the rewards\n{worker.log_tail()}")
+            worker.kill()  # between the expiry and the flush
+            assert not any(state("settled")), "settled before Kafka had the examples"
+        finally:
+            kafka.start()
+        worker = worker_process(stack, log_dir, name=f"expiry-worker2-{stack.tag}", **env).start()
+        examples = learning_examples(stack.bootstrap, stack.learning_topic, set(ids))
+        assert sorted(e["decision_id"] for e in examples) == sorted(ids)  # each once: none lost, none twice
+        assert all(e["defaulted"] and e["reward"] == 0.0 for e in examples)
+        wait_until(lambda: all(v == "1" for v in state("settled")), timeout=30, what="settlement")
+        learned = redis_call(stack.redis_url, lambda r: r.hget(arms_key("offers"), "learning:learned"))
+        assert int(learned) == n
+        assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
+    finally:
+        worker.stop()
