@@ -299,7 +299,10 @@ class BatchLoop(ConsumerRebalanceListener):
                 self._empty_since = None
             elif self._empty_since is None:
                 self._empty_since = time.time()
-            self.kafka.polled(consumer, bool(batch), self._empty_since)
+            try:
+                self.kafka.polled(consumer, bool(batch), self._empty_since)
+            except Exception as exc:  # watching for outages must never stop the loop
+                log.debug("could not judge the poll: %r", exc)
             async with self._lock:
                 if self._stopping or generation != self._generation:
                     # fetched across a rebalance (or stopping): the partitions' owner (us again, or another
