@@ -9,6 +9,10 @@
 # the volume is formatted; to change it later: kafka-configs.sh --alter --add-config
 # 'SCRAM-SHA-256=[password=...]' --entity-type users --entity-name <user> (docs/security.md).
 set -eu
+# where the image keeps Kafka, the data volume and this script's output (a test points them elsewhere)
+bin="${KAFKA_BIN:-/opt/kafka/bin}"
+data="${KAFKA_DATA:-/var/lib/kafka/data}"
+conf="${PULSE_KAFKA_CONF:-/tmp/pulse-kafka}"
 
 for user in admin api worker learner; do
   var="KAFKA_$(echo "$user" | tr a-z A-Z)_PASSWORD"
@@ -23,7 +27,6 @@ for user in admin api worker learner; do
   esac
 done
 
-conf=/tmp/pulse-kafka
 mkdir -p "$conf"
 umask 077
 jaas="org.apache.kafka.common.security.scram.ScramLoginModule required username=\"admin\" password=\"$KAFKA_ADMIN_PASSWORD\";"
@@ -44,7 +47,7 @@ listener.name.internal.scram-sha-512.sasl.jaas.config=$jaas
 listener.name.external.scram-sha-256.sasl.jaas.config=$jaas
 listener.name.external.scram-sha-512.sasl.jaas.config=$jaas
 super.users=User:admin
-log.dirs=/var/lib/kafka/data
+log.dirs=$data
 num.partitions=${EVENTS_PARTITIONS:-8}
 auto.create.topics.enable=false
 default.replication.factor=1
@@ -72,6 +75,6 @@ for user in admin api worker learner; do
   set -- "$@" --add-scram "SCRAM-SHA-256=[name=$user,password=$value]" \
     --add-scram "SCRAM-SHA-512=[name=$user,password=$value]"
 done
-/opt/kafka/bin/kafka-storage.sh format --ignore-formatted --cluster-id "${CLUSTER_ID:?}" \
+"$bin/kafka-storage.sh" format --ignore-formatted --cluster-id "${CLUSTER_ID:?}" \
   --config "$conf/server.properties" "$@"
-exec /opt/kafka/bin/kafka-server-start.sh "$conf/server.properties"
+exec "$bin/kafka-server-start.sh" "$conf/server.properties"
