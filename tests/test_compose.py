@@ -152,3 +152,29 @@ def test_redis_acl_file_holds_hashes_only(tmp_path: Path) -> None:
     assert all(p not in text for p in passwords.values()) and text.count(" on #") == 4
     assert all(line.startswith("user ") for line in text.splitlines())  # Redis takes no comments there
     assert oct((tmp_path / "users.acl").stat().st_mode & 0o777) == "0o600"
+
+
+def test_every_key_family_of_the_layout_belongs_to_an_acl_user() -> None:
+    """A key family added to engine/layout.py without an ACL pattern would be refused (NOPERM) in production."""
+    import fnmatch
+    import inspect
+
+    from engine import layout
+    from engine.config import load_config
+    from tests.support import CONFIG_PATH
+
+    config = load_config(CONFIG_PATH)
+    samples = {"customer_id": "c-1", "anonymous_id": "a-1", "placement": "home_hero", "slot": 3,
+               "decision_id": "d-1", "config": config}
+    keys: list[str] = []
+    for name, fn in inspect.getmembers(layout, inspect.isfunction):
+        if fn.__module__ != layout.__name__ or not name.endswith(("_key", "_keys", "_hash", "_prefix")):
+            continue
+        made = fn(**{p: samples[p] for p in inspect.signature(fn).parameters})
+        keys += [made] if isinstance(made, str) else list(getattr(made, "keys", made))
+    assert len(keys) >= 12, keys
+    template = (INFRA / "redis" / "users.acl.template").read_text()
+    patterns = {user: re.findall(r" ~(\S+)", rules)
+                for user, rules in re.findall(r"^user (\w+) on (.*)$", template, re.M) if user != "admin"}
+    uncovered = [k for k in keys if not any(fnmatch.fnmatchcase(k, p) for ps in patterns.values() for p in ps)]
+    assert not uncovered, f"add their family to a user of infra/redis/users.acl.template: {uncovered}"
