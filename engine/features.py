@@ -23,14 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.config import WINDOWS, EngineConfig
+from engine.consent import consent_choices
 from engine.layout import (
     CONSENT_CODES,
     CONSENT_PREFIX,
+    CONSENT_TIME,
     COUNT_CODES,
     FIRST_SEEN,
     LAST_SEEN,
     MONETARY,
-    PERSONALISATION_FIELD,
     RECENT_SEP,
     SESSION_ID,
     SESSION_LAST,
@@ -50,8 +51,6 @@ Op = list[Any]
 POPULARITY_TOP_K = 2000
 #: The largest cart quantity one event may add or remove (a larger one is refused: dead-lettered).
 MAX_QUANTITY = 1_000_000
-#: Consent flags the stream records besides personalisation.
-CONSENT_KINDS = ("analytics", "marketing")
 _COUNT_NAMES = {code: name for name, code in COUNT_CODES.items()}
 _CONSENT_NAMES = {code: name for name, code in CONSENT_CODES.items()}
 
@@ -115,12 +114,10 @@ class FeatureExtractor:
     ) -> list[Op]:
         """Operations for one event on its customer's profile (times as integer milliseconds)."""
         if event_type == "consent":
-            allowed = bool(properties.get("personalisation", True))
-            ops: list[Op] = [["set", PERSONALISATION_FIELD, 1 if allowed else 0]]
-            for k in CONSENT_KINDS:
-                if k in properties:
-                    ops.append(["set", consent_field(k), 1 if properties[k] else 0])
-            if not allowed:
+            choices = consent_choices(properties)
+            ops: list[Op] = [["set", consent_field(p), 1 if granted else 0] for p, granted in choices]
+            ops.append(["max", CONSENT_TIME, round(ts * 1000)])
+            if ("personalisation", False) in choices:
                 ops.append(["wipe"])  # withdrawing consent removes the behavioural profile
             return ops
         ms = round(ts * 1000)
@@ -171,9 +168,14 @@ class FeatureExtractor:
         return ops
 
     def merge_ops(self, raw: RawProfile, ts: float) -> list[Op]:
-        """Operations that fold an anonymous profile (read raw) into a customer's profile."""
+        """Operations that fold an anonymous profile (read raw) into a customer's profile.
+
+        The anonymous side's consent choices come first (``kset``: the newer choice wins, a winning
+        withdrawal wipes), then ``kgate``: the behavioural part applies only if the merged consent allows
+        it (``merge_has_consent``: such a merge must be applied even to a profile that withdrew)."""
         cfg, fl = self.config, self.fields
         h = raw.hash
+        consent: list[Op] = []
         ops: list[Op] = []
         affs = {fl.affinity[f.name]: f for f in cfg.affinities}
         for k, v in h.items():
@@ -186,8 +188,11 @@ class FeatureExtractor:
                 ops.append(["min", k, int(v)])
             elif k == LAST_SEEN:
                 ops.append(["max", k, int(v)])
-            elif k in (SESSION_ID, SESSION_START, SESSION_LAST) or c == CONSENT_PREFIX:
+            elif k in (SESSION_ID, SESSION_START, SESSION_LAST):
                 ops.append(["setnx", k, v])
+            elif c == CONSENT_PREFIX and k != CONSENT_TIME:
+                # the newer choice wins: the anonymous side's, made at kt, over the customer's older one
+                consent.append(["kset", k, v, int(h.get(CONSENT_TIME, 0))])
             elif c == "C":
                 ops.append(["cart", k, int(v)])
             elif c == "a":
@@ -214,7 +219,16 @@ class FeatureExtractor:
                 for i, cnt in enumerate(counts[:n]):
                     if cnt:
                         ops.append(["w", fld, newest - i, n, int(cnt)])
+        if consent:
+            if CONSENT_TIME in h:
+                consent.append(["max", CONSENT_TIME, int(h[CONSENT_TIME])])
+            return [*consent, ["kgate"], *ops]
         return ops
+
+
+def merge_has_consent(ops: Sequence[Op]) -> bool:
+    """Whether merge operations carry consent choices (the merge row is then applied as a consent event)."""
+    return bool(ops) and ops[0][0] == "kset"
 
 
 def _recent(h: Mapping[str, str], prefix: str) -> list[str]:
@@ -360,7 +374,7 @@ def decode(customer_id: str, raw: RawProfile, config: EngineConfig, now: float) 
             counts[_COUNT_NAMES.get(code) or code[1:]] = int(v)
         elif c == "C":
             cart[k[2:]] = int(v)
-        elif c == "k":
+        elif c == "k" and k != CONSENT_TIME:
             code = k[1:]
             consent[_CONSENT_NAMES.get(code) or code[1:]] = v == "1"
     windows: dict[str, dict[str, int]] = {}

@@ -1,6 +1,10 @@
 """The Redis layout, in one place. Everything that names a Redis key or a profile field goes through here.
 
-A customer's profile is ONE hash, ``p:{cid}`` (the hash tag ``{cid}`` keeps it in one Redis Cluster slot).
+A person's profile is ONE hash, ``p:{<subject>}`` (the hash tag keeps it in one Redis Cluster slot). The subject
+says which key space the id lives in: ``c:<customer id>`` for a customer (``p:{c:cust-1}``), ``a:<anonymous id>``
+for a device or cookie (``p:{a:anon-7}``). The two never meet: an anonymous id that happens to equal a
+customer's id names another hash, so an event or an identify "from" an anonymous id can never read, write or
+merge a customer's profile (docs/security.md, "Identity").
 One key means one ``EXPIRE`` per applied batch and one ``HGETALL`` to read a profile. In a typical profile
 every field and value stays within Redis's default ``hash-max-listpack-value`` (64 bytes), so the hash keeps
 the compact listpack encoding (``bench/memory.py`` measures a profile's bytes). A longer value (a very busy 24h
@@ -17,8 +21,10 @@ field                        content
 ``fs`` / ``ls``              first / last seen, integer epoch milliseconds
 ``si ss sl sp``              session: id, start ms, last event ms, page views
 ``m``                        monetary value of purchases
-``k<c>``                     consent flag ``1`` / ``0`` (``kp`` personalisation, ``ka`` analytics, ``km``
-                             marketing)
+``k<c>``                     consent flag ``1`` / ``0`` per purpose (``kp`` personalisation, ``ka``
+                             analytics, ``kme kmp kms kmw`` marketing by email, push, sms, web;
+                             ``km``: marketing of the previous layout, read only)
+``kt``                       when the last consent choice was made (ms): the newer side wins on a merge
 ``L<f>``                     forward-decay landmark of an affinity feature, integer epoch seconds
 ``a<f>:<value>``             affinity score ``sum w * 2^((t - L)/half_life)``, 7 digits rounded down; at most
                              ``top_k`` values per feature (a new value beyond it evicts the lowest score);
@@ -44,8 +50,14 @@ older events stay ignored). Other keys:
 =============================  ======  ==========================================================
 key                            type    content
 =============================  ======  ==========================================================
-``p:{cid}:aliases``            set     anonymous ids merged into this customer (for erasure)
-``id:{anon}``                  string  anonymous id -> customer id (identity map)
+``p:{c:<cid>}:aliases``       set     anonymous ids merged into this customer (at most ``MAX_ALIASES``)
+``id:{a:<anon>}``              string  anonymous id -> customer id (identity map; written only by a trusted
+                                       identify, ``streams/identity.py``)
+``p:{<subject>}:dec``          set     decision ids made for this person still waiting for rewards (erasure
+                                       deletes their ``dec:`` hashes; TTL: the longest reward window + 1 day)
+``erased:{<subject>}``         string  erasure marker (epoch s): while it lives (``ERASURE_RETENTION_DAYS``)
+                                       the worker writes nothing for this person (replays, events in flight)
+``erasing:{<subject>}``        set     the ids of an erasure in progress (a retry finishes it)
 ``pop:{global}``               hash    landmarks ``L:<feature>`` and applied offsets of the popularity owner
 ``pop:{global}:aff:<feature>`` zset    forward-decayed global popularity per affinity feature (top 2000)
 ``model:{<placement>}``        hash    ``version``, ``blob`` (signed snapshot), ``state`` (the learner's own)
@@ -55,6 +67,8 @@ key                            type    content
 ``stats:{worker}``             hash    worker counters (events received/applied, dead letters)
 ``segdue:{<slot>}``            zset    profiles by the time their segments may change without an event, 16 slots
 =============================  ======  ==========================================================
+
+``PERSON_FAMILIES`` names every family that holds a person (erasure and export go through it).
 
 Every write sets the profile TTL, so idle profiles expire; every section of a profile is bounded
 (``top_k``, ``size``, ``dedup_window``, the windows' slots; a purchase clears the cart), so nothing grows
@@ -112,23 +126,90 @@ def segment_due_key(slot: int) -> str:
     return f"segdue:{{{slot:02x}}}"
 
 
+#: The two key spaces of people: customers (an id the site's back end vouches for) and anonymous ids.
+CUSTOMER, ANONYMOUS = "c", "a"
+
+
+def customer_subject(customer_id: str) -> str:
+    """``c:<id>``: a customer in the customer key space.
+
+    >>> customer_subject("cust-1"), anonymous_subject("cust-1")
+    ('c:cust-1', 'a:cust-1')
+    >>> profile_key("cust-1"), anonymous_profile_key("cust-1")
+    ('p:{c:cust-1}', 'p:{a:cust-1}')
+    """
+    return f"{CUSTOMER}:{customer_id}"
+
+
+def anonymous_subject(anonymous_id: str) -> str:
+    return f"{ANONYMOUS}:{anonymous_id}"
+
+
+def subject_id(subject: str) -> str:
+    """The id of a subject (``c:x`` -> ``x``)."""
+    return subject[2:]
+
+
+def is_customer(subject: str) -> bool:
+    return subject.startswith(CUSTOMER + ":")
+
+
+def subject_profile_key(subject: str) -> str:
+    return f"p:{{{subject}}}"
+
+
 def profile_key(customer_id: str) -> str:
-    return f"p:{{{customer_id}}}"
+    """A customer's profile hash."""
+    return subject_profile_key(customer_subject(customer_id))
+
+
+def anonymous_profile_key(anonymous_id: str) -> str:
+    """An anonymous id's profile hash (never a customer's, whatever the id)."""
+    return subject_profile_key(anonymous_subject(anonymous_id))
 
 
 def identity_key(anonymous_id: str) -> str:
-    return f"id:{{{anonymous_id}}}"
+    return f"id:{{{anonymous_subject(anonymous_id)}}}"
 
 
 def aliases_key(customer_id: str) -> str:
-    return f"p:{{{customer_id}}}:aliases"
+    return f"p:{{{customer_subject(customer_id)}}}:aliases"
 
 
-def legacy_keys(customer_id: str, config: EngineConfig) -> list[str]:
-    """The per-section keys of the previous layout (only ever deleted: erasure of old profiles)."""
-    base = profile_key(customer_id)
-    return [base + s for s in LEGACY_SUFFIXES] + [f"{base}:aff:{f.name}" for f in config.affinities] + [
-        f"{base}:recent:{r.name}" for r in config.recents]
+def decisions_index_key(subject: str) -> str:
+    """The decision ids made for a person that may still wait in the reward join."""
+    return f"p:{{{subject}}}:dec"
+
+
+def erasure_marker_key(subject: str) -> str:
+    """Set by an erasure; while it lives nothing is written for the subject (same slot as its profile)."""
+    return f"erased:{{{subject}}}"
+
+
+def erasure_pending_key(subject: str) -> str:
+    """The ids an erasure in progress covers (its customer and aliases), so a retry finishes it."""
+    return f"erasing:{{{subject}}}"
+
+
+#: Every key family that holds a person, by name -> how its key is built from a subject (``c:``/``a:``) or,
+#: for ``aliases`` and ``identity``, from the customer id / anonymous id. Erasure deletes each one and
+#: ``tests/integration/test_privacy.py`` checks each one is empty after it; learner histories are not in
+#: Redis keys of their own (the learner's state is told to forget, ``learning`` topic). ``reward_join``:
+#: the ``dec:{<slot>}:<id>`` hashes of the ids in ``decisions``; ``segment_due``: the subject's entry in
+#: ``segdue:{<slot>}``. The erasure marker is kept (on purpose).
+PERSON_FAMILIES = ("profile", "aliases", "identity", "decisions", "reward_join", "erasing", "segment_due")
+
+
+def legacy_subject_keys(subject: str) -> list[str]:
+    """Keys of the layout before key spaces (``p:{<raw id>}``...), only ever deleted by an erasure."""
+    return [f"p:{{{subject_id(subject)}}}", f"id:{{{subject_id(subject)}}}", f"p:{{{subject_id(subject)}}}:aliases"]
+
+
+def legacy_keys(subject: str, config: EngineConfig) -> list[str]:
+    """The per-section keys of the previous layouts (only ever deleted: erasure of old profiles)."""
+    base = f"p:{{{subject_id(subject)}}}"
+    return legacy_subject_keys(subject) + [base + s for s in LEGACY_SUFFIXES] + [
+        f"{base}:aff:{f.name}" for f in config.affinities] + [f"{base}:recent:{r.name}" for r in config.recents]
 
 
 def popularity_hash() -> str:
@@ -174,7 +255,10 @@ def popularity_landmark_field(feature: str) -> str:
 COUNT_CODES = {"page_view": "v", "click": "k", "search": "s", "add_to_cart": "a", "remove_from_cart": "r",
                "purchase": "p", "identify": "i", "feedback": "f", "consent": "c"}
 #: Consent fields ``k<code>``; another kind of consent is stored as ``k:<name>``.
-CONSENT_CODES = {"personalisation": "p", "analytics": "a", "marketing": "m"}
+CONSENT_CODES = {"personalisation": "p", "analytics": "a", "marketing_email": "me", "marketing_push": "mp",
+                 "marketing_sms": "ms", "marketing_web": "mw", "marketing": "m"}
+#: When the consent choices of a profile were last made (epoch ms): on a merge the newer side's choices win.
+CONSENT_TIME = "kt"
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
@@ -245,13 +329,18 @@ def profile_fields(config: EngineConfig) -> ProfileFields:
 
 
 class OwnerKeys:
-    """The ordered key list of one owner as passed to the Lua script (``KEYS``). A customer is one hash;
-    the popularity owner also has one zset per affinity feature, addressed by its 1-based index."""
+    """The ordered key list of one owner as passed to the Lua script (``KEYS``). A person is one hash (and,
+    with ``marker``, its erasure marker as ``KEYS[2]``: nothing is written while it exists); the popularity
+    owner also has one zset per affinity feature, addressed by its 1-based index."""
 
-    __slots__ = ("keys", "aff")
+    __slots__ = ("keys", "aff", "marker")
 
-    def __init__(self, base: str, config: EngineConfig, *, per_customer: bool = True) -> None:
+    def __init__(self, base: str, config: EngineConfig, *, per_customer: bool = True,
+                 marker: str | None = None) -> None:
         keys = [base]
+        self.marker = marker is not None
+        if marker is not None:
+            keys.append(marker)
         self.aff: dict[str, int] = {}
         if not per_customer:
             for f in config.affinities:
@@ -263,8 +352,13 @@ class OwnerKeys:
         return self.keys[index - 1]
 
 
+def subject_keys(subject: str, config: EngineConfig) -> OwnerKeys:
+    """A person's profile hash and erasure marker."""
+    return OwnerKeys(subject_profile_key(subject), config, marker=erasure_marker_key(subject))
+
+
 def customer_keys(customer_id: str, config: EngineConfig) -> OwnerKeys:
-    return OwnerKeys(profile_key(customer_id), config)
+    return subject_keys(customer_subject(customer_id), config)
 
 
 def popularity_keys(config: EngineConfig) -> OwnerKeys:

@@ -33,7 +33,9 @@ from engine.layout import (
     arms_key,
     decision_key,
     decision_key_prefix,
+    decisions_index_key,
     due_key,
+    erasure_marker_key,
     model_key,
 )
 
@@ -131,6 +133,41 @@ class LearningStore:
         lease_until = time.time() + self.settle_lease
         replies = await self._eval_many([self._decision_call(r, s, lease_until) for r, s in items])
         return [self._decision_outcome(r, reply) for (r, _), reply in zip(items, replies, strict=True)]
+
+    # -- the decisions of a person (erasure: engine/erasure.py) -----------------------------------
+    async def erased_subjects(self, items: Sequence[tuple[str, float]]) -> set[str]:
+        """Of (subject, decision time s), the subjects whose erasure marker covers that time."""
+        if not items:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        for subject, _ in items:
+            pipe.get(erasure_marker_key(subject))
+        markers = await pipe.execute()
+        return {s for (s, ts), m in zip(items, markers, strict=True) if m is not None and ts * 1000 <= int(m)}
+
+    async def index_decisions(self, items: Sequence[tuple[str, str, float, int]]) -> int:
+        """Record each (subject, decision id, decision time s, TTL s) under its person, so that an erasure finds
+        the person's decisions waiting in the join. A person erased meanwhile (its marker read after the
+        write: the erasure sets it before it reads the index) has the decision deleted again; returns how
+        many were."""
+        if not items:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for subject, did, _, ttl in items:
+            pipe.sadd(decisions_index_key(subject), did)
+            pipe.expire(decisions_index_key(subject), ttl)
+            pipe.get(erasure_marker_key(subject))
+        replies = await pipe.execute()
+        erased = [(s, d) for (s, d, ts, _), m in zip(items, replies[2::3], strict=True)
+                  if m is not None and ts * 1000 <= int(m)]
+        if erased:
+            pipe = self.redis.pipeline(transaction=False)
+            for s, d in erased:
+                pipe.delete(decision_key(d))
+                pipe.zrem(due_key(decision_slot(d)), d)
+                pipe.srem(decisions_index_key(s), d)
+            await pipe.execute()
+        return len(erased)
 
     @staticmethod
     def _reward_call(reward: Reward, event_id: str, value: float, settings: RewardSettings, lease_until: float

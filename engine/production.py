@@ -34,6 +34,12 @@ no API keys: set API_KEYS or API_KEYS_FILE (docs/security.md)
 []
 >>> production_problems(Settings(pulse_env="dev", model_signing_key="CHANGE_ME_signing_key"))[0].split(";")[0]
 'MODEL_SIGNING_KEY holds the CHANGE_ME placeholder of infra/.env.example'
+>>> [p.split(";")[0] for p in production_problems(Settings(pulse_env="prod", model_signing_key="x" * 32,
+...     identity_proofs=True, identity_secret="short", **secured))]
+['IDENTITY_PROOFS is on but IDENTITY_SECRET is 5 bytes']
+>>> production_problems(Settings(pulse_env="prod", model_signing_key="x" * 32, identity_proofs=True,
+...                              identity_secret="y" * 32, **secured))
+[]
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from __future__ import annotations
 import sys
 from urllib.parse import urlsplit
 
+from engine.identity import MIN_IDENTITY_SECRET_BYTES
 from engine.settings import Settings
 
 DEV = "dev"
@@ -68,6 +75,13 @@ def production_problems(settings: Settings, api_keys: int | None = None) -> list
     elif len(signing.encode()) < MIN_SIGNING_KEY_BYTES:
         problems.append(f"MODEL_SIGNING_KEY is {len(signing.encode())} bytes; at least {MIN_SIGNING_KEY_BYTES} "
                         "are required (e.g. openssl rand -hex 32)")
+    if settings.identity_proofs:
+        secret = settings.identity_secret.encode()
+        if len(secret) < MIN_IDENTITY_SECRET_BYTES:
+            size = f"{len(secret)} bytes" if secret else "unset"
+            problems.append(f"IDENTITY_PROOFS is on but IDENTITY_SECRET is {size}"
+                            f"; set a random secret of at least {MIN_IDENTITY_SECRET_BYTES} bytes shared with the "
+                            "site's back end (docs/security.md, \"Identity\")")
     if api_keys == 0:
         problems.append("no API keys: set API_KEYS or API_KEYS_FILE (docs/security.md)")
     return problems + infrastructure_problems(settings)
@@ -89,7 +103,7 @@ def placeholder_problems(settings: Settings) -> list[str]:
     """The secrets still holding infra/.env.example's placeholder."""
     secrets = {"MODEL_SIGNING_KEY": settings.model_signing_key, "API_KEYS": settings.api_keys,
                "KAFKA_SASL_PASSWORD": settings.kafka_security.sasl_password or "",
-               "REDIS_URL": redis_password(settings.redis_url) or ""}
+               "REDIS_URL": redis_password(settings.redis_url) or "", "IDENTITY_SECRET": settings.identity_secret}
     return [f"{name} holds the {PLACEHOLDER} placeholder of infra/.env.example; set a real secret there"
             for name, value in secrets.items() if PLACEHOLDER in value]
 

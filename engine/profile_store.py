@@ -17,18 +17,21 @@ from redis.exceptions import NoScriptError
 
 from engine.config import EngineConfig
 from engine.faults import is_infrastructure
-from engine.features import FeatureExtractor, RawProfile
+from engine.features import FeatureExtractor, RawProfile, merge_has_consent
 from engine.layout import (
     MAX_ALIASES,
+    PERSONALISATION_FIELD,
     OwnerKeys,
     aliases_key,
-    customer_keys,
+    anonymous_subject,
+    customer_subject,
     dedup_token,
+    erasure_marker_key,
     identity_key,
-    legacy_keys,
     offset_field,
     popularity_keys,
-    profile_key,
+    subject_keys,
+    subject_profile_key,
     worker_stats_key,
 )
 from engine.redis_connection import execute_streamed
@@ -38,22 +41,19 @@ APPLY_OPS_LUA = resources.files("engine").joinpath("lua/apply_ops.lua").read_tex
 
 def encode_events(events: Sequence[list[Any]]) -> bytes:
     """The events of one owner batch as the script takes them (its ARGV[4]): ONE flat JSON array, per event
-    ``offset, token, is_consent, number of operations`` then each operation's code and arguments (the script
-    knows every code's arity). Flat because decoding nested arrays in Redis (``cjson.decode``) costs a Lua
-    table per operation; the event's timestamp is not sent (every operation carries the times it needs)."""
+    ``offset, token, is_consent, time (integer ms), number of operations`` then each operation's code and
+    arguments (the script knows every code's arity). Flat because decoding nested arrays in Redis
+    (``cjson.decode``) costs a Lua table per operation; the time is what an erasure marker is compared with."""
     out: list[Any] = []
-    for offset, token, _ts, ops, is_consent in events:
-        out += (offset, token, is_consent, len(ops))
+    for offset, token, ts, ops, is_consent in events:
+        out += (offset, token, is_consent, round(ts * 1000), len(ops))
         for op in ops:
             out += op
     return orjson.dumps(out)
 
 
-@dataclass(frozen=True, slots=True)
-class Erasure:
-    keys_deleted: int
-    #: the customer id and every anonymous id merged into it
-    visitors: list[str]
+#: What the applier returns for an owner whose erasure marker is set (``lua/apply_ops.lua``).
+ERASED = -1
 
 
 @dataclass(slots=True)
@@ -77,6 +77,8 @@ class ProfileStore:
         self.extractor = FeatureExtractor(config)
         self._sha: str | None = None
         self._ttl = int(config.profile.ttl_days * 86400)
+        #: the applier's flags for a person's hash: its erasure marker, and the consent mode
+        self._person_flags = "eo" if config.privacy.consent_mode == "opt_in" else "e"
 
     # -- writes -------------------------------------------------------------------------------
     async def _load_script(self) -> str:
@@ -104,14 +106,14 @@ class ProfileStore:
                 replies = [unsent[i] if i in unsent else next(it) for i in range(len(batches))]
             errors = [r for r in replies if isinstance(r, Exception)]
             if not errors:
-                return [int(r) for r in replies]
+                return [max(int(r), 0) for r in replies]
             if not attempt and any(isinstance(e, NoScriptError) for e in errors):
                 sha = await self._load_script()  # Redis restarted or flushed its script cache
                 continue
             infra = next((e for e in errors if is_infrastructure(e)), None)
             if infra is not None or raise_on_error:
                 raise infra or errors[0]
-            return [r if isinstance(r, Exception) else int(r) for r in replies]
+            return [r if isinstance(r, Exception) else max(int(r), 0) for r in replies]
         raise AssertionError("unreachable")
 
     def _evalsha_chunks(self, sha: str, batches: Sequence[OwnerBatch], unsent: dict[int, Exception],
@@ -132,12 +134,17 @@ class ProfileStore:
                     unsent[i] = exc
                     continue
                 chunk.append(("EVALSHA", sha, len(keys), *keys, offset_field(b.topic, b.partition),
-                              ttl if per_customer else 0, dedup_window if per_customer else 0, encoded))
+                              ttl if per_customer else 0, dedup_window if per_customer else 0, encoded,
+                              self._person_flags if b.owner_keys.marker else ""))
             yield chunk
             start, n = start + n, size
 
+    def subject_batch(self, subject: str, topic: str, partition: int) -> OwnerBatch:
+        """The events of one person (``c:<id>`` or ``a:<id>``, ``engine.layout``) from one partition."""
+        return OwnerBatch(subject_keys(subject, self.config), topic, partition, True, [])
+
     def customer_batch(self, customer_id: str, topic: str, partition: int) -> OwnerBatch:
-        return OwnerBatch(customer_keys(customer_id, self.config), topic, partition, True, [])
+        return self.subject_batch(customer_subject(customer_id), topic, partition)
 
     def popularity_batch(self, topic: str, partition: int) -> OwnerBatch:
         return OwnerBatch(popularity_keys(self.config), topic, partition, False, [])
@@ -157,21 +164,33 @@ class ProfileStore:
     async def merge_identity(
         self, anonymous_id: str, customer_id: str, topic: str, partition: int, offset: int,
         event_id: str, ts: float,
-    ) -> None:
-        """Fold the anonymous profile into the customer's, then point the anonymous id at it.
+    ) -> bool:
+        """Fold the anonymous profile into the customer's, then point the anonymous id at it. Call it only for
+        a trusted identify (``streams/identity.py``): the anonymous side is always the anonymous key space
+        (``p:{a:<id>}``), so no id can make a customer's profile the one merged away.
 
         Idempotent: the merge is guarded by the identify event's offset on the customer's hash, and
-        a replay after the anonymous keys were deleted finds nothing left to merge.
+        a replay after the anonymous keys were deleted finds nothing left to merge. Returns False when either
+        side is erased (``engine/erasure.py``): nothing is merged or linked then.
         """
-        if anonymous_id != customer_id:
-            raw = await self.read_raw(anonymous_id)
-            merge = self.extractor.merge_ops(raw, ts) if raw.exists else []
-        else:
-            merge = []
+        anon = anonymous_subject(anonymous_id)
+        raw = await self.read_subject(anon)
+        merge = self.extractor.merge_ops(raw, ts) if raw.exists else []
         batch = self.customer_batch(customer_id, topic, partition)
         ops = merge + self.extractor.ops_for("identify", ts, {}, {})
-        batch.events.append([offset, dedup_token(event_id), ts, ops, 0])
-        await self.apply([batch])
+        batch.events.append([offset, dedup_token(event_id), ts, ops, 1 if merge_has_consent(merge) else 0])
+        sha = self._sha or await self._load_script()
+        keys = batch.owner_keys.keys
+        try:
+            reply = await self.redis.evalsha(sha, len(keys), *keys, offset_field(topic, partition), self._ttl,
+                                             self.config.profile.dedup_window, encode_events(batch.events),
+                                             self._person_flags)
+        except NoScriptError:
+            await self._load_script()
+            return await self.merge_identity(anonymous_id, customer_id, topic, partition, offset, event_id, ts)
+        if int(reply) == ERASED:
+            return False
+        customer = customer_subject(customer_id)
         # bounded: past MAX_ALIASES anonymous ids the profile is still merged, the id no longer linked
         linked = await self.redis.scard(aliases_key(customer_id)) < MAX_ALIASES
         pipe = self.redis.pipeline(transaction=False)
@@ -179,21 +198,18 @@ class ProfileStore:
             pipe.set(identity_key(anonymous_id), customer_id, ex=self._ttl)
             pipe.sadd(aliases_key(customer_id), anonymous_id)
             pipe.expire(aliases_key(customer_id), self._ttl)
-        if anonymous_id != customer_id:
-            pipe.delete(*customer_keys(anonymous_id, self.config).keys, *legacy_keys(anonymous_id, self.config))
-        await pipe.execute()
-
-    async def erase(self, customer_id: str) -> Erasure:
-        """Right to be forgotten: delete the profile, its aliases and their identity entries. Returns what
-        was deleted and every id the customer was known by (the learner holds histories under them)."""
-        aliases = sorted(cast(set[str], await self.redis.smembers(aliases_key(customer_id))))  # decoding client
-        keys = [*customer_keys(customer_id, self.config).keys, *legacy_keys(customer_id, self.config),
-                aliases_key(customer_id)]
-        for a in aliases:
-            keys.append(identity_key(a))
-            keys.extend(customer_keys(a, self.config).keys)
-            keys.extend(legacy_keys(a, self.config))
-        return Erasure(int(await self.redis.delete(*keys)), [customer_id, *aliases])
+        pipe.delete(subject_profile_key(anon))
+        pipe.exists(erasure_marker_key(customer), erasure_marker_key(anon))
+        *_, erased = await pipe.execute()
+        if erased and linked:
+            # an erasure began meanwhile: it set its markers before it read the aliases, so either it saw
+            # these links (and deletes them) or we see its marker here and take them back
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.srem(aliases_key(customer_id), anonymous_id)
+            pipe.delete(identity_key(anonymous_id))
+            await pipe.execute()
+            return False
+        return not erased
 
     async def incr_worker_counters(self, counters: dict[str, int]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -215,8 +231,8 @@ class ProfileStore:
 
     # -- reads --------------------------------------------------------------------------------
     def queue_read(self, pipe: Any, customer_id: str) -> None:
-        """Queue the command that reads one raw profile on a pipeline (see ``parse_read``)."""
-        pipe.hgetall(profile_key(customer_id))
+        """Queue the command that reads one customer's raw profile on a pipeline (see ``parse_read``)."""
+        pipe.hgetall(subject_profile_key(customer_subject(customer_id)))
 
     @property
     def read_width(self) -> int:
@@ -227,7 +243,14 @@ class ProfileStore:
         return RawProfile(hash=results[0])
 
     async def read_raw(self, customer_id: str) -> RawProfile:
-        return RawProfile(hash=cast(dict[str, str], await self.redis.hgetall(profile_key(customer_id))))
+        """A customer's raw profile."""
+        return await self.read_subject(customer_subject(customer_id))
+
+    async def read_anonymous(self, anonymous_id: str) -> RawProfile:
+        return await self.read_subject(anonymous_subject(anonymous_id))
+
+    async def read_subject(self, subject: str) -> RawProfile:
+        return RawProfile(hash=cast(dict[str, str], await self.redis.hgetall(subject_profile_key(subject))))
 
     async def read_popularity(self) -> tuple[dict[str, str], dict[str, list[tuple[str, float]]]]:
         """The popularity owner's landmarks and top values per affinity feature."""
@@ -238,3 +261,14 @@ class ProfileStore:
             pipe.zrevrange(k.key(k.aff[f.name]), 0, 999, withscores=True)
         res = await pipe.execute()
         return res[0], {f.name: res[i + 1] for i, f in enumerate(self.config.affinities)}
+
+    async def personalisation_flags(self, visitors: Sequence[tuple[str | None, str | None]]) -> list[str | None]:
+        """The stored personalisation consent (``'1'``, ``'0'`` or None: no choice) of each (customer id,
+        anonymous id), an anonymous id read through the identity map: two round trips."""
+        identity = await self.resolve(a for c, a in visitors if c is None and a)
+        owners = [customer_subject(c) if c else customer_subject(identity[a]) if a in identity
+                  else anonymous_subject(a or "") for c, a in visitors]
+        pipe = self.redis.pipeline(transaction=False)
+        for s in owners:
+            pipe.hget(subject_profile_key(s), PERSONALISATION_FIELD)
+        return cast(list[str | None], await pipe.execute())

@@ -67,6 +67,16 @@ def _float(name: str, default: float, *, minimum: float = 0.0, positive: bool = 
     return number
 
 
+def _bool(name: str, default: bool) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, on/off)."""
+    value = _env(name, "true" if default else "false").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise _bad(name, value, "true or false")
+
+
 def _text(name: str, default: str, *, pattern: str = r".+", expected: str = "a non-empty string") -> str:
     """A string setting matching ``pattern`` (whole)."""
     value = _env(name, default)
@@ -226,6 +236,20 @@ class Settings:
     #: A TOML or JSON file of API keys (role, key or key_sha256, origins, name); used with ``API_KEYS``.
     api_keys_file: str = field(default_factory=lambda: _env("API_KEYS_FILE", ""))
     # --- end of the API keys block ---
+
+    # --- identity, consent and erasure (engine/identity.py, engine/erasure.py, docs/security.md) ---
+    #: Accept browser ``identify`` and ``consent`` events for a customer id when they carry
+    #: ``properties.user_hash = HMAC-SHA256(IDENTITY_SECRET, customer_id)`` (hex), computed by the site's back
+    #: end. Off: only server keys and direct producers can link ids or set a customer's consent.
+    identity_proofs: bool = field(default_factory=lambda: _bool("IDENTITY_PROOFS", False))
+    #: The secret of those proofs, shared with the site's back end (at least 32 bytes outside dev).
+    identity_secret: str = field(default_factory=lambda: _env("IDENTITY_SECRET", ""))
+    #: How long an erasure marker keeps the worker from writing anything for an erased person (events in
+    #: flight, a replay of the events topic): keep it longer than the events topic's retention.
+    erasure_retention_days: float = field(default_factory=lambda: _float("ERASURE_RETENTION_DAYS", 30.0))
+    #: Compacted topic on which every erasure is published (key: the erased id), for downstream systems.
+    erasures_topic: str = field(default_factory=lambda: _topic("ERASURES_TOPIC", "erasures"))
+    # --- end of the identity block ---
 
 
 def load_settings() -> Settings:

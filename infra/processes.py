@@ -38,6 +38,7 @@ class Stack:
         self.decisions_topic = f"decisions-{tag}"
         self.learning_topic = f"learning-{tag}"
         self.segments_topic = f"segments-{tag}"
+        self.erasures_topic = f"erasures-{tag}"
         self.app_id = f"pulse-test-{tag}"
         self.tag = tag
 
@@ -48,6 +49,7 @@ class Stack:
             "EVENTS_TOPIC": self.events_topic, "DLQ_TOPIC": self.dlq_topic,
             "DECISIONS_TOPIC": self.decisions_topic, "LEARNING_TOPIC": self.learning_topic,
             "SEGMENTS_TOPIC": self.segments_topic,
+            "ERASURES_TOPIC": self.erasures_topic,
             "EVENTS_PARTITIONS": str(self.partitions),
             "WORKER_APP_ID": self.app_id, "WORKER_DATA_DIR": f"/tmp/pulse-faust-{self.tag}",
             "PYTHONUNBUFFERED": "1",
@@ -61,7 +63,7 @@ class Stack:
     def create_topics(self) -> None:
         asyncio.run(ensure_topics(self.bootstrap, self.partitions,
                                   [self.events_topic, self.dlq_topic, self.decisions_topic,
-                                   self.learning_topic, self.segments_topic],
+                                   self.learning_topic, self.segments_topic, self.erasures_topic],
                                   kafka_kwargs=kafka_client_kwargs(self.kafka_env)))
 
 

@@ -3,10 +3,11 @@
     python -m infra.topics                 # uses KAFKA_BOOTSTRAP, EVENTS_PARTITIONS, *_TOPIC env vars
     python -m infra.topics --bootstrap 127.0.0.1:19092 --partitions 4 events decisions
 
-Topics: ``events`` (EVENTS_TOPIC), ``events.dlq`` (DLQ_TOPIC), ``decisions`` (DECISIONS_TOPIC) and
-``learning`` (LEARNING_TOPIC, training examples keyed by placement) and ``segments`` (SEGMENTS_TOPIC, segment
-entries and exits keyed by profile), all with EVENTS_PARTITIONS
-partitions so one customer's events, dead letters and decisions share a partition number. Existing
+Topics: ``events`` (EVENTS_TOPIC), ``events.dlq`` (DLQ_TOPIC), ``decisions`` (DECISIONS_TOPIC),
+``learning`` (LEARNING_TOPIC, training examples keyed by placement), ``segments`` (SEGMENTS_TOPIC, segment
+entries and exits keyed by profile) and ``erasures`` (ERASURES_TOPIC: a tombstone per erased id,
+``cleanup.policy=compact``), all with EVENTS_PARTITIONS partitions so one customer's events, dead letters and
+decisions share a partition number. Existing
 topics are left untouched (adding partitions later would remap keys to partitions); a partition-count
 mismatch is reported as a warning. The connection's security comes from ``KAFKA_SECURITY_PROTOCOL`` and
 ``KAFKA_SASL_*`` like every client's (``engine.kafka_client``); creating topics needs a user the brokers
@@ -37,7 +38,19 @@ DEFAULT_TOPIC_ENV = (
     ("DECISIONS_TOPIC", "decisions"),
     ("LEARNING_TOPIC", "learning"),
     ("SEGMENTS_TOPIC", "segments"),
+    ("ERASURES_TOPIC", "erasures"),
 )
+#: Topic configurations by the environment variable of the topic's name (others: the broker's defaults).
+TOPIC_CONFIGS = {"ERASURES_TOPIC": {"cleanup.policy": "compact"}}
+
+
+def topic_configs(name: str) -> dict[str, str]:
+    """The configuration a topic is created with: ``erasures`` (or ERASURES_TOPIC, or a name starting with
+    ``erasures``, as the tests' per-run names do) is compacted."""
+    for var, default in DEFAULT_TOPIC_ENV:
+        if var in TOPIC_CONFIGS and (name == os.environ.get(var, default) or name.startswith(default)):
+            return dict(TOPIC_CONFIGS[var])
+    return {}
 
 
 def default_topic_names() -> list[str]:
@@ -70,7 +83,8 @@ async def ensure_topics(
     connect_timeout: float = 60.0,
     kafka_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create every topic in ``names`` (default: events, events.dlq, decisions, learning, segments) that is missing.
+    """Create every topic in ``names`` (default: events, events.dlq, decisions, learning, segments, erasures)
+    that is missing.
 
     Safe to call concurrently and repeatedly. Waits up to ``connect_timeout`` seconds for the broker.
     ``kafka_kwargs``: the connection's security (default: the environment's ``KAFKA_SECURITY_PROTOCOL`` and
@@ -86,7 +100,8 @@ async def ensure_topics(
         missing = [name for name in wanted if name not in existing]
         if missing:
             response = await admin.create_topics(
-                [NewTopic(name, partitions, replication_factor) for name in missing], timeout_ms=30000
+                [NewTopic(name, partitions, replication_factor, topic_configs=topic_configs(name))
+                 for name in missing], timeout_ms=30000
             )
             for topic, code, *rest in response.topic_errors:
                 if code == 0 or code == TopicAlreadyExistsError.errno:
@@ -113,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m infra.topics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("names", nargs="*",
-                        help="topics to create (default: events, events.dlq, decisions, learning, segments)")
+    parser.add_argument("names", nargs="*", help="topics to create (default: events, events.dlq, decisions, "
+                        "learning, segments, erasures)")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     parser.add_argument("--partitions", type=int, default=int(os.environ.get("EVENTS_PARTITIONS", "8")))
     parser.add_argument("--replication-factor", type=int, default=int(os.environ.get("TOPIC_REPLICATION_FACTOR", "1")))

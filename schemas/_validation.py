@@ -197,6 +197,10 @@ def reason_from(
         return f"{_join(path, missing)}: is required{suffix}"
     if rule == "anyOf" and not path and "anonymous_id" in str(definition.get("anyOf")):
         return "anonymous_id or customer_id: at least one is required (a non-empty string)"
+    if rule == "anyOf" and isinstance(ruledef, list) and all(
+            isinstance(b, dict) and len(b.get("required", ())) == 1 for b in ruledef):
+        names = ", ".join(b["required"][0] for b in ruledef)
+        return f"{path or 'event'}: at least one of {names} is required" + (f" for {subject}" if subject else "")
     if rule == "additionalProperties" and isinstance(value, dict):
         known = definition.get("properties", {})
         extra = sorted(k for k in value if k not in known)

@@ -25,9 +25,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from engine.config import BASELINE_POLICY, Action, EngineConfig
+from engine.consent import personalisation_allowed
 from engine.decisions import CONTROL_ARM, holdout_arm, new_decision_id, request_context_features
 from engine.features import Profile, RawProfile, context_features, decode
-from engine.layout import identity_key, profile_key
+from engine.layout import anonymous_profile_key, identity_key, profile_key
 from engine.policies import Candidate
 from serving import auth, explain
 from serving.admission import queued_seconds
@@ -203,7 +204,8 @@ async def read_profile(svc: Services, req: DecideRequest, now: float) -> Profile
         raw = RawProfile(hash=await reads.call("HGETALL", profile_key(subject)))
     elif req.anonymous_id is not None:
         subject = req.anonymous_id
-        profile_reply = reads.call("HGETALL", profile_key(subject))  # same pipeline as the identity lookup
+        # same pipeline as the identity lookup; an anonymous id never reads a customer's profile by itself
+        profile_reply = reads.call("HGETALL", anonymous_profile_key(subject))
         try:
             customer = await reads.call("GET", identity_key(subject))
         except BaseException:
@@ -418,7 +420,9 @@ async def decide_bytes(svc: Services, body: bytes, shed: bool = False) -> tuple[
             degraded = True
             metrics.errors.inc(f"profile_read:{type(exc).__name__}")
 
-    personalised = profile is not None and profile.exists and profile.personalisation_allowed
+    # consent (engine/consent.py): opt_in personalises only after the visitor's consent, opt_out until withdrawn
+    allowed = personalisation_allowed(profile.consent if profile is not None else {}, svc.config.privacy.consent_mode)
+    personalised = profile is not None and profile.exists and allowed
     ranking, context = rank(svc, req, profile, personalised, now, _rng)
     decision_id = new_decision_id()
     parts = svc.answer_parts
@@ -441,7 +445,8 @@ async def decide_bytes(svc: Services, body: bytes, shed: bool = False) -> tuple[
             if personalised and profile is not None else {}, now)} if req.explain else {}),
     })
     visitor = req.customer_id or req.anonymous_id
-    if ranking.actions and visitor:
+    # no consent to personalisation: no decision record (no reward join, no context kept for the visitor)
+    if ranking.actions and visitor and allowed:
         candidates = req.candidates if req.candidates is not None else svc.placement_action_ids[req.placement]
         record = decision_record(decision_id, req, ranking, context, candidates, degraded, now)
         publish_decision(svc, visitor, record)

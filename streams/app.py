@@ -35,7 +35,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from engine.config import load_config
+from engine.erasure import ErasureStore
 from engine.faults import is_infrastructure
+from engine.identity import IdentityPolicy
 from engine.learning_store import LearningStore
 from engine.production import production_problems, refuse_to_start
 from engine.profile_store import ProfileStore
@@ -43,6 +45,7 @@ from engine.redis_connection import HiredisPackedConnection
 from engine.runtime import batch_young_threshold, freeze_startup_heap
 from engine.settings import load_settings
 from streams.collaborative import CollaborativeFeed
+from streams.consent import ConsentGate, ConsentWithdrawals
 from streams.consumer import BatchLoop, Outbox, Write
 from streams.faust_auth import faust_credentials
 from streams.learner import PlacementLearner
@@ -97,10 +100,13 @@ class Components:
         # dead letters and learning examples: a commit waits for their acknowledgements (streams/consumer.py)
         self.outbox = Outbox(settings.kafka_bootstrap, kafka_kwargs=settings.kafka_security.client_kwargs())
         self.joiner = RewardJoiner(self.learning_store, config, self.send_learning_example, self.send_dead_letter)
-        self.processor = BatchProcessor(ProfileStore(self.redis, config), self.send_dead_letter,
-                                        hooks=[self.joiner.on_events,
-                                               CollaborativeFeed(config, self.send_learning_example).on_events],
-                                        limits=settings.event_limits)
+        store = ProfileStore(self.redis, config)
+        erasures = ErasureStore(self.redis, config, settings.erasure_retention_days * 86400)
+        withdrawals = ConsentWithdrawals(store, erasures, self.send_learning_example, config.collaborative.enabled)
+        feed = CollaborativeFeed(config, self.send_learning_example, ConsentGate(store, config))
+        self.processor = BatchProcessor(store, self.send_dead_letter,
+                                        hooks=[self.joiner.on_events, feed.on_events, withdrawals.on_events],
+                                        limits=settings.event_limits, identity=IdentityPolicy.from_settings(settings))
         self.segments = SegmentTracker(self.redis, config, self.send_segment_change)
         self.learner = PlacementLearner(config)
         self.restored = False

@@ -346,7 +346,7 @@ class BatchLoop(ConsumerRebalanceListener):
         for tp in sorted(batch, key=lambda t: (t.topic, t.partition)):
             topic, partition = tp.topic, tp.partition
             records = by_topic.setdefault(topic, [])
-            records.extend([Record(topic, partition, m.offset, m.key, m.value) for m in batch[tp]])
+            records.extend([Record(topic, partition, m.offset, m.key, m.value, m.headers) for m in batch[tp]])
         writes = []
         for topic in self.topics:  # events first, then decisions (the reward join is order-free)
             todo = by_topic.get(topic)

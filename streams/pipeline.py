@@ -12,11 +12,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from engine.faults import is_infrastructure
-from engine.layout import dedup_token
+from engine.identity import GUARDED_TYPES, IdentityPolicy
+from engine.layout import anonymous_subject, customer_subject, dedup_token
 from engine.profile_store import OwnerBatch, ProfileStore
 from schemas.events import Event, InvalidEvent, parse_event
 from schemas.limits import DEFAULT_LIMITS, EventLimits, check_event, check_size
@@ -41,6 +42,8 @@ class Record(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes
+    #: the record's Kafka headers: ``pulse-source`` says who sent it (``engine/trust.py``)
+    headers: Sequence[tuple[str, bytes]] | None = None
 
 
 @dataclass(slots=True)
@@ -85,12 +88,14 @@ class BatchProcessor:
     (Redis: identity, the Lua applier, hooks, counters). Only ``apply`` is retried when Redis is down."""
 
     def __init__(self, store: ProfileStore, dead_letters: DeadLetterSink, hooks: Sequence[EventHook] = (),
-                 limits: EventLimits = DEFAULT_LIMITS) -> None:
+                 limits: EventLimits = DEFAULT_LIMITS, identity: IdentityPolicy | None = None) -> None:
         self.store = store
         self.limits = limits
         self.dead_letters = dead_letters
         self.hooks = list(hooks)
         self.extractor = store.extractor
+        #: who may link ids and set a customer's consent (default: the site only, no browser proofs)
+        self.identity = identity or IdentityPolicy(None)
 
     async def process(self, records: Sequence[Record]) -> BatchStats:
         return await self.apply(await self.prepare(records))
@@ -110,6 +115,8 @@ class BatchProcessor:
                 ev = parse_event(rec.value)
                 check_event(ev, size, now, limits)
                 etype, ts = ev.type, ev.timestamp
+                if etype in GUARDED_TYPES and ev.customer_id is not None:
+                    ev = self._believed(rec, ev)
                 if etype == "identify" and ev.anonymous_id and ev.customer_id:
                     item: PreparedItem = (rec, ev, [], None)  # merged in apply: its ops depend on the stored profile
                 else:
@@ -129,6 +136,16 @@ class BatchProcessor:
             by_type[etype] = by_type.get(etype, 0) + 1
             items.append(item)
         return PreparedBatch(stats, items)
+
+    def _believed(self, rec: Record, ev: Event) -> Event:
+        """An identify or consent event as far as it is trusted: an untrusted one loses its customer id (an
+        identify is then recorded on the anonymous id and links nothing; ``engine/identity.py``)."""
+        if self.identity.trusted(rec.headers, ev.customer_id or "", ev.properties):
+            return ev
+        if not ev.anonymous_id:
+            raise InvalidEvent(f"customer_id: a {ev.type} for a customer id needs a server key or a valid "
+                               "properties.user_hash (docs/security.md)", event_id=ev.event_id)
+        return replace(ev, customer_id=None)
 
     async def apply(self, prepared: PreparedBatch, on_sent: Callable[[], None] | None = None) -> BatchStats:
         """Write a prepared batch. ``on_sent`` is called once the bulk of its profile writes is sent to Redis
@@ -201,7 +218,7 @@ class BatchProcessor:
                 applied += await self._apply(segment, identity, (), stats)
                 segment = []
                 try:
-                    await self.store.merge_identity(
+                    merged = await self.store.merge_identity(
                         ev.anonymous_id, ev.customer_id, rec.topic, rec.partition, rec.offset,  # type: ignore[arg-type]
                         ev.event_id, ev.timestamp,
                     )
@@ -211,8 +228,9 @@ class BatchProcessor:
                     stats.isolated += 1  # the ids stay apart: later events go to their own profiles
                     await self._dead_letter(rec, exc, STAGE_IDENTITY)
                     continue
-                identity[ev.anonymous_id] = ev.customer_id  # type: ignore[index,assignment]
-                applied += 1
+                if merged:  # else one side is erased: nothing was linked
+                    identity[ev.anonymous_id] = ev.customer_id  # type: ignore[index,assignment]
+                    applied += 1
             else:
                 segment.append(item)
         return applied + await self._apply(segment, identity, (), stats)
@@ -230,7 +248,7 @@ class BatchProcessor:
             key = (owner, rec.partition)
             batch = owners.get(key)
             if batch is None:
-                batch = owners[key] = self.store.customer_batch(owner, rec.topic, rec.partition)
+                batch = owners[key] = self.store.subject_batch(owner, rec.topic, rec.partition)
                 sources[key] = []
             batch.events.append(row)
             sources[key].append(rec)
@@ -278,12 +296,18 @@ class BatchProcessor:
 
 
 def _merges(ev: Event) -> bool:
-    """An identify event that merges an anonymous profile into a customer's."""
+    """An identify event that merges an anonymous profile into a customer's (a trusted one: an untrusted
+    identify lost its customer id in ``prepare``)."""
     return ev.type == "identify" and bool(ev.anonymous_id) and bool(ev.customer_id)
 
 
 def _owner(ev: Event, identity: dict[str, str]) -> str:
-    return ev.customer_id or identity.get(ev.anonymous_id or "", ev.anonymous_id or "")
+    """The subject (``engine.layout``: ``c:<customer>`` or ``a:<anonymous id>``) whose profile an event feeds."""
+    if ev.customer_id:
+        return customer_subject(ev.customer_id)
+    anon = ev.anonymous_id or ""
+    customer = identity.get(anon)
+    return customer_subject(customer) if customer is not None else anonymous_subject(anon)
 
 
 def split_linked(items: Sequence[PreparedItem],
@@ -309,12 +333,12 @@ def split_linked(items: Sequence[PreparedItem],
     >>> [r.offset for r, *_ in bulk], [r.offset for r, *_ in linked]
     ([2], [1, 3, 4, 5])
     """
-    merges = [(ev.anonymous_id, ev.customer_id) for _, ev, _, _ in items if _merges(ev)]
+    merges = [(ev.anonymous_id or "", ev.customer_id or "") for _, ev, _, _ in items if _merges(ev)]
     if not merges:
         return list(items), []
     merged_anonymous = {a for a, _ in merges}
-    linked_owners = merged_anonymous | {c for _, c in merges} | {
-        identity[a] for a in merged_anonymous if a in identity}
+    linked_owners = {anonymous_subject(a) for a in merged_anonymous} | {customer_subject(c) for _, c in merges} | {
+        customer_subject(identity[a]) for a in merged_anonymous if a in identity}
     bulk: list[PreparedItem] = []
     linked: list[PreparedItem] = []
     for item in items:

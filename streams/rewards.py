@@ -28,6 +28,8 @@ import orjson
 
 from engine.config import EngineConfig, RewardSettings
 from engine.decisions import Reward, reward_of, reward_value
+from engine.erasure import DECISION_INDEX_GRACE_S
+from engine.layout import anonymous_subject, customer_subject
 from engine.learning_store import Finalised, JoinOutcome, LearningStore
 from schemas.decision import validate_decision
 from schemas.events import Event, InvalidEvent
@@ -70,6 +72,12 @@ def _outcome_increments(record: dict[str, Any], out: JoinOutcome) -> list[tuple[
     pid, arm = record["placement"], record["holdout_arm"]
     return ([(pid, arm, "clicks", 1)] if out.new_click else []) + (
         [(pid, arm, "conversions", 1)] if out.new_conversion else [])
+
+
+def _subject(record: dict[str, Any]) -> str:
+    """The person a decision record was made for (``engine.layout`` subject)."""
+    cid = record.get("customer_id")
+    return customer_subject(cid) if cid else anonymous_subject(str(record.get("anonymous_id") or ""))
 
 
 class RewardJoiner:
@@ -161,8 +169,18 @@ class RewardJoiner:
         """Open the reward windows of a batch of decisions: one pipeline of reward-join calls, counters in one more."""
         if not logged:
             return
+        # an erased person's decisions (a replay of the decisions topic) do not reopen their windows
+        people = [(_subject(r), r["timestamp"] / 1000.0) for r, _, _ in logged]
+        erased = await self.store.erased_subjects(people)
+        if erased:
+            logged = [x for x, (s, _) in zip(logged, people, strict=True) if s not in erased]
+            if not logged:
+                return
         settled, increments = [], []
         outcomes = await self.store.decisions_logged([(r, s) for r, s, _ in logged], now)
+        await self.store.index_decisions([
+            (_subject(r), r["decision_id"], r["timestamp"] / 1000.0, int(s.window_seconds) + DECISION_INDEX_GRACE_S)
+            for (r, s, _), out in zip(logged, outcomes, strict=True) if out.status != "error"])
         for (record, _, rec), out in zip(logged, outcomes, strict=True):
             if out.status == "error":
                 await self._dead_letter(rec, str(out.error), "reward_join")

@@ -28,9 +28,10 @@ from engine.layout import (
     LAST_SEEN,
     SEGMENT_DUE_SLOTS,
     SEGMENTS_FIELD,
-    profile_key,
     segment_due_key,
     segment_due_slot,
+    subject_id,
+    subject_profile_key,
 )
 from engine.segment_view import RawView
 from engine.segments import Segments, transitions
@@ -96,7 +97,7 @@ class SegmentTracker:
         owners = list(dict.fromkeys(owners))
         pipe = self.redis.pipeline(transaction=False)
         for o in owners:
-            pipe.hgetall(profile_key(o))
+            pipe.hgetall(subject_profile_key(o))
         hashes = cast(list[dict[str, str]], await pipe.execute())
         deliveries: list[asyncio.Future[None]] = []
         records: list[tuple[str, str]] = []
@@ -114,8 +115,8 @@ class SegmentTracker:
             entered, left = transitions(before, after)
             for kind, names in (("segment_entered", entered), ("segment_exited", left)):
                 for name in names:
-                    message = change_message(owner, name, kind, cause, after, h.get(LAST_SEEN), now)
-                    deliveries.append(await self.send(owner.encode(), orjson.dumps(message)))
+                    message = change_message(subject_id(owner), name, kind, cause, after, h.get(LAST_SEEN), now)
+                    deliveries.append(await self.send(subject_id(owner).encode(), orjson.dumps(message)))
             if entered or left:
                 records.append((owner, ",".join(after)))
             when = self.segments.next_change(view, now)
@@ -127,7 +128,7 @@ class SegmentTracker:
             await asyncio.gather(*deliveries)  # acknowledged before recorded: a crash re-publishes, never loses
         pipe = self.redis.pipeline(transaction=False)
         for owner, value in records:
-            await self._set_if_exists(keys=[profile_key(owner)], args=[SEGMENTS_FIELD, value], client=pipe)
+            await self._set_if_exists(keys=[subject_profile_key(owner)], args=[SEGMENTS_FIELD, value], client=pipe)
         for slot, members in due.items():
             pipe.zadd(segment_due_key(slot), members)
         for slot, gone in done.items():

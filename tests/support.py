@@ -134,11 +134,17 @@ def with_store(redis_url: str, fn: Callable[[Any], Any]) -> Any:
     return asyncio.run(run())
 
 
-def profile_of(redis_url: str, customer_id: str) -> Any:
+def profile_of(redis_url: str, visitor: str, *, customer: bool | None = None) -> Any:
+    """The decoded profile of a visitor: the customer ``visitor`` (``customer=True``), the anonymous id
+    ``visitor`` (``False``), or (None) the customer's if it exists, else the anonymous id's (the two live in
+    separate key spaces, ``engine.layout``)."""
     from engine.features import decode
 
     async def read(store: Any) -> Any:
-        return decode(customer_id, await store.read_raw(customer_id), store.config, time.time())
+        raw = await store.read_raw(visitor) if customer is not False else None
+        if raw is None or (customer is None and not raw.exists):
+            raw = await store.read_anonymous(visitor)
+        return decode(visitor, raw, store.config, time.time())
 
     return with_store(redis_url, read)
 

@@ -55,7 +55,7 @@ class NoOutbox:
 
 
 def batch(partition: int, first: int, n: int) -> dict[TopicPartition, list[Any]]:
-    return {TopicPartition(TOPIC, partition): [SimpleNamespace(offset=o, key=None, value=b"{}")
+    return {TopicPartition(TOPIC, partition): [SimpleNamespace(offset=o, key=None, value=b"{}", headers=())
                                                for o in range(first, first + n)]}
 
 

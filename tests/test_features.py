@@ -63,8 +63,12 @@ def test_cart_and_purchase() -> None:
 def test_consent_withdrawal_wipes_and_sets_flag() -> None:
     ops = FX.ops_for("consent", 1.0, {"personalisation": False, "marketing": True}, {})
     assert ["set", "kp", 0] in ops
-    assert ["set", "km", 1] in ops
+    assert [op for op in ops if op[0] == "set" and op[1] in ("kme", "kmp", "kms", "kmw")] == [
+        ["set", f, 1] for f in ("kme", "kmp", "kms", "kmw")]  # marketing: every channel
+    assert ["max", "kt", 1000] in ops  # when the choice was made (a merge keeps the newer)
     assert ["wipe"] in ops
+    by_channel = FX.ops_for("consent", 2.0, {"marketing": {"email": False, "push": True}}, {})
+    assert by_channel == [["set", "kme", 0], ["set", "kmp", 1], ["max", "kt", 2000]]  # personalisation untouched
     assert "wipe" not in codes(FX.ops_for("consent", 1.0, {"personalisation": True}, {}))
 
 
@@ -155,6 +159,6 @@ def test_merge_ops_reexpress_scores_at_merge_time() -> None:
     assert not [op for op in ops if "d:0" in op or "off:events:1" in op]  # dedup and offsets are not merged
 
 
-def test_encode_events_is_one_flat_array_without_the_timestamp() -> None:
+def test_encode_events_is_one_flat_array_with_the_time_in_ms() -> None:
     rows = [[7, "AbC-9x", 12.5, [["i", "cv", 1], ["wipe"]], 0], [8, "", 13.0, [], 1]]
-    assert orjson.loads(encode_events(rows)) == [7, "AbC-9x", 0, 2, "i", "cv", 1, "wipe", 8, "", 1, 0]
+    assert orjson.loads(encode_events(rows)) == [7, "AbC-9x", 0, 12500, 2, "i", "cv", 1, "wipe", 8, "", 1, 13000, 0]

@@ -48,7 +48,17 @@ def test_split_hostport(address: str, expected: tuple[str, int]) -> None:
 
 def test_default_topic_names_follow_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DLQ_TOPIC", "dead")
-    assert default_topic_names() == ["events", "dead", "decisions", "learning", "segments"]
+    assert default_topic_names() == ["events", "dead", "decisions", "learning", "segments", "erasures"]
+
+
+def test_the_erasures_topic_is_compacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.topics import topic_configs
+
+    assert topic_configs("erasures") == {"cleanup.policy": "compact"}
+    assert topic_configs("erasures-1a2b") == {"cleanup.policy": "compact"}  # the tests' per-run names
+    monkeypatch.setenv("ERASURES_TOPIC", "forgotten")
+    assert topic_configs("forgotten") == {"cleanup.policy": "compact"}
+    assert topic_configs("events") == {} and topic_configs("learning") == {}
 
 
 def test_free_ports_are_distinct() -> None:

@@ -58,7 +58,8 @@ def hash_fields(lua: str) -> tuple[set[str], set[str]]:
 def test_profile_scripts_name_the_layouts_fields(script: str) -> None:
     lua = PROFILE_SCRIPTS[script]
     assert profile_fields(lua) == {layout.SESSION_ID, layout.SESSION_START, layout.SESSION_LAST,
-                                   layout.SESSION_PAGES, layout.DEDUP_CURSOR, layout.PERSONALISATION_FIELD}
+                                   layout.SESSION_PAGES, layout.DEDUP_CURSOR, layout.PERSONALISATION_FIELD,
+                                   layout.CONSENT_TIME}
     assert field_prefixes(lua) == {layout.DEDUP_PREFIX, layout.CART_PREFIX}
     cart = re.search(r"sub\(f, 1, (\d+)\) == '([^']+)'", code(lua))
     assert cart and (int(cart.group(1)), cart.group(2)) == (len(layout.CART_PREFIX), layout.CART_PREFIX)
@@ -71,7 +72,8 @@ def test_profile_scripts_keep_the_layouts_fields_on_wipe(script: str) -> None:
     assert set(re.findall(r"c == '(.)'", body.group(1))) == set(layout.KEPT_ON_WIPE)
     # what is kept is what the layout says is kept: offsets, consent flags, de-duplication
     for name in (layout.offset_field("events", 0), layout.consent_field("analytics"), layout.dedup_field(0),
-                 layout.DEDUP_CURSOR, layout.PERSONALISATION_FIELD):
+                 layout.DEDUP_CURSOR, layout.PERSONALISATION_FIELD, layout.CONSENT_TIME,
+                 layout.consent_field("marketing_email")):
         assert name[0] in layout.KEPT_ON_WIPE, name
     for name in (layout.SESSION_ID, layout.FIRST_SEEN, layout.MONETARY, layout.cart_field("x")):
         assert name[0] not in layout.KEPT_ON_WIPE, name
@@ -111,6 +113,26 @@ def test_reward_join_expiry_builds_the_layouts_decision_keys() -> None:
         slot = decision_slot(did)
         assert layout.decision_key(did) == layout.decision_key_prefix(slot) + did
         assert "{" in layout.due_key(slot) and layout.due_key(slot)[3:] == layout.decision_key_prefix(slot)[3:-1]
+
+
+def test_the_person_keys_keep_one_hash_tag_per_subject_and_separate_key_spaces() -> None:
+    for cid in ("cust-1", "a:b", "x}y"):
+        customer, anon = layout.customer_subject(cid), layout.anonymous_subject(cid)
+        assert layout.profile_key(cid) != layout.anonymous_profile_key(cid)
+        tag = layout.profile_key(cid)[2:]
+        # the customer's hash, aliases, decision index and erasure marker share one slot (one hash tag)
+        for key in (layout.aliases_key(cid), layout.decisions_index_key(customer),
+                    layout.erasure_marker_key(customer), layout.erasure_pending_key(customer)):
+            assert key[key.index("{"):key.index("}") + 1] == tag[:tag.index("}") + 1], key
+        assert layout.identity_key(cid)[3:] == layout.anonymous_profile_key(cid)[2:]
+        assert layout.subject_keys(anon, None).keys == [  # type: ignore[arg-type]  # config unused for a person
+            layout.anonymous_profile_key(cid), layout.erasure_marker_key(anon)]
+
+
+def test_apply_ops_takes_the_erasure_marker_as_its_second_key() -> None:
+    src = code(APPLY_OPS)
+    assert re.search(r"redis\.call\('GET', KEYS\[2\]\)", src)
+    assert "find(flags, 'e', 1, true)" in src and "find(flags, 'o', 1, true)" in src
 
 
 def test_the_parsers_see_a_change_on_either_side() -> None:

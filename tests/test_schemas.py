@@ -403,8 +403,8 @@ INVALID_CASES: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "consent missing",
-        event("consent", properties={"marketing": True}),
-        "properties.personalisation: is required for consent",
+        event("consent", properties={"user_hash": "0" * 64}),
+        "properties: at least one of personalisation, analytics, marketing is required for consent",
     ),
     (
         "feedback bad kind",

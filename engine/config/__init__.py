@@ -28,6 +28,8 @@ from engine.config.errors import ConfigError
 from engine.config.load import load_config, parse_config
 from engine.config.model import (
     BASELINE_POLICY,
+    OPT_IN,
+    OPT_OUT,
     REWARD_AGGREGATIONS,
     WINDOWS,
     Action,
@@ -36,6 +38,7 @@ from engine.config.model import (
     EngineConfig,
     LearningSettings,
     Placement,
+    PrivacySettings,
     ProfileSettings,
     RecentFeature,
     RewardSettings,
@@ -50,6 +53,8 @@ KNOWN_EVENTS: tuple[str, ...] = event_types()
 __all__ = [
     "BASELINE_POLICY",
     "KNOWN_EVENTS",
+    "OPT_IN",
+    "OPT_OUT",
     "REWARD_AGGREGATIONS",
     "WINDOWS",
     "Action",
@@ -59,6 +64,7 @@ __all__ = [
     "EngineConfig",
     "LearningSettings",
     "Placement",
+    "PrivacySettings",
     "ProfileSettings",
     "RecentFeature",
     "RewardSettings",

@@ -318,6 +318,7 @@ def _build(doc: schema.Document) -> model.EngineConfig:
     features = doc.feature
     return model.EngineConfig(
         profile=model.ProfileSettings(**doc.profile.model_dump()),
+        privacy=model.PrivacySettings(consent_mode=doc.privacy.consent_mode),
         scoring=model.ScoringSettings(**doc.scoring.model_dump()),
         affinities=tuple(
             model.AffinityFeature(name=f.name, field=f.field, weights=dict(f.weights),

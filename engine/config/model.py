@@ -52,6 +52,17 @@ class ProfileSettings:
     dedup_window: int = 64
 
 
+#: The consent modes (``[privacy] consent_mode``).
+OPT_IN, OPT_OUT = "opt_in", "opt_out"
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacySettings:
+    #: ``opt_in``: nothing is stored about a visitor until some consent is granted, and answers are
+    #: non-personalised until personalisation is; ``opt_out``: personalised until withdrawn.
+    consent_mode: str = OPT_OUT
+
+
 @dataclass(frozen=True, slots=True)
 class ScoringSettings:
     category_weight: float = 1.0
@@ -183,6 +194,7 @@ class EngineConfig:
     actions: Mapping[str, Action]
     collaborative: CollaborativeSettings = field(default_factory=CollaborativeSettings)
     segments: tuple[Segment, ...] = ()
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
     def actions_for(self, placement: str) -> list[Action]:
         return [a for a in self.actions.values() if placement in a.placements]

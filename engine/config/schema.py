@@ -96,6 +96,14 @@ class Profile(Strict):
     dedup_window: int = Field(default=64, ge=1, le=1024, description="Event ids kept per customer (dedup).")
 
 
+class Privacy(Strict):
+    """Consent (docs/security.md, "Consent")."""
+
+    consent_mode: Literal["opt_in", "opt_out"] = Field(
+        default="opt_out", description="opt_in: nothing about a visitor is stored and answers are not "
+        "personalised until they consent to personalisation; opt_out: until they withdraw it.")
+
+
 class AffinityFeature(Strict):
     """A time-decayed score per value of an event property; the strongest ``top_k`` values are kept."""
 
@@ -273,6 +281,7 @@ class Document(Strict):
     replace: list[str] = Field(
         default_factory=list, description="Top-level keys this file replaces whole instead of merging.")
     profile: Profile = Field(default_factory=Profile)
+    privacy: Privacy = Field(default_factory=Privacy)
     feature: list[Feature] = []
     collaborative: Collaborative = Field(default_factory=Collaborative)
     scoring: Scoring = Field(default_factory=Scoring)

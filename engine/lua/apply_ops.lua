@@ -19,11 +19,17 @@
 -- ARGV[2]  TTL seconds of the hash (0 = none).
 -- ARGV[3]  dedup window: event id tokens remembered (0 = no event-id de-duplication).
 -- ARGV[4]  JSON, one flat array (engine/profile_store.py encode_events): per event
---          offset, token, is_consent, number of operations, then each operation: its code and its
---          arguments (ARITY below), e.g. [7, "AbC-9x", 0, 2, "i", "cv", 1, "max", "ls", 1700000000000].
+--          offset, token, is_consent, event time (ms), number of operations, then each operation: its code
+--          and its arguments (ARITY below), e.g.
+--          [7, "AbC-9x", 0, 1700000000000, 2, "i", "cv", 1, "max", "ls", 1700000000000].
 --          While the owner has withdrawn consent to personalisation, only consent events are applied
 --          (nothing behavioural is stored).
--- Returns the number of events applied.
+-- ARGV[5]  flags (optional): 'e' = KEYS[2] is the owner's erasure marker (a time, epoch ms): events up to
+--          that time are not applied (events in flight or replayed after an erasure); 'o' = consent mode opt_in: only consent
+--          events are applied until the owner's personalisation consent is '1'.
+-- A hash that did not exist is created only by an applied event (opt_in: only once some consent is
+-- granted): skipped events alone leave no key behind.
+-- Returns the number of events applied (-1: none, and some were refused by the erasure marker).
 local h = KEYS[1]
 local off_field = ARGV[1]
 local ttl = ARGV[2] -- passed on to EXPIRE as it came (a number would be formatted again)
@@ -39,6 +45,11 @@ local byte = string.byte
 local match = string.match
 local gsub = string.gsub
 local SEPB = 31
+local flags = ARGV[5] or ''
+-- erased: events up to the marker's time (ms) are skipped, whatever their offset (a replay, events in flight)
+local cutoff = find(flags, 'e', 1, true) and tonumber(redis.call('GET', KEYS[2]) or '') or nil
+local blocked = false
+local opt_in = find(flags, 'o', 1, true) ~= nil
 -- chunk numbers and de-duplication chunk names as constants: no number formatting per call
 local NUM = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '10', '11', '12', '13', '14', '15',
              '16', '17', '18', '19', '20', '21', '22', '23', '24', '25', '26', '27', '28', '29', '30', '31'}
@@ -49,6 +60,7 @@ local DN = {'d:0', 'd:1', 'd:2', 'd:3', 'd:4', 'd:5', 'd:6', 'd:7', 'd:8',
 redis.setresp(3)
 local H = redis.call('HGETALL', h).map
 redis.setresp(2)
+local existed = next(H) ~= nil
 local dirty = {}
 local function set(f, v)
   H[f] = v
@@ -450,19 +462,34 @@ local function cart_count()
   return cart_n
 end
 
+-- consent withdrawn: drop every behavioural field; keep offsets, consent flags and dedup tokens
+local function wipe()
+  for f, _ in pairs(H) do
+    if not keep_on_wipe(f) then del(f) end
+  end
+  recents = {}
+  aff_members = {}
+  Ls = {}
+  cart_n = nil
+end
+
 -- operations: a code, then its arguments (ARITY of them); an unknown code is an error (it cannot be skipped)
 local ARITY = {i = 2, a = 7, w = 4, r = 3, ra = 3, min = 2, max = 2, sess = 3, cart = 2, cartclear = 0, f = 2,
-               set = 2, setnx = 2, z = 7, wipe = 0}
+               set = 2, setnx = 2, z = 7, wipe = 0, kset = 3, kgate = 0}
 local A = batch
 local p, nA = 1, #A
 while p <= nA do
-  local off, tok, consent, nops = A[p], A[p + 1], A[p + 2], A[p + 3]
-  p = p + 4
+  local off, tok, consent, ets, nops = A[p], A[p + 1], A[p + 2], A[p + 3], A[p + 4]
+  p = p + 5
   local fresh = off > stored
+  if fresh and cutoff and ets <= cutoff then
+    fresh = false
+    blocked = true
+  end
   if fresh and dedup_n > 0 and tok ~= '' then
     fresh = not seen(tok)
   end
-  if fresh and consent ~= 1 and H['kp'] == '0' then
+  if fresh and consent ~= 1 and (H['kp'] == '0' or (opt_in and H['kp'] ~= '1')) then
     fresh = false
   end
   if not fresh then
@@ -473,9 +500,13 @@ while p <= nA do
     end
   else
     applied = applied + 1
+    local gated = false
     for _ = 1, nops do
       local c = A[p]
-      if c == 'i' then
+      if gated then c = 'skip' end
+      if c == 'skip' then
+        p = p + 1 + ARITY[A[p]]
+      elseif c == 'i' then
         local f = A[p + 1]
         set(f, int((tonumber(H[f]) or 0) + A[p + 2]))
         p = p + 3
@@ -561,14 +592,20 @@ while p <= nA do
         pz.inc[member] = finite((pz.inc[member] or 0) + A[p + 3] * 2 ^ e, 'popularity')
         p = p + 8
       elseif c == 'wipe' then
-        -- consent withdrawn: drop every behavioural field; keep offsets, consent flags and dedup tokens
-        for f, _ in pairs(H) do
-          if not keep_on_wipe(f) then del(f) end
+        wipe()
+        p = p + 1
+      elseif c == 'kset' then
+        -- a merge's consent choice, made at ts: it wins over an older (or no) choice of this profile; a
+        -- personalisation withdrawal that wins wipes the profile as the withdrawal itself did
+        local f, v, ts = A[p + 1], A[p + 2], A[p + 3]
+        if H[f] == nil or ts > (tonumber(H['kt']) or 0) then
+          set(f, v)
+          if f == 'kp' and v == '0' then wipe() end
         end
-        recents = {}
-        aff_members = {}
-        Ls = {}
-        cart_n = nil
+        p = p + 4
+      elseif c == 'kgate' then
+        -- the rest of this event is behavioural: only if the owner's consent allows it now
+        gated = H['kp'] == '0' or (opt_in and H['kp'] ~= '1')
         p = p + 1
       else
         error('unknown operation ' .. tostring(c))
@@ -578,6 +615,17 @@ while p <= nA do
   if off > max_off then max_off = off end
 end
 
+if not existed then
+  -- a new hash: only what was applied creates it; opt_in: only a consent granted
+  local granted = applied > 0
+  if opt_in then
+    granted = false
+    for f, v in pairs(H) do
+      if sub(f, 1, 1) == 'k' and v == '1' then granted = true end
+    end
+  end
+  if not granted then return (blocked and applied == 0) and -1 or 0 end
+end
 for ki, _ in pairs(zpending) do zflush(ki) end
 for prefix, r in pairs(recents) do write_recent(prefix, r) end
 if max_off > stored then set(off_field, int(max_off)) end
@@ -597,4 +645,5 @@ end
 if nd > 0 then redis.call('HDEL', h, unpack(hdel, 1, nd)) end
 if ns > 0 then redis.call('HSET', h, unpack(hset, 1, ns)) end
 if tonumber(ttl) > 0 then redis.call('EXPIRE', h, ttl) end
+if blocked and applied == 0 then return -1 end
 return applied

@@ -309,6 +309,15 @@ local function keep_on_wipe(f)
   return c == 'o' or c == 'k' or c == 'd'
 end
 
+-- consent withdrawn: drop every behavioural field; keep offsets, consent flags and dedup tokens
+local function wipe()
+  for f, _ in pairs(H) do
+    if not keep_on_wipe(f) then del(f) end
+  end
+  recents = {}
+  aff_count = {}
+end
+
 for _, ev in ipairs(batch) do
   local off = ev[1]
   local fresh = off > stored
@@ -394,12 +403,16 @@ for _, ev in ipairs(batch) do
         end
         p.inc[op[3]] = (p.inc[op[3]] or 0) + op[4] * 2 ^ e
       elseif c == 'wipe' then
-        -- consent withdrawn: drop every behavioural field; keep offsets, consent flags and dedup tokens
-        for f, _ in pairs(H) do
-          if not keep_on_wipe(f) then del(f) end
+        wipe()
+      elseif c == 'kset' then
+        -- ["kset", field, value, ts]: a merged consent choice wins over an older one (a withdrawal wipes)
+        if H[op[2]] == nil or op[4] > (tonumber(H['kt']) or 0) then
+          set(op[2], op[3])
+          if op[2] == 'kp' and op[3] == '0' then wipe() end
         end
-        recents = {}
-        aff_count = {}
+      elseif c == 'kgate' then
+        -- ["kgate"]: the rest of the event only while personalisation is allowed
+        if H['kp'] == '0' then break end
       end
     end
   end

@@ -159,7 +159,7 @@ def test_hooks_run_once_per_batch_even_when_the_writes_are_retried(redis_server:
         with pytest.raises(RedisConnectionError):
             await proc.apply(prepared)
         stats = await proc.apply(prepared)  # the worker's retry
-        raw = await store.read_raw(visitor)
+        raw = await store.read_anonymous(visitor)
         return stats.applied, len(raw.hash)
 
     applied, fields = with_store(redis_server.url, go)

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.layout import profile_fields
+from engine.layout import anonymous_profile_key, profile_fields
 from infra import local
 from streams.pipeline import BatchProcessor, Record
 from tests.support import Stack, event, produce, profile_of, read_topic, wait_until, with_store, worker_process
@@ -83,7 +83,7 @@ def test_a_script_error_on_one_profile_dead_letters_its_event_and_the_others_are
     async def corrupt(store):
         # a window ring the script cannot parse (written by hand, or by a layout of the past)
         field = next(iter(profile_fields(store.config).window.values()))
-        await store.redis.hset(f"p:{{{victim}}}", field, "garbage")
+        await store.redis.hset(anonymous_profile_key(victim), field, "garbage")
 
     evs = [event("page_view", v, category="books") for v in [*others[:2], victim, *others[2:]]]
     stats, letters = _process(redis_server.url, _records(evs), corrupt)

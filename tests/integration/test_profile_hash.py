@@ -10,10 +10,14 @@ import uuid
 from typing import Any
 
 from engine.config import WINDOWS, load_config
+from engine.erasure import ErasureStore
 from engine.features import FeatureExtractor, decode
 from engine.layout import (
     CHUNK_BYTES,
     DEDUP_TOKEN_CHARS,
+    anonymous_profile_key,
+    anonymous_subject,
+    customer_subject,
     dedup_token,
     legacy_keys,
     profile_fields,
@@ -47,8 +51,9 @@ def _row(offset: int, etype: str, ts: float, props: dict[str, Any], ctx: dict[st
             1 if etype == "consent" else 0]
 
 
-async def _apply(store: Any, cid: str, rows: list[list[Any]], partition: int = 0) -> int:
-    batch = store.customer_batch(cid, "events", partition)
+async def _apply(store: Any, cid: str, rows: list[list[Any]], partition: int = 0, *, anonymous: bool = False) -> int:
+    batch = (store.subject_batch(anonymous_subject(cid), "events", partition) if anonymous
+             else store.customer_batch(cid, "events", partition))
     batch.events.extend(rows)
     return (await store.apply([batch]))[0]
 
@@ -184,7 +189,8 @@ def test_consent_withdrawal_wipes_the_profile_and_keeps_idempotence(redis_url: s
     assert wiped.counts == {} and wiped.cart == {} and wiped.recent == {"recent_items": []}
     assert wiped.affinities == {"category": {}, "item": {}} and wiped.first_seen is None
     assert wiped.windows["views"]["1h"] == 0 and wiped.session["id"] is None
-    assert wiped.consent == {"personalisation": False, "marketing": True}
+    assert wiped.consent == {"personalisation": False, **{f"marketing_{c}": True for c in ("email", "push", "sms",
+                                                                                          "web")}}
     assert not wiped.personalisation_allowed
     assert {f[0] for f in fields} <= {"k", "o", "d"}  # consent, offsets and dedup tokens only
     assert replay == 0 and dup == 0  # the offset guard and the dedup ring survive the wipe
@@ -198,16 +204,19 @@ def test_identify_merges_the_anonymous_profile_and_erase_forgets_both(redis_url:
 
     async def go(store: Any, client: Any) -> Any:
         await _apply(store, anon, [_row(i, "page_view", t + i, {"item_id": f"a-{i}", "category": "jackets"})
-                                   for i in range(3)] + [_row(3, "add_to_cart", t + 3, {"item_id": "a-1"})])
+                                   for i in range(3)] + [_row(3, "add_to_cart", t + 3, {"item_id": "a-1"})],
+                     anonymous=True)
         await _apply(store, cust, [_row(10, "page_view", t + 4, {"item_id": "c-1", "category": "books"}),
                                    _row(11, "click", t + 5, {"item_id": "a-1", "category": "jackets"})], partition=1)
         await store.merge_identity(anon, cust, "events", 0, 4, "ident-1", t + 6)
         await store.merge_identity(anon, cust, "events", 0, 4, "ident-1", t + 6)  # a replay merges nothing
         merged = decode(cust, await store.read_raw(cust), CFG, t + 7)
-        anon_left = await client.exists(profile_key(anon))
-        await client.set(legacy_keys(cust, CFG)[0], "x")  # a key of the old layout is erased too
-        deleted = await store.erase(cust)
-        left = [k for k in await client.keys(f"*{cust}*")] + [k for k in await client.keys(f"*{anon}*")]
+        anon_left = await client.exists(anonymous_profile_key(anon))
+        await client.set(legacy_keys(customer_subject(cust), CFG)[0], "x")  # a key of the old layout is erased too
+        deleted = await ErasureStore(client, CFG, 3600).erase(cust)
+        await ErasureStore(client, CFG, 3600).finish(cust)
+        left = [k for k in await client.keys(f"*{cust}*") + await client.keys(f"*{anon}*")
+                if not k.startswith("erased:")]  # the markers stay, on purpose
         return merged, anon_left, deleted, left
 
     merged, anon_left, deleted, left = _run(redis_url, go)
