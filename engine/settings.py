@@ -69,10 +69,10 @@ def _float(name: str, default: float, *, minimum: float = 0.0, positive: bool = 
 
 def _bool(name: str, default: bool) -> bool:
     """``true``/``false`` (also 1/0, yes/no, on/off)."""
-    value = _env(name, "true" if default else "false").strip().lower()
-    if value in ("1", "true", "yes", "on"):
+    value = _env(name, "true" if default else "false")
+    if value.strip().lower() in ("1", "true", "yes", "on"):
         return True
-    if value in ("0", "false", "no", "off", ""):
+    if value.strip().lower() in ("0", "false", "no", "off", ""):
         return False
     raise _bad(name, value, "true or false")
 

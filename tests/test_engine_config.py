@@ -127,6 +127,13 @@ def test_the_shipped_toml_files_are_found() -> None:
         pytest.param({"collaborative": {"params": {"topk": 3}}}, "collaborative.params", "it takes top_k",
                      id="collaborative-params"),
         pytest.param({"scoring": {"colour": 1}}, "scoring.colour", "unknown key", id="scoring-key"),
+        pytest.param({"privacy": {"consent_mode": "optin"}}, "privacy.consent_mode",
+                     "expected one of 'opt_in' or 'opt_out', got \"optin\"", id="consent_mode-typo"),
+        pytest.param({"privacy": {"consent_mode": True}}, "privacy.consent_mode",
+                     "expected one of 'opt_in' or 'opt_out', got true", id="consent_mode-bool"),
+        pytest.param({"privacy": {"mode": "opt_in"}}, "privacy.mode", "unknown key; expected one of consent_mode",
+                     id="privacy-key"),
+        pytest.param({"privacy": "opt_in"}, "privacy", "expected a table", id="privacy-not-table"),
         pytest.param({"placement": {"id": "p"}}, "placement", "expected an array", id="placement-not-array"),
     ],
 )
@@ -160,6 +167,12 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     bad.write_text("[[feature]\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad)
+
+
+def test_the_consent_mode_defaults_to_opt_out_and_the_shipped_file_says_so() -> None:
+    assert parse_config({}).privacy.consent_mode == "opt_out"
+    assert parse_config({"privacy": {"consent_mode": "opt_in"}}).privacy.consent_mode == "opt_in"
+    assert load_config(REPO_ROOT / "config" / "engine.toml").privacy.consent_mode == "opt_out"
 
 
 def test_action_validity_window() -> None:

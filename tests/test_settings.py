@@ -22,6 +22,10 @@ def test_defaults_load(monkeypatch: pytest.MonkeyPatch) -> None:
         ("REDIS_URL", "unix:///tmp/redis.sock", "redis_url", "unix:///tmp/redis.sock"),
         ("DECIDE_QUEUE_HEADER", "X-Request-Start", "decide_queue_header", "X-Request-Start"),
         ("WORKER_ROLES", "learn", "worker_roles", frozenset({"learn"})),
+        ("IDENTITY_PROOFS", "true", "identity_proofs", True),
+        ("IDENTITY_PROOFS", "0", "identity_proofs", False),
+        ("ERASURE_RETENTION_DAYS", "45", "erasure_retention_days", 45.0),
+        ("ERASURES_TOPIC", "gdpr.erasures", "erasures_topic", "gdpr.erasures"),
     ],
 )
 def test_good_values_are_read(monkeypatch: pytest.MonkeyPatch, name: str, value: str, attribute: str,
@@ -57,6 +61,9 @@ def test_good_values_are_read(monkeypatch: pytest.MonkeyPatch, name: str, value:
         ("DECIDE_QUEUE_HEADER", "X Request", "expected an HTTP header name or empty"),
         ("WORKER_ROLES", "ingest,serve", "expected a comma-separated subset of ingest, learn"),
         ("WORKER_ROLES", "", "expected a comma-separated subset of ingest, learn"),
+        ("IDENTITY_PROOFS", "maybe", "expected true or false"),
+        ("ERASURE_RETENTION_DAYS", "0", "expected a finite number > 0"),
+        ("ERASURES_TOPIC", "era sures", "expected a Kafka topic name"),
     ],
 )
 def test_bad_values_name_the_variable_and_the_value(monkeypatch: pytest.MonkeyPatch, name: str, value: str,

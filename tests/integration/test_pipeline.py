@@ -131,6 +131,8 @@ def test_collector_round_trip(stack: Stack, worker: object, api: str) -> None:
 
 
 def test_identify_merges_anonymous_history(stack: Stack, worker: object, api: str) -> None:
+    # produced to Kafka directly (no pulse-source header): trusted as the site's back end, whose producers the
+    # topic ACLs admit (engine/trust.py, docs/security.md); a browser identify needs a proof (test_identity.py)
     anon, customer = f"anon-{uuid.uuid4().hex[:6]}", f"cust-{uuid.uuid4().hex[:6]}"
     produce(stack.bootstrap, stack.events_topic,
             [event("page_view", anon, category="jackets", item_id="sku-jacket-1") for _ in range(4)])
