@@ -44,11 +44,13 @@ def test_who_is_trusted() -> None:
 
 
 def test_production_refuses_proofs_without_a_long_secret() -> None:
-    base = {"pulse_env": "prod", "model_signing_key": "x" * 32}
-    assert production_problems(Settings(**base, identity_proofs=False), api_keys=1) == []
-    unset = production_problems(Settings(**base, identity_proofs=True, identity_secret=""), api_keys=1)
+    def prod(**kw: Any) -> Settings:
+        return Settings(pulse_env="prod", model_signing_key="x" * 32, **kw)
+
+    assert production_problems(prod(identity_proofs=False), api_keys=1) == []
+    unset = production_problems(prod(identity_proofs=True, identity_secret=""), api_keys=1)
     assert len(unset) == 1 and unset[0].startswith("IDENTITY_PROOFS is on but IDENTITY_SECRET is unset")
-    assert production_problems(Settings(**base, identity_proofs=True, identity_secret="y" * 31), api_keys=1)
+    assert production_problems(prod(identity_proofs=True, identity_secret="y" * 31), api_keys=1)
     assert production_problems(Settings(pulse_env="dev", identity_proofs=True), api_keys=0) == []
 
 
@@ -91,7 +93,8 @@ def test_the_consent_gate_follows_the_mode_and_the_batchs_own_consent(mode: str,
         return parse_event({"event_id": f"e-{visitor}-{etype}", "type": etype, "timestamp": 1_800_000_000_000,
                             "anonymous_id": visitor, "properties": props or {"item_id": "i"}})
 
-    gate = ConsentGate(_Flags({"withdrawn": "0", "granted": "1"}), parse_config({"privacy": {"consent_mode": mode}}))
+    gate = ConsentGate(_Flags({"withdrawn": "0", "granted": "1"}),  # type: ignore[arg-type]  # a stub store
+                       parse_config({"privacy": {"consent_mode": mode}}))
     events = [ev("unknown"), ev("withdrawn"), ev("granted"), ev("later", "consent", personalisation=False),
               ev("later2", "consent", personalisation=True)]
     assert asyncio.run(gate.allowed(events)) == expected

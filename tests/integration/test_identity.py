@@ -100,7 +100,7 @@ def raw_hash(redis_url: str, key: str) -> dict[str, str]:
 def keys_matching(redis_url: str, *ids: str) -> list[str]:
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        return sorted({k for i in ids for k in r.scan_iter(match=f"*{i}*", count=1000)})  # type: ignore[misc]
+        return sorted({k for i in ids for k in r.scan_iter(match=f"*{i}*", count=1000)})
     finally:
         r.close()
 
