@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-import orjson
-
 from engine.config import EngineConfig
 from engine.consent import PERSONALISATION, personalisation_allowed
 from engine.erasure import ErasureStore
 from engine.layout import aliases_key
+from engine.learning_messages import forget_message
 from engine.profile_store import ProfileStore
 from engine.recommend.signal import COVISIT_KEY
 from schemas.events import Event
@@ -68,6 +67,6 @@ class ConsentWithdrawals:
         visitors = list(dict.fromkeys(visitors))
         await self.erasures.drop_decisions(visitors)
         if self.collaborative:
-            fut = await self.emit(COVISIT_KEY, orjson.dumps({"kind": "forget", "visitors": visitors}))
+            fut = await self.emit(COVISIT_KEY, forget_message(visitors))
             if fut is not None:
                 await fut
