@@ -75,7 +75,9 @@ async def time_parts(svc: Any, bodies: list[bytes]) -> None:
         subject = req.customer_id or req.anonymous_id
         assert subject is not None  # a parsed request has one of them
         ident = await svc.redis.get(identity_key(subject)) if req.customer_id is None else None
-        raws.append((ident or subject, await svc.store.read_raw(ident or subject)))
+        raw = await (svc.store.read_raw(ident or subject) if ident or req.customer_id is not None
+                     else svc.store.read_anonymous(subject))  # the two key spaces (engine.layout)
+        raws.append((ident or subject, raw))
     profiles = [decode(s, raw, svc.config, now) for s, raw in raws]
     if os.environ.get("PARTS_DUMP"):  # the raw profiles and requests, for offline tuning (JSON: no pickles)
         def as_text(value: object) -> str:

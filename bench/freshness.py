@@ -170,7 +170,7 @@ async def probe_redis_only(stack: Any, redis_url: str, samples: int, discard: in
     import redis.asyncio as aioredis
     from aiokafka import AIOKafkaProducer
 
-    from engine.layout import profile_key
+    from engine.layout import anonymous_profile_key
 
     producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=0, **kafka_client_kwargs())
     await producer.start()
@@ -190,7 +190,7 @@ async def probe_redis_only(stack: Any, redis_url: str, samples: int, discard: in
             await producer.send_and_wait(stack.events_topic, value=orjson.dumps(ev), key=visitor.encode())
             seen = None
             while time.monotonic() - t0 < min(10.0, max(1.0, budget_s - (t0 - started))):
-                if await redis.exists(profile_key(visitor)):
+                if await redis.exists(anonymous_profile_key(visitor)):
                     seen = time.monotonic()
                     break
                 await asyncio.sleep(REDIS_POLL_S)
@@ -214,7 +214,7 @@ async def probe(stack: Any, api_url: str, samples: int, discard: int, budget_s: 
     import redis.asyncio as aioredis
     from aiokafka import AIOKafkaProducer
 
-    from engine.layout import profile_key
+    from engine.layout import anonymous_profile_key
 
     producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all", linger_ms=0, **kafka_client_kwargs())
     await producer.start()
@@ -248,7 +248,7 @@ async def probe(stack: Any, api_url: str, samples: int, discard: int, budget_s: 
             ev = factory.event(visitor, customer=False, ts_ms=int(time.time() * 1000), session="s-fresh",
                                etype="click")
             value = orjson.dumps(ev)
-            key = profile_key(visitor)
+            key = anonymous_profile_key(visitor)
             t0 = time.monotonic()
             await producer.send_and_wait(stack.events_topic, value=value, key=visitor.encode())
             t_ack = time.monotonic()
