@@ -98,3 +98,17 @@ def test_the_consent_gate_follows_the_mode_and_the_batchs_own_consent(mode: str,
     events = [ev("unknown"), ev("withdrawn"), ev("granted"), ev("later", "consent", personalisation=False),
               ev("later2", "consent", personalisation=True)]
     assert asyncio.run(gate.allowed(events)) == expected
+
+
+def test_consent_events_take_marketing_per_channel_or_for_all() -> None:
+    def consent(**props: Any) -> Any:
+        return parse_event({"event_id": "e", "type": "consent", "timestamp": 1_800_000_000_000,
+                            "anonymous_id": "a", "properties": props})
+
+    assert consent(marketing={"email": True, "sms": False}).properties["marketing"] == {"email": True, "sms": False}
+    assert consent(marketing=False).properties["marketing"] is False
+    bads: list[dict[str, Any]] = [{"marketing": {"fax": True}}, {"marketing": {}}, {"marketing": "yes"},
+                                  {"user_hash": "0" * 64}]
+    for bad in bads:
+        with pytest.raises(InvalidEvent):
+            consent(**bad)

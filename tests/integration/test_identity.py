@@ -248,6 +248,8 @@ def test_erasure_empties_every_family_publishes_tombstones_and_survives_a_replay
     produce(stack.bootstrap, stack.events_topic, [identify(a, customer) for a in anons]  # direct: trusted
             + [event("consent", customer, customer=True, personalisation=True, marketing={"email": True})])
     counted(stack.redis_url, customer, "identify", 2, customer=True)
+    wait_until(lambda: profile_of(stack.redis_url, customer, customer=True).consent.get("marketing_email"),
+               timeout=60, what="the customer's consent")
     # decisions waiting in the reward join, made for the customer and for one of its anonymous ids
     for body in ({"customer_id": customer}, {"anonymous_id": anons[0]}):
         assert httpx.post(f"{papi}/v1/decide", json={**body, "placement": "home_hero"}).status_code == 200
