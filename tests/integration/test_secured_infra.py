@@ -129,6 +129,10 @@ def test_events_with_credentials_are_applied_and_decisions_work(services: tuple[
     assert decision.status_code == 200, decision.text
     body = decision.json()
     assert body["personalised"] and not body["degraded"] and body["actions"]
+    # erasure and export as the api Redis user (markers, progress record, pending decisions) and Kafka user
+    assert httpx.get(f"{base}/v1/profiles/{visitor}/export", headers=bearer(ADMIN), timeout=10).status_code == 200
+    erased = httpx.delete(f"{base}/v1/profiles/{visitor}", headers=bearer(ADMIN), timeout=10)
+    assert erased.status_code == 200, erased.text
 
 
 async def _start_producer(bootstrap: str, **kafka_kwargs: Any) -> None:
@@ -181,6 +185,9 @@ def test_redis_refuses_clients_without_the_right_credentials(services: tuple[Any
     ("api", ("DEL", "p:{someone}"), True),  # erasure
     ("api", ("HSET", "model:{home_hero}", "blob", "x"), False),  # serving never writes a model
     ("api", ("HGETALL", "dec:{00}:d-1"), False),  # the reward join's keys are the worker's
+    ("api", ("DEL", "dec:{00}:d-1"), True),  # erasure deletes a person's pending decisions, never reads them
+    ("api", ("SET", "erased:{c:someone}", "1"), True),  # the erasure marker
+    ("worker", ("GET", "erased:{c:someone}"), True),  # which the worker honours
     ("api", ("FLUSHALL",), False),
     ("api", ("KEYS", "*"), False),  # @read, but @dangerous too
     ("api", ("INFO", "memory"), True),  # /metrics
