@@ -44,8 +44,11 @@ def test_who_is_trusted() -> None:
 
 
 def test_production_refuses_proofs_without_a_long_secret() -> None:
-    def prod(**kw: Any) -> Settings:
-        return Settings(pulse_env="prod", model_signing_key="x" * 32, **kw)
+    from engine.kafka_client import kafka_security
+
+    def prod(**kw: Any) -> Settings:  # with authenticated infrastructure: only the identity secret is judged
+        return Settings(pulse_env="prod", model_signing_key="x" * 32, redis_url="redis://api:s3cret@redis:6379/0",
+                        kafka_security=kafka_security({"KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}), **kw)
 
     assert production_problems(prod(identity_proofs=False), api_keys=1) == []
     unset = production_problems(prod(identity_proofs=True, identity_secret=""), api_keys=1)

@@ -22,6 +22,7 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer
 
+from engine.kafka_client import kafka_client_kwargs
 from engine.layout import anonymous_profile_key, profile_key
 from engine.settings import REPO_ROOT
 from serving.auth import PUBLIC
@@ -88,7 +89,8 @@ def decision_visitors(stack: Stack, until: str) -> set[str]:
     """The visitors of the decision records on the topic, read until one for ``until`` arrived."""
     async def read() -> set[str]:
         consumer = AIOKafkaConsumer(stack.decisions_topic, bootstrap_servers=stack.bootstrap,
-                                    auto_offset_reset="earliest", group_id=None)
+                                    auto_offset_reset="earliest", group_id=None,
+                                    **kafka_client_kwargs())
         await consumer.start()
         try:
             seen: set[str] = set()

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer
 
 from engine.erasure import ErasureStore
 from engine.identity import identity_proof
+from engine.kafka_client import kafka_client_kwargs
 from engine.layout import (
     PERSON_FAMILIES,
     aliases_key,
@@ -172,7 +173,8 @@ def test_a_verified_identify_merges_and_an_invalid_proof_does_not(stack: Stack, 
 
 def _tombstones(bootstrap: str, topic: str, keys: set[str]) -> dict[str, bytes | None]:
     async def read() -> dict[str, bytes | None]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+                                    **kafka_client_kwargs())
         await consumer.start()
         try:
             got: dict[str, bytes | None] = {}
@@ -201,7 +203,7 @@ def _topic_config(bootstrap: str, topic: str) -> str | None:
         return None
 
     async def go() -> str | None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_client_kwargs())
         await admin.start()
         try:
             responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
@@ -218,8 +220,9 @@ def _caught_up(bootstrap: str, group: str, topics: list[str], partitions: int) -
     from aiokafka.admin import AIOKafkaAdminClient
 
     async def go() -> bool:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                    **kafka_client_kwargs())
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_client_kwargs())
         await consumer.start()
         await admin.start()
         try:
