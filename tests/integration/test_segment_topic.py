@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.layout import SEGMENTS_FIELD, profile_key
+from engine.layout import SEGMENTS_FIELD, anonymous_profile_key
 from infra import local
 from tests.support import Stack, event, produce, profile_of, read_topic, wait_until, worker_process
 
@@ -51,7 +51,7 @@ def test_entries_and_exits_are_published_after_events_and_on_the_clock(
                                       ("segment_entered", "idle", "clock")], kinds(entered)
         assert entered[1]["segments"] == ["has_cart", "idle"] and entered[0]["profile_id"] == shopper
         client = redis.Redis.from_url(redis_url, decode_responses=True)
-        assert client.hget(profile_key(shopper), SEGMENTS_FIELD) == "has_cart,idle"
+        assert client.hget(anonymous_profile_key(shopper), SEGMENTS_FIELD) == "has_cart,idle"
         # a purchase: out of has_cart (cart emptied) and out of idle (an event just now), then idle again
         produce(stack.bootstrap, stack.events_topic,
                 [event("purchase", shopper, order_id="o-1", value=80.0,
