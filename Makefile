@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install deps test unit chaos demo bench bench-quality lint compose-config clean
+.PHONY: install deps test unit fuzz chaos demo bench bench-quality lint compose-config clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,12 @@ deps:
 
 test: lint deps
 	$(VENV)/bin/pytest
+
+# a longer fuzz campaign than `make test` runs (3000 cases, fixed seeds): FUZZ_CASES cases from a fresh seed
+# (printed; FUZZ_SEED=<n> replays one), through the collector and straight to Kafka
+FUZZ_CASES ?= 30000
+fuzz: install deps
+	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$${FUZZ_SEED:-$$RANDOM$$RANDOM} CI=true $(VENV)/bin/pytest -q -s tests/integration/test_fuzz.py
 
 # no Kafka or Redis needed: the tests outside tests/integration/ and every module's doctests
 unit: install

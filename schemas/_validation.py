@@ -149,7 +149,8 @@ _INDEX_RE = re.compile(r"\[\d+\]")
 # (field name, failed keyword) -> message, for the mistakes producers actually make.
 _SPECIAL: dict[tuple[str, str], str] = {
     ("timestamp", "pattern"): (
-        "not RFC3339 (expected a date-time with a timezone, e.g. '2024-05-01T12:00:00Z') nor epoch milliseconds"
+        "not RFC3339 (expected a date-time with a timezone, from the year 2000, e.g. '2024-05-01T12:00:00Z') "
+        "nor epoch milliseconds"
     ),
     ("timestamp", "maximum"): "must be epoch milliseconds before year 10000",
     ("currency", "pattern"): "must be a 3-letter upper-case ISO 4217 code such as 'EUR'",

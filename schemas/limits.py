@@ -41,6 +41,7 @@ class EventLimits:
     #: how far after the receiver's clock a timestamp may be (setting ``EVENT_MAX_FUTURE_S``)
     max_future_s: float = 300.0
     #: the earliest timestamp (2000-01-01T00:00:00Z): earlier ones are zeros or epoch seconds taken for millis
+    #: (a number's floor; a string's is its year, 2000, by the schema's pattern)
     min_timestamp_ms: int = 946_684_800_000
 
     # --- carried by the schemas ---
@@ -118,11 +119,11 @@ def check_size(size: int, limits: EventLimits = DEFAULT_LIMITS) -> None:
 def check_event(event: Event, size: int, now: float, limits: EventLimits = DEFAULT_LIMITS) -> None:
     """What the schemas cannot say, for a validated ``event`` of ``size`` published bytes, at ``now`` (epoch s).
 
-    >>> ev = Event("e-1", "search", 946684799.0, "a-1", properties={"query": "x"})
+    >>> ev = Event("e-1", "search", 946598399.0, "a-1", properties={"query": "x"})  # built by hand, not parsed
     >>> check_event(ev, 100, now=1714564800.0)
     Traceback (most recent call last):
         ...
-    schemas.InvalidEvent: timestamp: 1999-12-31T23:59:59Z is before 2000-01-01T00:00:00Z
+    schemas.InvalidEvent: timestamp: 1999-12-30T23:59:59Z is before 2000-01-01T00:00:00Z
     """
     if size > limits.max_event_bytes:
         raise InvalidEvent(f"event: {size} bytes once serialised, at most {limits.max_event_bytes}",
@@ -131,13 +132,16 @@ def check_event(event: Event, size: int, now: float, limits: EventLimits = DEFAU
     if ts > now + limits.max_future_s:
         raise InvalidEvent(f"timestamp: {_iso(ts)} is {ts - now:.0f} s after the receiver's clock "
                            f"(at most {limits.max_future_s:.0f} s)", event_id=event.event_id)
-    if ts * 1000.0 < limits.min_timestamp_ms:
+    # a number below the floor fails its schema; a string's year is 2000 or later by the schema's pattern, so
+    # with its offset (under a day) it may be a few hours before the floor instant, which it is allowed
+    if ts * 1000.0 < limits.min_timestamp_ms - 86_400_000:
         raise InvalidEvent(f"timestamp: {_iso(ts)} is before {_iso(limits.min_timestamp_ms / 1000.0)}",
                            event_id=event.event_id)
 
 
 def _iso(ts: float) -> str:
     try:
-        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        moment = datetime.fromtimestamp(ts, UTC)
+        return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}Z"
     except (OverflowError, ValueError, OSError):
         return f"{ts:.0f} s"

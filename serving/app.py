@@ -8,13 +8,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from engine.config import load_config
 from engine.production import is_dev, production_problems, refuse_to_start
 from engine.runtime import freeze_startup_heap
 from engine.settings import Settings, load_settings
-from serving import auth, collector, decide, experiments, health, profiles
+from serving import auth, collector, decide, experiments, health, openapi_doc, profiles
 from serving.services import Services
 
 
@@ -53,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.keyring = keyring
     app.add_exception_handler(auth.AuthError, auth.auth_error_response)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     for module in (decide, collector, profiles, experiments, health):
         app.include_router(module.router)
 
@@ -61,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def openapi_with_keys() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = auth.document_security(build_openapi(), app.routes)
-            decide.document_decide(doc, load_config(settings.engine_config))
+            openapi_doc.document(doc, load_config(settings.engine_config), settings.event_limits)
             app.openapi_schema = doc
         return app.openapi_schema
 
@@ -77,6 +80,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
 
     return app
+
+
+def allowed_methods(app: FastAPI, scope: dict[str, Any]) -> list[str]:
+    """Every method some route serves on the request's path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+
+    def visit(routes: Any) -> None:
+        for route in routes:
+            inner = getattr(route, "original_router", None)  # FastAPI's wrapper of an included router
+            if inner is not None:
+                visit(inner.routes)
+            elif route.matches({**scope, "method": "GET"})[0] != Match.NONE:
+                methods.update(getattr(route, "methods", None) or ())
+    visit(app.router.routes)
+    return sorted(methods)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's answer to an HTTP error (``{"detail": ...}``), with a 405's ``Allow`` listing every method."""
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request.app, dict(request.scope)))
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
 #: What uvicorn serves: ``POST /v1/decide`` is answered in front of FastAPI (no middleware stack, routing,

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
-from schemas import InvalidEvent, load_schema, parse_event
+from schemas import Event, InvalidEvent, load_schema, parse_event
 from schemas.limits import DEFAULT_LIMITS, SCHEMA_BOUNDS, EventLimits, check_event
 from serving import collector
 
@@ -96,8 +96,11 @@ def test_timestamps_within_the_skew_and_after_the_floor_only() -> None:
     check(now * 1000 + L.max_future_s * 1000 - 1000)
     with pytest.raises(InvalidEvent, match=r"^timestamp: .* s after the receiver's clock \(at most 300 s\)$"):
         check(now * 1000 + L.max_future_s * 1000 + 1000)
-    with pytest.raises(InvalidEvent, match=r"^timestamp: 1999-12-31T23:59:59Z is before 2000-01-01T00:00:00Z$"):
-        check("1999-12-31T23:59:59Z")
+    with pytest.raises(InvalidEvent, match=r"^timestamp: not RFC3339 \(.*from the year 2000"):
+        check("1999-12-31T23:59:59Z")  # the schema's pattern: a string's year
+    check("2000-01-01T00:00:00+14:00")  # its year is 2000: a few hours before the floor instant, allowed
+    with pytest.raises(InvalidEvent, match=r"^timestamp: 1999-12-30T23:59:59Z is before 2000-01-01T00:00:00Z$"):
+        check_event(Event("e-1", "page_view", 946598399.0, "a-1"), 100, now)  # not parsed: no schema before
     assert reason({**ev(), "timestamp": 946684799999}).startswith(
         "timestamp: must be epoch milliseconds >= 946684800000")
     with pytest.raises(InvalidEvent, match=r"^event: 262145 bytes once serialised, at most 262144$"):

@@ -487,7 +487,8 @@ def test_timestamp_forms(timestamp: Any, expected: float) -> None:
 
 
 NOT_RFC3339 = (
-    "timestamp: not RFC3339 (expected a date-time with a timezone, e.g. '2024-05-01T12:00:00Z') "
+    "timestamp: not RFC3339 (expected a date-time with a timezone, from the year 2000, "
+    "e.g. '2024-05-01T12:00:00Z') "
     "nor epoch milliseconds, got "
 )
 

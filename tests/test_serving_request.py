@@ -218,3 +218,14 @@ def test_the_fast_path_answers_decide_and_passes_everything_else_on() -> None:
                   {"type": "http", "path": "/metrics", "method": "GET"}):
         asyncio.run(app(scope, None, None))
     assert seen == ["lifespan ", "http /v1/decide", "http /metrics"]
+
+
+def test_a_405_names_every_method_the_path_serves() -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+
+    client = TestClient(create_app())  # no lifespan: routing answers before any service is needed
+    r = client.request("OPTIONS", "/v1/profiles/someone")
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+    assert client.put("/metrics").headers["allow"] == "GET"
