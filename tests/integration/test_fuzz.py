@@ -28,6 +28,7 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer
 
+from engine.kafka_client import kafka_client_kwargs
 from engine.layout import worker_stats_key
 from infra import local
 from tests.integration.fuzz_cases import Case, build_cases
@@ -58,7 +59,8 @@ FUZZ_DB = 7
 def read_dead_letters(stack: Stack, expect: int, timeout: float = 60.0) -> list[Any]:
     async def read() -> list[Any]:
         consumer = AIOKafkaConsumer(stack.dlq_topic, bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest",
-                                    group_id=f"fuzz-dlq-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=4 << 20)
+                                    group_id=f"fuzz-dlq-{uuid.uuid4().hex[:6]}", max_partition_fetch_bytes=4 << 20,
+                                    **kafka_client_kwargs())
         await consumer.start()
         try:
             got: list[Any] = []
