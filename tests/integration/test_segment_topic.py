@@ -51,7 +51,9 @@ def test_entries_and_exits_are_published_after_events_and_on_the_clock(
                                       ("segment_entered", "idle", "clock")], kinds(entered)
         assert entered[1]["segments"] == ["has_cart", "idle"] and entered[0]["profile_id"] == shopper
         client = redis.Redis.from_url(redis_url, decode_responses=True)
-        assert client.hget(anonymous_profile_key(shopper), SEGMENTS_FIELD) == "has_cart,idle"
+        # the profile records what was published once Kafka acknowledged it: just after the message is readable
+        wait_until(lambda: client.hget(anonymous_profile_key(shopper), SEGMENTS_FIELD) == "has_cart,idle",
+                   timeout=10, what="the published segments to be recorded on the profile")
         # a purchase: out of has_cart (cart emptied) and out of idle (an event just now), then idle again
         produce(stack.bootstrap, stack.events_topic,
                 [event("purchase", shopper, order_id="o-1", value=80.0,
