@@ -11,7 +11,10 @@ that links an anonymous id to a customer (``identify``) or sets a customer's con
   ``IDENTITY_PROOFS`` is on.
 
 An untrusted identify is recorded on the anonymous id's profile and links nothing; an untrusted consent
-for a customer id applies to the anonymous id only (none given: it is dead-lettered).
+for a customer id applies to the anonymous id only (none given: it is dead-lettered). The same holds for every
+other event a browser sends: its customer id is believed only with a proof (else the event goes to its
+anonymous id, which a trusted identify may have linked to the customer), so a page cannot write into any
+customer's profile by naming them (:func:`needs_belief`).
 
 >>> secret = b"s" * 32
 >>> proof = identity_proof(secret, "cust-1")
@@ -44,6 +47,18 @@ MIN_IDENTITY_SECRET_BYTES = 32
 DEV_IDENTITY_SECRET = "dev-only-identity-secret"
 #: Event types whose customer id must be trusted before it is believed.
 GUARDED_TYPES = frozenset({"identify", "consent"})
+
+
+def needs_belief(event_type: str, headers: Headers | None, customer_id: str | None) -> bool:
+    """Whether this event's customer id must pass :meth:`IdentityPolicy.trusted` before it is believed: an
+    identify or a consent always; any other event when it comes from a browser (a ``public`` key).
+
+    >>> needs_belief("page_view", [("pulse-source", b"public")], "cust-1"), needs_belief("page_view", [], "cust-1")
+    (True, False)
+    >>> needs_belief("identify", [], "cust-1"), needs_belief("click", [("pulse-source", b"public")], None)
+    (True, False)
+    """
+    return customer_id is not None and (event_type in GUARDED_TYPES or not is_trusted(headers))
 
 
 def identity_proof(secret: bytes, customer_id: str) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from engine.faults import is_infrastructure
-from engine.identity import GUARDED_TYPES, IdentityPolicy
+from engine.identity import IdentityPolicy, needs_belief
 from engine.layout import anonymous_subject, customer_subject, dedup_token
 from engine.profile_store import OwnerBatch, ProfileStore
 from schemas.events import Event, InvalidEvent, parse_event
@@ -115,7 +115,7 @@ class BatchProcessor:
                 ev = parse_event(rec.value)
                 check_event(ev, size, now, limits)
                 etype, ts = ev.type, ev.timestamp
-                if etype in GUARDED_TYPES and ev.customer_id is not None:
+                if needs_belief(etype, rec.headers, ev.customer_id):
                     ev = self._believed(rec, ev)
                 if etype == "identify" and ev.anonymous_id and ev.customer_id:
                     item: PreparedItem = (rec, ev, [], None)  # merged in apply: its ops depend on the stored profile
@@ -138,13 +138,15 @@ class BatchProcessor:
         return PreparedBatch(stats, items)
 
     def _believed(self, rec: Record, ev: Event) -> Event:
-        """An identify or consent event as far as it is trusted: an untrusted one loses its customer id (an
-        identify is then recorded on the anonymous id and links nothing; ``engine/identity.py``)."""
+        """An event as far as its customer id is trusted: an untrusted one loses it (an identify is then
+        recorded on the anonymous id and links nothing, a browser's page view goes to its anonymous id;
+        ``engine/identity.py``)."""
         if self.identity.trusted(rec.headers, ev.customer_id or "", ev.properties):
             return ev
         if not ev.anonymous_id:
-            raise InvalidEvent(f"customer_id: a {ev.type} for a customer id needs a server key or a valid "
-                               "properties.user_hash (docs/security.md)", event_id=ev.event_id)
+            raise InvalidEvent(f"customer_id: a {ev.type} from a browser naming a customer id needs an "
+                               "anonymous_id, a server key or a valid properties.user_hash (docs/security.md)",
+                               event_id=ev.event_id)
         return replace(ev, customer_id=None)
 
     async def apply(self, prepared: PreparedBatch, on_sent: Callable[[], None] | None = None) -> BatchStats:

@@ -164,14 +164,16 @@ def test_every_key_family_of_the_layout_belongs_to_an_acl_user() -> None:
     from tests.support import CONFIG_PATH
 
     config = load_config(CONFIG_PATH)
-    samples = {"customer_id": "c-1", "anonymous_id": "a-1", "placement": "home_hero", "slot": 3,
-               "decision_id": "d-1", "config": config}
     keys: list[str] = []
-    for name, fn in inspect.getmembers(layout, inspect.isfunction):
-        if fn.__module__ != layout.__name__ or not name.endswith(("_key", "_keys", "_hash", "_prefix")):
-            continue
-        made = fn(**{p: samples[p] for p in inspect.signature(fn).parameters})
-        keys += [made] if isinstance(made, str) else list(getattr(made, "keys", made))
+    # a person's keys are named by subject, a customer's (c:...) or an anonymous id's (a:...): both kinds
+    for subject in (layout.customer_subject("c-1"), layout.anonymous_subject("a-1")):
+        samples = {"customer_id": "c-1", "anonymous_id": "a-1", "placement": "home_hero", "slot": 3,
+                   "decision_id": "d-1", "config": config, "subject": subject}
+        for name, fn in inspect.getmembers(layout, inspect.isfunction):
+            if fn.__module__ != layout.__name__ or not name.endswith(("_key", "_keys", "_hash", "_prefix")):
+                continue
+            made = fn(**{p: samples[p] for p in inspect.signature(fn).parameters})
+            keys += [made] if isinstance(made, str) else list(getattr(made, "keys", made))
     assert len(keys) >= 12, keys
     template = (INFRA / "redis" / "users.acl.template").read_text()
     patterns = {user: re.findall(r" ~(\S+)", rules)

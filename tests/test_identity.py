@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
 import pytest
 
-from engine.config import parse_config
+from engine.config import load_config, parse_config
 from engine.identity import IdentityPolicy, identity_proof, verify_proof
 from engine.production import production_problems
 from engine.settings import Settings
@@ -77,8 +78,45 @@ def test_an_untrusted_identify_loses_its_customer_id_and_a_trusted_one_keeps_it(
     assert _believed(source_headers(SERVER, "b"), _identify(), policy).customer_id == "c1"
     consent = orjson.dumps({"event_id": "e2", "type": "consent", "timestamp": 1_800_000_000_000,
                             "customer_id": "c1", "properties": {"personalisation": True}})
-    with pytest.raises(InvalidEvent, match="needs a server key or a valid properties.user_hash"):
+    with pytest.raises(InvalidEvent, match="needs an anonymous_id, a server key or a valid properties.user_hash"):
         _believed(public, consent, policy)
+
+
+def test_a_browser_event_naming_a_customer_goes_to_its_anonymous_id_unless_proven() -> None:
+    """A page cannot write into a customer's profile by naming them: prepare (no Redis) keeps the customer id of
+    a server's or a proven event only; a browser's event without an anonymous id is dead-lettered."""
+    import redis.asyncio as aioredis
+
+    from engine.profile_store import ProfileStore
+    from tests.support import CONFIG_PATH
+
+    dead: list[tuple[bytes, list[tuple[str, bytes]]]] = []
+
+    async def sink(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        dead.append((value, headers))
+
+    store = ProfileStore(aioredis.Redis(), load_config(CONFIG_PATH))  # prepare never talks to Redis
+    proc = BatchProcessor(store, sink, identity=IdentityPolicy(SECRET))
+
+    def view(i: int, anonymous: bool = True, **props: Any) -> bytes:
+        e: dict[str, Any] = {"event_id": f"v{i}", "type": "page_view", "timestamp": int(time.time() * 1000),
+                             "customer_id": "victim", "properties": {"category": "shoes", **props}}
+        if anonymous:
+            e["anonymous_id"] = "a-attacker"
+        return orjson.dumps(e)
+
+    public, server = source_headers(PUBLIC, "web"), source_headers(SERVER, "backend")
+    records = [Record("events", 0, 1, None, view(1), public),
+               Record("events", 0, 2, None, view(2, user_hash=identity_proof(SECRET, "victim")), public),
+               Record("events", 0, 3, None, view(3), server),
+               Record("events", 0, 4, None, view(4), None),  # a producer the topic's ACLs admit
+               Record("events", 0, 5, None, view(5, anonymous=False), public)]
+    prepared = asyncio.run(proc.prepare(records))
+    owners = [(ev.customer_id, ev.anonymous_id) for _, ev, _, _ in prepared.items]
+    assert owners == [(None, "a-attacker"), ("victim", "a-attacker"), ("victim", "a-attacker"),
+                      ("victim", "a-attacker")]
+    assert len(dead) == 1 and b'"v5"' in dead[0][0]
+    assert any(k == "dlq.reason" and b"needs an anonymous_id" in v for k, v in dead[0][1])
 
 
 class _Flags:
