@@ -125,6 +125,8 @@ class FeatureExtractor:
         ops = [["i", plan.count, 1], ["min", FIRST_SEEN, ms], ["max", LAST_SEEN, ms]]
         if event_type == "identify" or event_type == "feedback":
             return ops
+        if event_type == "impression":  # shown, not done: the visitor was not necessarily active
+            return ops[:1]
         ops.append(["sess", ms, str(context.get("session_id") or ""), self._session_timeout_ms])
         if event_type == "page_view":
             ops.append(["i", SESSION_PAGES, 1])

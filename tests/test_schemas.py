@@ -45,7 +45,7 @@ SEGMENT_FILES = ("segment_change.v1.schema.json",)
 
 EXPECTED_TYPES = (
     "page_view", "click", "add_to_cart", "remove_from_cart", "purchase",
-    "search", "identify", "consent", "feedback",
+    "search", "identify", "consent", "feedback", "impression",
 )  # fmt: skip
 
 
@@ -75,6 +75,7 @@ def event(type_: str = "add_to_cart", **overrides: Any) -> dict[str, Any]:
         "identify": {},
         "consent": {"personalisation": True},
         "feedback": {"decision_id": "d-1", "action_id": "a-1", "kind": "click"},
+        "impression": {"decision_id": "d-1", "action_id": "a-1", "placement": "home_hero"},
     }[type_]
     raw: dict[str, Any] = {
         "event_id": "e-1",
@@ -358,7 +359,7 @@ INVALID_CASES: list[tuple[str, dict[str, Any], str]] = [
         "unknown type",
         event(type="pageview"),
         "type: unknown event type 'pageview' (expected one of: page_view, click, add_to_cart, "
-        "remove_from_cart, purchase, search, identify, consent, feedback)",
+        "remove_from_cart, purchase, search, identify, consent, feedback, impression)",
     ),
     ("type not a string", event(type=["click"]), "type: must be string, got array"),
     (
