@@ -565,20 +565,30 @@ def run(infra: Infra) -> dict[str, Any]:
 
 
 def keys_on_vs_off(off_url: str, on_url: str, bodies: Sequence[bytes], browser: dict[str, str],
-                   duration: float, warmup: float, grace: float, rounds_n: int = KEY_ROUNDS) -> dict[str, Any]:
+                   duration: float, warmup: float, grace: float, rounds_n: int = KEY_ROUNDS,
+                   control_url: str | None = None) -> dict[str, Any]:
     """Decide at TARGET_RATE without keys and with them (Bearer public key + allowed Origin), alternated
-    KEY_ROUNDS times; the medians of the rounds' p99s side by side."""
-    rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    # one discarded round each first: the keys-off API has served every rate before, the keyed one only the warm-up
-    for url, headers in ((off_url, None), (on_url, browser)):
+    ``rounds_n`` times; the medians of the rounds' p99s side by side.
+
+    With ``control_url`` (a second API process without keys, sent the same browser headers) a third arm says
+    how far two identically configured processes differ in the same run: a keys-on gap inside that spread is
+    the process, not the keys."""
+    arms: dict[str, tuple[str, dict[str, str] | None]] = {"off": (off_url, None), "on": (on_url, browser)}
+    if control_url is not None:
+        arms["off2"] = (control_url, browser)
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in arms}
+    # one discarded round each first: the keys-off API has served every rate before, the others only the warm-up
+    for url, headers in arms.values():
         run_open_loop(url, bodies, TARGET_RATE, duration, warmup, grace=grace, headers=headers)
+    names = list(arms)
     for i in range(rounds_n):
-        for which in (("off", "on") if i % 2 == 0 else ("on", "off")):
-            r = run_open_loop(off_url if which == "off" else on_url, bodies, TARGET_RATE, duration, warmup,
-                              grace=grace, headers=browser if which == "on" else None)
+        # rotate the order, so no arm always runs first or after the same one
+        for which in names[i % len(names):] + names[:i % len(names)]:
+            url, headers = arms[which]
+            r = run_open_loop(url, bodies, TARGET_RATE, duration, warmup, grace=grace, headers=headers)
             rounds[which].append(r)
             lat = r["latency_ms"]
-            log(f"latency: keys {which:3} @ {TARGET_RATE}/s -> achieved {r['achieved_rate']}/s p50 {lat.get('p50')} "
+            log(f"latency: keys {which:4} @ {TARGET_RATE}/s -> achieved {r['achieved_rate']}/s p50 {lat.get('p50')} "
                 f"p99 {lat.get('p99')} ms  errors {r['errors']} timeouts {r['timeouts']} degraded {r['degraded']}")
 
     def side(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -589,10 +599,14 @@ def keys_on_vs_off(off_url: str, on_url: str, bodies: Sequence[bytes], browser: 
                 "degraded": sum(r["degraded"] for r in runs), "ok": sum(r["ok"] for r in runs),
                 "requests": sum(r["requests"] for r in runs)}
 
-    off, on = side(rounds["off"]), side(rounds["on"])
-    return {"rate": TARGET_RATE, "rounds": rounds_n, "duration_s": duration, "origin": KEY_ORIGIN, "off": off, "on": on,
-            "p99_ratio_on_vs_off": round(on["p99_ms_median"] / off["p99_ms_median"], 3)
-            if off["p99_ms_median"] else None}
+    sides = {name: side(runs) for name, runs in rounds.items()}
+    base = sides["off"]["p99_ms_median"]
+    out: dict[str, Any] = {"rate": TARGET_RATE, "rounds": rounds_n, "duration_s": duration, "origin": KEY_ORIGIN,
+                           **sides,
+                           "p99_ratio_on_vs_off": round(sides["on"]["p99_ms_median"] / base, 3) if base else None}
+    if "off2" in sides:
+        out["p99_ratio_off2_vs_off"] = round(sides["off2"]["p99_ms_median"] / base, 3) if base else None
+    return out
 
 
 def _holds(r: dict[str, Any], rate: float) -> bool:
@@ -614,11 +628,14 @@ def run_keys_only(infra: Infra, seconds: float, rounds_n: int) -> dict[str, Any]
         infra, stack, name="api_keys_on",
         API_KEYS=f"public:{keys[PUBLIC]}:{KEY_ORIGIN},server:{keys[SERVER]},admin:{keys[ADMIN]}")
     browser = {"Authorization": f"Bearer {keys[PUBLIC]}", "Origin": KEY_ORIGIN}
+    control, control_url = start_api(infra, stack, name="api_keys_off_2")
     try:
-        return {"keys": keys_on_vs_off(api_url, api_keyed_url, bodies, browser, seconds, 1.0, 3.0, rounds_n)}
+        return {"keys": keys_on_vs_off(api_url, api_keyed_url, bodies, browser, seconds, 1.0, 3.0, rounds_n,
+                                       control_url=control_url)}
     finally:
         api.stop()
         api_keyed.stop()
+        control.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
