@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the local (Docker-free) services need, idempotently; used by `make test`/`make demo`.
 #
-#   infra/install-deps.sh            java + maven + Kafka jars + redis-server + kcat + wrk
+#   infra/install-deps.sh            java + maven + Kafka jars + redis-server + kcat + wrk + chromium + node
 #   infra/install-deps.sh compose    also the `docker compose` CLI plugin (for `make compose-config`)
 #
 # System packages come from Debian apt (needs root or sudo); the Kafka jars from Maven Central into
@@ -69,8 +69,21 @@ ensure_tools() {
   fi
 }
 
+ensure_browser() {
+  # Debian's chromium for the browser tests (Playwright drives it: it cannot download its own here) and Node
+  # for the snippet's unit tests (sdk/js, `node --test`); fonts so that screenshots show text
+  local pkgs=()
+  [[ -x /usr/bin/chromium ]] || pkgs+=(chromium fonts-dejavu-core)
+  command -v node >/dev/null || pkgs+=(nodejs)
+  if ((${#pkgs[@]})); then
+    log "installing ${pkgs[*]}"
+    apt_install "${pkgs[@]}"
+  fi
+}
+
 ensure_java_maven
 ensure_tools
+ensure_browser
 bash "$INFRA_DIR/kafka.sh" install
 bash "$INFRA_DIR/redis.sh" install
 if [[ "${1:-}" == "compose" ]]; then

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from infra import local
+
+# headless Chromium (one per module) and a fresh context per test (a new visitor): browser_support.py
+from tests.integration.browser_support import browser, browser_context  # noqa: F401
 from tests.support import (
     Stack,
     api_process,
