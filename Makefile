@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install deps test unit fuzz chaos demo bench bench-quality lint compose-config clean
+.PHONY: install deps test unit fuzz chaos test-cluster demo bench bench-quality lint compose-config clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ unit: install
 # the fault scenarios with Kafka stopped for a full minute (make test stops it for 15 s): docs/guarantees.md
 chaos: install deps
 	CI=true CHAOS_KAFKA_OUTAGE_S=60 $(VENV)/bin/pytest -q -s tests/integration/test_chaos.py tests/integration/test_faults.py
+
+# a Redis Cluster (3 masters, 3 replicas) and a 3-broker Kafka on loopback, with failures: docs/cluster.md
+test-cluster: install deps
+	CI=true $(VENV)/bin/pytest -q -m cluster tests/cluster
 
 demo: install deps
 	$(PY) -m infra.demo $(DEMO_ARGS)

@@ -36,6 +36,13 @@ else
   KAFKA_LOG_FILE="${KAFKA_LOG_FILE:-$CACHE_DIR/kafka.log}"
 fi
 KAFKA_NUM_PARTITIONS="${KAFKA_NUM_PARTITIONS:-${EVENTS_PARTITIONS:-8}}"
+# one node of a cluster (infra/kafka-cluster.sh sets these): its id, every voter (id@host:controller_port,...),
+# the replication factor and min.insync.replicas of every topic, and the cluster id all nodes are formatted with
+KAFKA_NODE_ID="${KAFKA_NODE_ID:-1}"
+KAFKA_QUORUM_VOTERS="${KAFKA_QUORUM_VOTERS:-$KAFKA_NODE_ID@$KAFKA_HOST:$KAFKA_CONTROLLER_PORT}"
+KAFKA_REPLICATION="${KAFKA_REPLICATION:-1}"
+KAFKA_MIN_ISR="${KAFKA_MIN_ISR:-1}"
+KAFKA_CLUSTER_ID="${KAFKA_CLUSTER_ID:-}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
 KAFKA_JVM_OPTS="${KAFKA_JVM_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true}"
 KAFKA_CDS="${KAFKA_CDS:-1}"
@@ -129,6 +136,10 @@ render_properties() {
       -e "s|@KAFKA_CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" \
       -e "s|@KAFKA_LOG_DIRS@|$META_DIR|g" \
       -e "s|@KAFKA_NUM_PARTITIONS@|$KAFKA_NUM_PARTITIONS|g" \
+      -e "s|@KAFKA_NODE_ID@|$KAFKA_NODE_ID|g" \
+      -e "s|@KAFKA_QUORUM_VOTERS@|$KAFKA_QUORUM_VOTERS|g" \
+      -e "s|@KAFKA_REPLICATION@|$KAFKA_REPLICATION|g" \
+      -e "s|@KAFKA_MIN_ISR@|$KAFKA_MIN_ISR|g" \
       -e "s|@KAFKA_CLIENT_PROTOCOL@|$([[ -n "$KAFKA_SASL_USERS" ]] && echo SASL_PLAINTEXT || echo PLAINTEXT)|g" \
       "$INFRA_DIR/kafka/server.properties" >"$PROPS_FILE.tmp"
   if [[ -n "$KAFKA_SASL_USERS" ]]; then
@@ -181,8 +192,8 @@ svc_after_stop() {  # publish the class-data archive a graceful stop left
 
 format_storage() {
   [[ -f "$META_DIR/meta.properties" ]] && return 0
-  local cluster_id
-  cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+  local cluster_id="$KAFKA_CLUSTER_ID"
+  [[ -n "$cluster_id" ]] || cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
   while [[ "$cluster_id" == -* ]]; do
     cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
   done

@@ -11,6 +11,9 @@
 # REDIS_ACL=1: the default user is off and the users of infra/redis/users.acl.template (admin, api, worker,
 # learner) get REDIS_<USER>_PASSWORD, rendered by infra/redis/render-acl.sh into $REDIS_DATA_DIR/users.acl.
 #
+# REDIS_CLUSTER_NODE=1: a node of a Redis Cluster (cluster-enabled, its nodes.conf in REDIS_DATA_DIR,
+# REDIS_CLUSTER_NODE_TIMEOUT ms before a failover); infra/redis-cluster.sh starts and joins six of them.
+#
 # One instance per port; data (AOF), pid file and log live in REDIS_DATA_DIR
 # (default infra/.cache/redis-<port>). All variables are documented in infra/README.md. The life cycle
 # (pid file, waits, stop, status, reset) is infra/lib.sh, shared with infra/kafka.sh.
@@ -77,10 +80,15 @@ svc_launch() {
       die "the ACL users need their passwords (REDIS_<USER>_PASSWORD)"
     acl=(--aclfile "$REDIS_DATA_DIR/users.acl")
   fi
+  local -a cluster=()
+  if [[ "${REDIS_CLUSTER_NODE:-0}" == "1" ]]; then
+    cluster=(--cluster-enabled yes --cluster-config-file "$REDIS_DATA_DIR/nodes.conf"
+             --cluster-node-timeout "${REDIS_CLUSTER_NODE_TIMEOUT:-2000}")
+  fi
   if ! "$REDIS_SERVER" "$CONF" \
       --bind "$REDIS_HOST" --port "$REDIS_PORT" --dir "$REDIS_DATA_DIR" \
       --pidfile "$PID_FILE" --logfile "$LOG_FILE" --daemonize yes \
-      --maxmemory "$REDIS_MAXMEMORY" "${acl[@]}"; then
+      --maxmemory "$REDIS_MAXMEMORY" "${acl[@]}" "${cluster[@]}"; then
     log_tail 20
     die "redis-server failed to start (log: $LOG_FILE)"
   fi
