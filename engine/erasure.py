@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 import redis.asyncio as aioredis
 
 from engine.config import EngineConfig
@@ -44,6 +45,7 @@ from engine.layout import (
     segment_due_slot,
     subject_id,
     subject_profile_key,
+    touches_key,
 )
 
 #: Events this far past the erasure time (s) are still refused: the worker accepts timestamps a little in the
@@ -105,7 +107,7 @@ class ErasureStore:
         decisions = sorted({d for r in replies[-len(subjects):] for d in cast(set[str], r)})
         keys = [aliases_key(person_id), identity_key(person_id)]
         for s in subjects:
-            keys += [subject_profile_key(s), decisions_index_key(s), *legacy_keys(s, self.config)]
+            keys += [subject_profile_key(s), decisions_index_key(s), touches_key(s), *legacy_keys(s, self.config)]
         keys += [identity_key(a) for a in aliases]
         keys += [decision_key(d) for d in decisions]
         pipe = self.redis.pipeline(transaction=False)
@@ -155,6 +157,7 @@ class ErasureStore:
             "decisions": [decisions_index_key(s) for s in subjects],
             "reward_join": [decision_key(d) for d in decisions],
             "erasing": [erasure_pending_key(subjects[0])],
+            "touches": [touches_key(s) for s in subjects],
         }
         pipe = self.redis.pipeline(transaction=False)
         for s in subjects:
@@ -183,7 +186,12 @@ class ErasureStore:
             pipe.hgetall(subject_profile_key(s))
             pipe.smembers(decisions_index_key(s))
         pipe.get(erasure_marker_key(subjects[0]))
+        for s in subjects:
+            pipe.get(touches_key(s))
         replies = await pipe.execute()
+        touches = {s: orjson.loads(t).get("t") or []
+                   for s, t in zip(subjects, replies[-len(subjects):], strict=True) if t}
+        replies = replies[:-len(subjects)]
         profiles: dict[str, Any] = {}
         consent: dict[str, Any] = {}
         decisions: list[str] = []
@@ -202,6 +210,8 @@ class ErasureStore:
                            "anonymous_id_linked_to": linked_to},
             "consent": consent,
             "pending_decisions": decisions,
+            # attribution touches per subject: [time ms, action, channel, placement, holdout arm], oldest first
+            "touches": touches,
             "erased_until_ms": replies[-1],
             "exported_at": now,
         }

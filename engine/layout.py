@@ -66,6 +66,9 @@ key                            type    content
 ``arms:{<placement>}``         hash    experiment counters ``<arm>:impressions|clicks|...``
 ``stats:{worker}``             hash    worker counters (events received/applied, dead letters)
 ``segdue:{<slot>}``            zset    profiles by the time their segments may change without an event, 16 slots
+``touch:{<shard>}:<subject>``  string  a person's touches (JSON, at most ``max_touches``, TTL: the attribution
+                                       window), offset guard and event tokens (``engine/attribution.py``)
+``attr:{<shard>}``             hash    attribution counters, 16 shards summed on read (``engine/attribution.py``)
 =============================  ======  ==========================================================
 
 ``PERSON_FAMILIES`` names every family that holds a person (erasure and export go through it).
@@ -124,6 +127,32 @@ def segment_due_slot(owner: str) -> int:
 
 def segment_due_key(slot: int) -> str:
     return f"segdue:{{{slot:02x}}}"
+
+
+#: Attribution counters are spread over this many hashes; a person's touch list shares its shard's hash tag.
+ATTRIBUTION_SHARDS = 16
+
+
+def attribution_shard(subject: str) -> int:
+    """
+    >>> attribution_shard("c:cust-1") in range(ATTRIBUTION_SHARDS)
+    True
+    """
+    return hashlib.blake2b(subject.encode(), digest_size=2).digest()[0] % ATTRIBUTION_SHARDS
+
+
+def touches_key(subject: str) -> str:
+    """A person's attribution touch list, in its counter shard's slot (one script writes both).
+
+    >>> touches_key("c:cust-1").startswith("touch:{"), attribution_counters_key(0)
+    (True, 'attr:{00}')
+    """
+    return f"touch:{{{attribution_shard(subject):02x}}}:{subject}"
+
+
+def attribution_counters_key(slot: int) -> str:
+    """The attribution counters of one shard (``slot``: ``attribution_shard`` of the people it counts)."""
+    return f"attr:{{{slot:02x}}}"
 
 
 #: The two key spaces of people: customers (an id the site's back end vouches for) and anonymous ids.
@@ -197,7 +226,8 @@ def erasure_pending_key(subject: str) -> str:
 #: Redis keys of their own (the learner's state is told to forget, ``learning`` topic). ``reward_join``:
 #: the ``dec:{<slot>}:<id>`` hashes of the ids in ``decisions``; ``segment_due``: the subject's entry in
 #: ``segdue:{<slot>}``. The erasure marker is kept (on purpose).
-PERSON_FAMILIES = ("profile", "aliases", "identity", "decisions", "reward_join", "erasing", "segment_due")
+PERSON_FAMILIES = ("profile", "aliases", "identity", "decisions", "reward_join", "erasing", "segment_due",
+                   "touches")  # touches: the attribution touch list (engine/attribution.py)
 
 
 def legacy_subject_keys(subject: str) -> list[str]:

@@ -44,6 +44,7 @@ from engine.profile_store import ProfileStore
 from engine.redis_connection import HiredisPackedConnection
 from engine.runtime import batch_young_threshold, freeze_startup_heap
 from engine.settings import load_settings
+from streams.attribution import AttributionFeed
 from streams.collaborative import CollaborativeFeed
 from streams.consent import ConsentGate, ConsentWithdrawals
 from streams.consumer import BatchLoop, Outbox, Write
@@ -104,8 +105,10 @@ class Components:
         erasures = ErasureStore(self.redis, config, settings.erasure_retention_days * 86400)
         withdrawals = ConsentWithdrawals(store, erasures, self.send_learning_example, config.collaborative.enabled)
         feed = CollaborativeFeed(config, self.send_learning_example, ConsentGate(store, config))
-        self.processor = BatchProcessor(store, self.send_dead_letter,
-                                        hooks=[self.joiner.on_events, feed.on_events, withdrawals.on_events],
+        hooks = [self.joiner.on_events, feed.on_events, withdrawals.on_events]
+        if config.attribution.enabled:  # touches and conversions credited in the stream (engine/attribution.py)
+            hooks.append(AttributionFeed(self.redis, config).on_events)
+        self.processor = BatchProcessor(store, self.send_dead_letter, hooks=hooks,
                                         limits=settings.event_limits, identity=IdentityPolicy.from_settings(settings))
         self.segments = SegmentTracker(self.redis, config, self.send_segment_change)
         self.learner = PlacementLearner(config)

@@ -286,6 +286,14 @@ def _components(doc: schema.Document) -> list[Problem]:
     for i, a in enumerate(doc.action):
         if a.valid_from is not None and a.valid_to is not None and a.valid_to <= a.valid_from:
             problems.append((f"action[{i}].valid_to", "expected a time after valid_from"))
+    actions = {a.id for a in doc.action}
+    for name in doc.attribution.cost_per_impression.actions:
+        if name not in actions:
+            problems.append((f"attribution.cost_per_impression.actions.{name}",
+                             f"unknown action {show(name)}; expected one of {', '.join(sorted(actions)[:10])}"
+                             if actions else f"unknown action {show(name)}; no action is declared"))
+    if "purchase" in doc.attribution.goals:
+        problems.append(("attribution.goals", "purchase is always a conversion; list the other goal types"))
     if doc.collaborative.enabled:
         from engine.recommend import CoVisitation
 
@@ -359,5 +367,12 @@ def _build(doc: schema.Document) -> model.EngineConfig:
             enabled=doc.collaborative.enabled, weights=dict(doc.collaborative.weights),
             params=dict(doc.collaborative.params), snapshot_every_updates=doc.collaborative.snapshot_every_updates,
             snapshot_every_seconds=doc.collaborative.snapshot_every_seconds,
+        ),
+        attribution=model.AttributionSettings(
+            enabled=doc.attribution.enabled, window_hours=doc.attribution.window_hours,
+            models=tuple(doc.attribution.models), goals=tuple(doc.attribution.goals),
+            max_touches=doc.attribution.max_touches,
+            cost_per_impression_actions=dict(doc.attribution.cost_per_impression.actions),
+            cost_per_impression_channels={str(k): v for k, v in doc.attribution.cost_per_impression.channels.items()},
         ),
     )

@@ -184,6 +184,22 @@ class Action:
 
 
 @dataclass(frozen=True, slots=True)
+class AttributionSettings:
+    """Conversions credited to the touches before them, in the stream (``engine.attribution``)."""
+
+    enabled: bool = False
+    #: A conversion credits the touches of this many hours before it; a touch list expires with it.
+    window_hours: float = 168.0
+    models: tuple[str, ...] = ("last_touch", "linear", "position_based")
+    #: Event types counted as conversions besides ``purchase`` (their ``properties.value`` as revenue).
+    goals: tuple[str, ...] = ()
+    max_touches: int = 20
+    #: Cost of one impression per action id and per channel (both add up): what ROI is computed against.
+    cost_per_impression_actions: Mapping[str, float] = field(default_factory=dict)
+    cost_per_impression_channels: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     profile: ProfileSettings
     scoring: ScoringSettings
@@ -195,6 +211,8 @@ class EngineConfig:
     collaborative: CollaborativeSettings = field(default_factory=CollaborativeSettings)
     segments: tuple[Segment, ...] = ()
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    #: attribution and ROI (engine.attribution)
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
 
     def actions_for(self, placement: str) -> list[Action]:
         return [a for a in self.actions.values() if placement in a.placements]

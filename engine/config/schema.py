@@ -273,6 +273,38 @@ class Action(Strict):
     audience: Audience | None = None
 
 
+#: Where a touch happens (``engine.attribution.CHANNELS``, the ``impression`` event's enum).
+Channel = Literal["web", "app", "email", "push", "sms", "in_app"]
+Cost = Annotated[float, Field(ge=0, le=1e9)]
+Model = Literal["last_touch", "linear", "position_based"]
+
+
+def _all_models() -> list[Model]:
+    return ["last_touch", "linear", "position_based"]
+
+
+class CostPerImpression(Strict):
+    """What one impression costs (both add up): ROI = (attributed revenue - cost) / cost."""
+
+    actions: dict[Id, Cost] = Field(default_factory=dict, description="Per action id (declared actions).")
+    channels: dict[Channel, Cost] = Field(default_factory=dict, description="Per channel.")
+
+
+class Attribution(Strict):
+    """Conversions credited in the stream to the touches (impressions, clicks) before them (docs/attribution.md)."""
+
+    enabled: bool = Field(default=False, description="Keep touch lists and attribution counters in the worker.")
+    window_hours: Annotated[float, Field(gt=0, le=2160)] = Field(
+        default=168.0, description="A conversion credits the touches of this many hours before it (at most 90 days).")
+    models: Annotated[list[Model], Field(min_length=1), AfterValidator(_unique)] = Field(
+        default_factory=_all_models,
+        description="position_based: 40% first touch, 40% last, 20% shared by those between.")
+    goals: Annotated[list[EventType], AfterValidator(_unique)] = Field(
+        default_factory=list, description="Event types counted as conversions besides purchase.")
+    max_touches: int = Field(default=20, ge=1, le=200, description="Touches kept per person (the oldest go).")
+    cost_per_impression: CostPerImpression = Field(default_factory=CostPerImpression)
+
+
 class Document(Strict):
     """An engine configuration file (TOML)."""
 
@@ -288,6 +320,8 @@ class Document(Strict):
     segment: list[Segment] = []
     placement: list[Placement] = []
     action: list[Action] = []
+    #: attribution and ROI (engine.attribution)
+    attribution: Attribution = Field(default_factory=Attribution)
 
 
 def json_schema() -> dict[str, Any]:

@@ -1,0 +1,189 @@
+"""The events hook of attribution (``engine.attribution``): touches and conversions of a batch, per person.
+
+Per batch that has any (most events are neither a touch nor a conversion and cost one type test):
+
+1. one pipelined round trip: the identity map for anonymous ids, the decision record of each touch naming a
+   ``decision_id`` (its holdout arm and placement: what the decision was, not what the event says);
+2. one more: each person's erasure marker and personalisation consent (an erased person or one without
+   consent gets no touch list; their conversions are not counted either);
+3. one more: the script calls, one per person (``engine.attribution.AttributionStore.apply``).
+
+A script error raises: the batch processor then runs the hook event by event and dead-letters the event it
+fails on (``streams.pipeline.BatchProcessor._run_hooks``); the calls that succeeded before are not counted
+twice (the script's offset guard and event tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+import orjson
+import redis.asyncio as aioredis
+
+from engine.attribution import (
+    CLICK,
+    CONVERSION,
+    IMPRESSION,
+    OTHER,
+    AttributionStore,
+    PersonBatch,
+    channel_of,
+    conversion_value,
+)
+from engine.config import EngineConfig
+from engine.consent import PERSONALISATION, personalisation_allowed
+from engine.decisions import holdout_arm
+from engine.layout import (
+    DECISION_RECORD,
+    PERSONALISATION_FIELD,
+    anonymous_subject,
+    customer_subject,
+    decision_key,
+    dedup_token,
+    erasure_marker_key,
+    identity_key,
+    subject_profile_key,
+    touches_key,
+)
+from schemas.events import Event
+from streams.pipeline import Record
+
+
+class AttributionFeed:
+    """``on_events``: the worker's hook (``streams/app.py``), when ``[attribution] enabled``."""
+
+    def __init__(self, redis: aioredis.Redis, config: EngineConfig) -> None:
+        self.redis, self.config = redis, config
+        self.store = AttributionStore(redis, config.attribution)
+        self.conversions = frozenset(("purchase", *config.attribution.goals))
+        #: conversions credited to at least one touch, touches recorded (this process)
+        self.credited = self.touches = 0
+
+    def _kind(self, ev: Event) -> str | None:
+        t = ev.type
+        if t == "impression":
+            return IMPRESSION
+        if t == "click" and isinstance(ev.properties.get("action_id"), str):
+            return CLICK
+        if t in self.conversions:
+            return CONVERSION
+        return None
+
+    async def on_events(self, events: Sequence[tuple[Record, Event]]) -> None:
+        found = [(rec, ev, kind) for rec, ev in events if (kind := self._kind(ev)) is not None]
+        withdrawn = [ev for _, ev in events
+                     if ev.type == "consent" and ev.properties.get(PERSONALISATION) is False]
+        if withdrawn:  # a withdrawal drops the person's touches (the profile is wiped the same way)
+            await self._drop(withdrawn)
+        if not found:
+            return
+        # 1. identities and decision records
+        pipe = self.redis.pipeline(transaction=False)
+        anon = list(dict.fromkeys(ev.anonymous_id for _, ev, _ in found if not ev.customer_id and ev.anonymous_id))
+        for a in anon:
+            pipe.get(identity_key(a))
+        decisions = list(dict.fromkeys(
+            ev.properties["decision_id"] for _, ev, k in found
+            if k != CONVERSION and isinstance(ev.properties.get("decision_id"), str)))
+        for d in decisions:
+            pipe.hget(decision_key(d), DECISION_RECORD)
+        replies = await pipe.execute()
+        identity = {a: c for a, c in zip(anon, replies[:len(anon)], strict=True) if c is not None}
+        records = dict(zip(decisions, replies[len(anon):], strict=True))
+        subjects = [_subject(ev, identity) for _, ev, _ in found]
+        # 2. erasure markers and consent
+        people = list(dict.fromkeys(subjects))
+        pipe = self.redis.pipeline(transaction=False)
+        for s in people:
+            pipe.get(erasure_marker_key(s))
+            pipe.hget(subject_profile_key(s), PERSONALISATION_FIELD)
+        replies = await pipe.execute()
+        marker = {s: replies[2 * i] for i, s in enumerate(people)}
+        consent = {s: replies[2 * i + 1] for i, s in enumerate(people)}
+        mode = self.config.privacy.consent_mode
+        # 3. one script call per person and partition, events in stream order
+        batches: dict[tuple[str, str, int], PersonBatch] = {}
+        latest: dict[str, bool] = {}  # a consent event earlier in the batch decides what follows it
+        subject_of = {id(ev): s for (_, ev, _), s in zip(found, subjects, strict=True)}
+        kind_of = {id(ev): k for _, ev, k in found}
+        for rec, ev in events:
+            if ev.type == "consent" and PERSONALISATION in ev.properties:
+                latest[_subject(ev, identity)] = bool(ev.properties[PERSONALISATION])
+            kind = kind_of.get(id(ev))
+            if kind is None:
+                continue
+            subject = subject_of[id(ev)]
+            m = marker[subject]
+            if m is not None and ev.timestamp * 1000 <= int(m):
+                continue
+            stored = consent[subject]
+            if not latest.get(subject, personalisation_allowed(
+                    {} if stored is None else {PERSONALISATION: stored == "1"}, mode)):
+                continue
+            key = (subject, rec.topic, rec.partition)
+            b = batches.get(key)
+            if b is None:
+                b = batches[key] = PersonBatch(subject, rec.topic, rec.partition, [])
+            b.events += [rec.offset, dedup_token(ev.event_id), round(ev.timestamp * 1000), kind,
+                         *self._arguments(ev, kind, records)]
+        replies = await self.store.apply(list(batches.values()))
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        for r in replies:
+            self.credited += int(r[1])
+
+    def _arguments(self, ev: Event, kind: str, records: dict[str, Any]) -> list[Any]:
+        props = ev.properties
+        if kind == CONVERSION:
+            return [conversion_value(ev.type, props)]
+        self.touches += 1
+        action = cast(str, props["action_id"])
+        record = _record(records.get(props.get("decision_id")))  # type: ignore[arg-type]
+        placement = props.get("placement") if isinstance(props.get("placement"), str) else None
+        if placement is None and record is not None:
+            placement = record.get("placement")
+        declared = self.config.actions.get(action)
+        if placement is None and declared is not None and len(declared.placements) == 1:
+            placement = declared.placements[0]
+        place = self.config.placements.get(placement) if isinstance(placement, str) else None
+        if record is not None and isinstance(record.get("holdout_arm"), str):
+            arm = record["holdout_arm"]
+        elif place is not None:  # the record has not arrived (or expired): the sticky assignment decide made
+            arm = holdout_arm(ev.visitor_id, place.id, place.learning.holdout_share)
+        else:
+            arm = OTHER
+        return [action if declared is not None else OTHER, channel_of(props, ev.context),
+                place.id if place is not None else OTHER, arm if arm in ("learning", "control") else OTHER]
+
+    async def _drop(self, withdrawn: Sequence[Event]) -> None:
+        identity = {}
+        anon = [ev.anonymous_id for ev in withdrawn if not ev.customer_id and ev.anonymous_id]
+        if anon:
+            pipe = self.redis.pipeline(transaction=False)
+            for a in anon:
+                pipe.get(identity_key(a))
+            identity = {a: c for a, c in zip(anon, await pipe.execute(), strict=True) if c is not None}
+        keys = {touches_key(_subject(ev, identity)) for ev in withdrawn}
+        keys |= {touches_key(anonymous_subject(ev.anonymous_id)) for ev in withdrawn if ev.anonymous_id}
+        await self.redis.delete(*keys)
+
+
+def _subject(ev: Event, identity: dict[str, str]) -> str:
+    """The person an event is attributed to: as the profile pipeline resolves it (``streams.pipeline._owner``)."""
+    if ev.customer_id:
+        return customer_subject(ev.customer_id)
+    anon = ev.anonymous_id or ""
+    customer = identity.get(anon)
+    return customer_subject(customer) if customer is not None else anonymous_subject(anon)
+
+
+def _record(raw: str | bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
