@@ -69,6 +69,9 @@ key                            type    content
 ``touch:{<shard>}:<subject>``  string  a person's touches (JSON, at most ``max_touches``, TTL: the attribution
                                        window), offset guard and event tokens (``engine/attribution.py``)
 ``attr:{<shard>}``             hash    attribution counters, 16 shards summed on read (``engine/attribution.py``)
+``cat:{catalogue}:version``    string  catalogue version, bumped by every admin change (``engine/catalogue.py``)
+``cat:{catalogue}:actions``    hash    action id -> entry JSON (``rev``, ``state``, the action's config table)
+``cat:{catalogue}:placements`` hash    placement id -> entry JSON (``rev``, overridden ``max_items``)
 =============================  ======  ==========================================================
 
 ``PERSON_FAMILIES`` names every family that holds a person (erasure and export go through it).
@@ -436,3 +439,9 @@ def arms_key(placement: str) -> str:
 
 def arm_field(arm: str, counter: str) -> str:
     return f"{arm}:{counter}"
+
+
+#: The catalogue's keys (engine/catalogue.py): one hash tag, so a change is one MULTI in one Cluster slot.
+CATALOGUE_VERSION_KEY = "cat:{catalogue}:version"
+CATALOGUE_ACTIONS_KEY = "cat:{catalogue}:actions"
+CATALOGUE_PLACEMENTS_KEY = "cat:{catalogue}:placements"

@@ -16,7 +16,7 @@ from engine.config import load_config
 from engine.production import is_dev, production_problems, refuse_to_start
 from engine.runtime import freeze_startup_heap
 from engine.settings import Settings, load_settings
-from serving import auth, collector, decide, experiments, health, openapi_doc, profiles, reports
+from serving import admin, auth, collector, decide, experiments, health, openapi_doc, profiles, reports
 from serving.services import Services
 
 
@@ -56,7 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = keyring
     app.add_exception_handler(auth.AuthError, auth.auth_error_response)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    for module in (decide, collector, profiles, experiments, health, reports):
+    app.add_exception_handler(admin.Refused, admin.refused_response)
+    for module in (decide, collector, profiles, experiments, health, reports, admin):
         app.include_router(module.router)
 
     build_openapi = app.openapi

@@ -176,6 +176,8 @@ def _placement_actions(config: EngineConfig, placement: str) -> _Pools:
     hit = _PLACEMENT_ACTIONS.get((id(config), placement))
     if hit is not None and hit[0] is config:
         return hit[1]
+    if len(_PLACEMENT_ACTIONS) > 256:  # configurations swapped in by the catalogue (engine/catalogue_watch.py)
+        _PLACEMENT_ACTIONS.clear()
     actions = config.actions_for(placement)
     always = {a.id: a for a in actions if a.valid_from is None and a.valid_to is None}
     timed = {a.id: a for a in actions if a.id not in always}
@@ -449,6 +451,7 @@ async def decide_bytes(svc: Services, body: bytes, shed: bool = False) -> tuple[
     if ranking.actions and visitor and allowed:
         candidates = req.candidates if req.candidates is not None else svc.placement_action_ids[req.placement]
         record = decision_record(decision_id, req, ranking, context, candidates, degraded, now)
+        record["catalogue_version"] = svc.catalogue_version  # which catalogue it chose from (engine/catalogue.py)
         publish_decision(svc, visitor, record)
     metrics.decisions.inc("shed" if shed else "degraded" if degraded else "ok")
     metrics.decide_latency.observe(time.perf_counter() - started)

@@ -16,6 +16,7 @@ from engine.config import EngineConfig
 from schemas._validation import inline_refs
 from schemas.events import EVENT_TYPES
 from schemas.limits import EventLimits
+from serving.admin import documented_responses
 from serving.collector import BATCH_MEMBERS
 from serving.decide import document_decide
 
@@ -75,6 +76,7 @@ def _responses(config: EngineConfig, limits: EventLimits) -> dict[tuple[str, str
                       "refused one for good, too large: the delivered ones are listed)", _REFUSED_EVENTS),
             "503": _r("Kafka did not confirm delivery; retry (events are de-duplicated by event_id)", _ERROR),
         },
+        **documented_responses(_r, _AUTH, _ERROR, _JSON_OBJECT),  # the catalogue's admin API
     }
 
 

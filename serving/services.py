@@ -14,7 +14,12 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from engine.config import EngineConfig, load_config
+from engine.catalogue import Catalogue
+from engine.catalogue_store import CatalogueStore
+from engine.catalogue_watch import POLL_S as CATALOGUE_POLL_S
+from engine.catalogue_watch import CatalogueWatch
+from engine.config import EngineConfig, parse_config
+from engine.config.compose import load_document
 from engine.decisions import action_features
 from engine.kafka_producer import keep_batches_until_delivered
 from engine.layout import popularity_landmark_field
@@ -84,13 +89,33 @@ class Services:
     #: per action id, the JSON of its entry in a decide answer before and after the score
     answer_parts: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: the admin-changed catalogue on top of the file (engine/catalogue.py); None: the file alone (tests)
+    catalogue: CatalogueWatch | None = None
 
     @property
     def placement_action_ids(self) -> dict[str, list[str]]:
         return self._placement_action_ids
 
+    @property
+    def catalogue_version(self) -> int:
+        return self.catalogue.version if self.catalogue is not None else 0
+
     def __post_init__(self) -> None:
         self.segments = Segments(self.config.segments)
+        self._derive()
+
+    def use_catalogue(self, config: EngineConfig, catalogue: Catalogue | None = None) -> None:
+        """Swap in a configuration whose actions and placements changed (engine/catalogue_watch.py): what is
+        derived from the actions is rebuilt first, then everything is replaced with no await in between."""
+        old = self.config
+        self.config = config
+        try:
+            self._derive()
+        except BaseException:
+            self.config = old
+            raise
+
+    def _derive(self) -> None:
         self._placement_action_ids = {p: [a.id for a in self.config.actions_for(p)] for p in self.config.placements}
         # policy candidates are built once per action, not per request
         self.candidates = {a.id: Candidate(a.id, action_features(a, self.config.affinities))
@@ -102,7 +127,8 @@ class Services:
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
-        config = load_config(settings.engine_config)
+        seed = load_document(settings.engine_config)
+        config = parse_config(seed, str(settings.engine_config))
         budget_s = settings.decide_budget_ms / 1000.0
         # No socket_timeout: with one, redis-py wraps every send in asyncio.wait_for (a task per command) and
         # every read in a timeout. Every call has its own deadline instead: the decide budget on the profile
@@ -143,6 +169,13 @@ class Services:
                                          minimum=settings.decide_shed_min_in_flight,
                                          maximum=settings.decide_shed_max_in_flight)
             metrics.admission_limit.value = svc.admission.limit
+        svc.catalogue = CatalogueWatch(CatalogueStore(redis), seed, svc.use_catalogue)
+        try:  # serve what the admin API changed from the first request; Redis away: the file, until it is back
+            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+                await svc.catalogue.poll()
+        except Exception as exc:
+            log.warning("catalogue not read at start-up, serving the file's until it is: %r", exc)
+        svc._tasks.append(asyncio.create_task(svc._every(CATALOGUE_POLL_S, svc.catalogue.poll)))
         svc._tasks.append(asyncio.create_task(svc._every(POPULARITY_REFRESH_S, svc.refresh_popularity)))
         svc._tasks.append(asyncio.create_task(svc._every(MODEL_REFRESH_S, svc.models.refresh)))
         return svc

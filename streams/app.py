@@ -34,7 +34,11 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from engine.config import load_config
+from engine.catalogue_store import CatalogueStore
+from engine.catalogue_watch import POLL_S as CATALOGUE_POLL_S
+from engine.catalogue_watch import CatalogueWatch
+from engine.config import parse_config
+from engine.config.compose import load_document
 from engine.erasure import ErasureStore
 from engine.faults import is_infrastructure
 from engine.identity import IdentityPolicy
@@ -57,7 +61,8 @@ from streams.segments import SegmentTracker
 log = logging.getLogger(__name__)
 settings = load_settings()
 refuse_to_start("worker", production_problems(settings))  # outside PULSE_ENV=dev: no development secrets
-config = load_config(settings.engine_config)
+seed = load_document(settings.engine_config)  # also the catalogue's seed (engine/catalogue.py)
+config = parse_config(seed, str(settings.engine_config))
 signing_key = settings.model_signing_key.encode()
 INGEST, LEARN = "ingest" in settings.worker_roles, "learn" in settings.worker_roles
 #: The longest wait between two attempts while Redis or Kafka is away.
@@ -112,6 +117,9 @@ class Components:
                                         limits=settings.event_limits, identity=IdentityPolicy.from_settings(settings))
         self.segments = SegmentTracker(self.redis, config, self.send_segment_change)
         self.learner = PlacementLearner(config)
+        # the learner reads actions (their features, for examples that do not carry them): it follows the
+        # catalogue's admin changes; nothing else of the worker reads actions
+        self.catalogue = CatalogueWatch(CatalogueStore(self.redis), seed, self._use_catalogue)
         self.restored = False
         self._ready = asyncio.Lock()
 
@@ -119,6 +127,9 @@ class Components:
         async with self._ready:
             await self.outbox.start()
         return self
+
+    def _use_catalogue(self, changed: Any, _catalogue: Any) -> None:
+        self.learner.config = changed
 
     async def send_dead_letter(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         await self.outbox.send(settings.dlq_topic, key, value, headers)
@@ -309,6 +320,15 @@ async def publish_clock_segment_changes() -> None:
                             lambda: c.processor.store.incr_worker_counters({"segment_changes": published}))
 
 
+async def follow_catalogue() -> None:
+    """Catalogue changes made through the admin API, within ``CATALOGUE_POLL_S`` (engine/catalogue_watch.py)."""
+    c = await components().ready()
+    try:
+        await c.catalogue.poll()
+    except Exception as exc:  # Redis away or a bad entry: keep the catalogue loaded, try again next time
+        log.warning("catalogue not refreshed: %r", exc)
+
+
 if INGEST:
     app.service(StreamService)
     app.timer(interval=1.0)(settle_expired_rewards)
@@ -317,3 +337,4 @@ if INGEST:
 if LEARN:
     app.agent(learning_topic, name="streams.app.learn")(learn)
     app.timer(interval=1.0)(publish_due_snapshots)
+    app.timer(interval=CATALOGUE_POLL_S)(follow_catalogue)

@@ -199,6 +199,11 @@ def test_redis_refuses_clients_without_the_right_credentials(services: tuple[Any
     ("learner", ("HSET", "model:{home_hero}", "version", "0"), True),
     ("learner", ("HGETALL", "p:{someone}"), False),  # the learner never reads a profile
     ("admin", ("CONFIG", "GET", "maxmemory"), True),
+    ("api", ("HSET", "cat:{catalogue}:actions", "a", "{}"), True),  # the catalogue's admin API
+    ("api", ("HSET", "p:{someone}", "cv", "1"), False),  # ... and no other hash
+    ("worker", ("HGETALL", "cat:{catalogue}:actions"), True),  # the workers follow the catalogue
+    ("worker", ("HSET", "cat:{catalogue}:actions", "a", "{}"), False),
+    ("learner", ("GET", "cat:{catalogue}:version"), True),
 ])
 def test_each_redis_user_gets_what_its_service_needs_only(services: tuple[Any, Any], user: str,
                                                           command: tuple[str, ...], allowed: bool) -> None:
