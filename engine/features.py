@@ -22,12 +22,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import channels, timing
 from engine.config import WINDOWS, EngineConfig
 from engine.consent import consent_choices
 from engine.layout import (
+    ACTIVITY_DAY_LANDMARK,
+    ACTIVITY_DAY_PREFIX,
+    ACTIVITY_HOUR_LANDMARK,
+    ACTIVITY_HOUR_PREFIX,
     CONSENT_CODES,
     CONSENT_PREFIX,
     CONSENT_TIME,
+    CONTACT_PRIOR_LANDMARK,
     COUNT_CODES,
     FIRST_SEEN,
     LAST_SEEN,
@@ -37,6 +43,7 @@ from engine.layout import (
     SESSION_LAST,
     SESSION_PAGES,
     SESSION_START,
+    TIMEZONE_FIELD,
     OwnerKeys,
     cart_field,
     consent_field,
@@ -95,6 +102,10 @@ class FeatureExtractor:
         self._plans: dict[str, _Plan] = {}
         self._pop_hl = config.scoring.popularity_half_life_hours * 3600.0
         self._pop_plans: dict[str, tuple[tuple[str, int, float, str], ...]] = {}
+        # next-best action (engine.timing, engine.channels): activity hours, time zone and channel counts are
+        # kept only when a placement answers channels
+        self.contact = any(p.channels for p in config.placements.values())
+        self._activity_hl = config.contact.activity_half_life_days * 86400.0
 
     def _plan(self, event_type: str) -> _Plan:
         cfg, fl = self.config, self.fields
@@ -124,9 +135,9 @@ class FeatureExtractor:
         plan = self._plans.get(event_type) or self._plan(event_type)
         ops = [["i", plan.count, 1], ["min", FIRST_SEEN, ms], ["max", LAST_SEEN, ms]]
         if event_type == "identify" or event_type == "feedback":
-            return ops
+            return ops + self._contact_ops(event_type, ts, properties, context) if self.contact else ops
         if event_type == "impression":  # shown, not done: the visitor was not necessarily active
-            return ops[:1]
+            return ops[:1] + channels.channel_ops(event_type, properties, context) if self.contact else ops[:1]
         ops.append(["sess", ms, str(context.get("session_id") or ""), self._session_timeout_ms])
         if event_type == "page_view":
             ops.append(["i", SESSION_PAGES, 1])
@@ -153,9 +164,20 @@ class FeatureExtractor:
             ops.append(["f", MONETARY, value])
         for fld, width, n in plan.windows:
             ops.append(["w", fld, int(ts // width), n, 1])
+        if self.contact:
+            ops += self._contact_ops(event_type, ts, properties, context)
         return ops
 
-    def popularity_ops_for(self, event_type: str, ts: float, properties: Mapping[str, Any]) -> list[Op]:
+    def _contact_ops(self, event_type: str, ts: float, properties: Mapping[str, Any],
+                     context: Mapping[str, Any]) -> list[Op]:
+        """Next-best action: activity hours, an identify's time zone, the channel an engagement came from."""
+        if event_type == "identify":
+            return timing.timezone_ops(properties)
+        return timing.activity_ops(event_type, ts, self._activity_hl) + channels.channel_ops(
+            event_type, properties, context)
+
+    def popularity_ops_for(self, event_type: str, ts: float, properties: Mapping[str, Any],
+                           context: Mapping[str, Any] | None = None) -> list[Op]:
         """Operations for one event on the global popularity owner (forward-decayed counts)."""
         plan = self._pop_plans.get(event_type)
         if plan is None:
@@ -167,6 +189,10 @@ class FeatureExtractor:
         for prop, idx, w, lfield in plan:
             for v in _values(prop, properties):
                 ops.append(["z", idx, v, w, ts, hl, POPULARITY_TOP_K, lfield])
+        if self.contact:  # the population's hours and channel rates: summed per batch by the script
+            ci, ahl = self._pop_idx.contact, self._activity_hl
+            ops += timing.prior_ops(event_type, ts, ahl, ci)
+            ops += channels.prior_ops(event_type, properties, context or {}, ts, ahl, ci, CONTACT_PRIOR_LANDMARK)
         return ops
 
     def merge_ops(self, raw: RawProfile, ts: float) -> list[Op]:
@@ -180,6 +206,9 @@ class FeatureExtractor:
         consent: list[Op] = []
         ops: list[Op] = []
         affs = {fl.affinity[f.name]: f for f in cfg.affinities}
+        # next-best action: the activity histograms merge like affinities (prefix -> half-life, bins, landmark)
+        hist = {ACTIVITY_HOUR_PREFIX: (self._activity_hl, 24, ACTIVITY_HOUR_LANDMARK),
+                ACTIVITY_DAY_PREFIX: (self._activity_hl, 7, ACTIVITY_DAY_LANDMARK)}
         for k, v in h.items():
             c = k[0]
             if c == "c" or k == SESSION_PAGES:
@@ -197,19 +226,22 @@ class FeatureExtractor:
                 consent.append(["kset", k, v, int(h.get(CONSENT_TIME, 0))])
             elif c == "C":
                 ops.append(["cart", k, int(v)])
+            elif c in "EI" and k[1:2] == ":" or k == TIMEZONE_FIELD:  # channel counts, time zone
+                ops.append(["setnx", k, v] if k == TIMEZONE_FIELD else ["i", k, int(v)])
             elif c == "a":
                 prefix = k[: k.find(":") + 1]
                 f = affs.get(prefix)
-                if f is None:
+                spec = hist.get(prefix) if f is None else (f.half_life_hours * 3600.0, f.top_k, fl.landmark[f.name])
+                if spec is None:
                     continue
-                hl = f.half_life_hours * 3600.0
-                landmark = float(h.get(fl.landmark[f.name], ts))
+                hl, top_k, lfield = spec
+                landmark = float(h.get(lfield, ts))
                 # the score is relative to the anonymous landmark; re-express it at ts (the exponent clamped: a
                 # landmark stored far from ts must neither overflow nor bring a non-finite score)
                 at_ts = float(v) * 2.0 ** max(-1000.0, min(60.0, (landmark - ts) / hl))
                 if not math.isfinite(at_ts):
                     continue
-                ops.append(["a", prefix, k[len(prefix):], at_ts, ts, hl, f.top_k, fl.landmark[f.name]])
+                ops.append(["a", prefix, k[len(prefix):], at_ts, ts, hl, top_k, lfield])
         for r in cfg.recents:
             for v in _recent(h, fl.recent[r.name]):
                 ops.append(["ra", fl.recent[r.name], v, r.size])
@@ -301,6 +333,8 @@ class Profile:
     monetary: float
     windows: dict[str, dict[str, int]]
     consent: dict[str, bool]
+    #: the stored hash as read (next-best action decodes its fields only for placements that use them)
+    raw: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def personalisation_allowed(self) -> bool:
@@ -395,7 +429,7 @@ def decode(customer_id: str, raw: RawProfile, config: EngineConfig, now: float) 
         customer_id=customer_id, exists=bool(h), counts=counts,
         first_seen=_ms(h.get(FIRST_SEEN)), last_seen=_ms(h.get(LAST_SEEN)),
         session=session, affinities=affinities, recent={name: _recent(h, p) for name, p in plan.recents},
-        cart=cart, monetary=float(h.get(MONETARY, 0.0)), windows=windows, consent=consent,
+        cart=cart, monetary=float(h.get(MONETARY, 0.0)), windows=windows, consent=consent, raw=h,
     )
 
 

@@ -40,6 +40,10 @@ field                        content
 ``d:<i>`` / ``d:n``          event-id de-duplication: ring of the last ``dedup_window`` (64) tokens of
                              ``DEDUP_TOKEN_CHARS`` characters, 10 per chunk ``i``; ``d:n`` = next slot
 ``off:<topic>:<partition>``  highest applied Kafka offset: a replay at or below it is skipped
+``a_h:<h>`` / ``a_d:<d>``     next-best action: decayed activity per UTC hour of day / weekday (0 = Monday),
+                             the affinity operation's forward decay with landmarks ``L_h`` / ``L_d``
+``tz``                       IANA time zone from identify ``traits.timezone``
+``I:<ch>`` / ``E:<ch>``      impressions shown / rewards (click, feedback, purchase) earned on a channel
 ``S``                        the segments last published for this profile, ``,``-joined (written by the
                              segment tracker, ``streams/segments.py``, never by the Lua applier)
 ===========================  ==========================================================================
@@ -60,6 +64,7 @@ key                            type    content
 ``erasing:{<subject>}``        set     the ids of an erasure in progress (a retry finishes it)
 ``pop:{global}``               hash    landmarks ``L:<feature>`` and applied offsets of the popularity owner
 ``pop:{global}:aff:<feature>`` zset    forward-decayed global popularity per affinity feature (top 2000)
+``pop:{global}:contact``       zset    the population's decayed activity hours and channel rates (next-best action)
 ``model:{<placement>}``        hash    ``version``, ``blob`` (signed snapshot), ``state`` (the learner's own)
 ``dec:{<slot>}:<id>``          hash    a decision waiting for its rewards (``DECISION_FIELDS``)
 ``due:{<slot>}``               zset    decision ids by the end of their reward window, 256 slots
@@ -112,6 +117,23 @@ CART_PREFIX, DEDUP_PREFIX, OFFSET_PREFIX, CONSENT_PREFIX = "C:", "d:", "off:", "
 DEDUP_CURSOR = DEDUP_PREFIX + "n"
 #: First characters of the fields a consent withdrawal keeps: offsets, consent flags, de-duplication.
 KEPT_ON_WIPE = (OFFSET_PREFIX[0], CONSENT_PREFIX, DEDUP_PREFIX[0])
+
+
+#: Next-best action (``engine.timing``, ``engine.channels``): the customer's activity hours as two decayed
+#: histograms kept by the affinity operation (UTC hour of day 0-23, UTC weekday 0-6 from Monday) under codes no
+#: declared feature can have (``_`` is not base 62), their landmarks; the time zone (identify traits); per channel
+#: the impressions shown on it and the rewards earned on it.
+ACTIVITY_HOUR_PREFIX, ACTIVITY_DAY_PREFIX = "a_h:", "a_d:"
+ACTIVITY_HOUR_LANDMARK, ACTIVITY_DAY_LANDMARK = "L_h", "L_d"
+TIMEZONE_FIELD = "tz"
+CHANNEL_SHOWN_PREFIX, CHANNEL_ENGAGED_PREFIX = "I:", "E:"
+#: The population's activity hours and channel rates: one zset of the popularity owner (members ``h<hour>``,
+#: ``d<weekday>``, ``I:<channel>``, ``E:<channel>``), written once per batch and partition, never per event.
+CONTACT_PRIOR_LANDMARK = "L:_contact"
+
+
+def contact_prior_key() -> str:
+    return f"pop:{GLOBAL_OWNER}:contact"
 
 
 #: The segments last published for a profile (``streams/segments.py``).
@@ -367,7 +389,7 @@ class OwnerKeys:
     with ``marker``, its erasure marker as ``KEYS[2]``: nothing is written while it exists); the popularity
     owner also has one zset per affinity feature, addressed by its 1-based index."""
 
-    __slots__ = ("keys", "aff", "marker")
+    __slots__ = ("keys", "aff", "marker", "contact")
 
     def __init__(self, base: str, config: EngineConfig, *, per_customer: bool = True,
                  marker: str | None = None) -> None:
@@ -376,10 +398,13 @@ class OwnerKeys:
         if marker is not None:
             keys.append(marker)
         self.aff: dict[str, int] = {}
+        self.contact = 0  # the popularity owner's contact-prior zset (next-best action), by index
         if not per_customer:
             for f in config.affinities:
                 keys.append(f"{base}:aff:{f.name}")
                 self.aff[f.name] = len(keys)
+            keys.append(contact_prior_key())
+            self.contact = len(keys)
         self.keys = keys
 
     def key(self, index: int) -> str:

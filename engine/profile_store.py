@@ -6,7 +6,7 @@ reading it is one ``HGETALL``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -163,7 +163,7 @@ class ProfileStore:
 
     async def merge_identity(
         self, anonymous_id: str, customer_id: str, topic: str, partition: int, offset: int,
-        event_id: str, ts: float,
+        event_id: str, ts: float, properties: Mapping[str, Any] | None = None,
     ) -> bool:
         """Fold the anonymous profile into the customer's, then point the anonymous id at it. Call it only for
         a trusted identify (``streams/identity.py``): the anonymous side is always the anonymous key space
@@ -177,7 +177,7 @@ class ProfileStore:
         raw = await self.read_subject(anon)
         merge = self.extractor.merge_ops(raw, ts) if raw.exists else []
         batch = self.customer_batch(customer_id, topic, partition)
-        ops = merge + self.extractor.ops_for("identify", ts, {}, {})
+        ops = merge + self.extractor.ops_for("identify", ts, properties or {}, {})  # traits: the time zone
         batch.events.append([offset, dedup_token(event_id), ts, ops, 1 if merge_has_consent(merge) else 0])
         sha = self._sha or await self._load_script()
         keys = batch.owner_keys.keys
@@ -187,7 +187,8 @@ class ProfileStore:
                                              self._person_flags)
         except NoScriptError:
             await self._load_script()
-            return await self.merge_identity(anonymous_id, customer_id, topic, partition, offset, event_id, ts)
+            return await self.merge_identity(anonymous_id, customer_id, topic, partition, offset, event_id, ts,
+                                             properties)
         if int(reply) == ERASED:
             return False
         customer = customer_subject(customer_id)

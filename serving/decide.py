@@ -24,13 +24,14 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from engine import timing
 from engine.config import BASELINE_POLICY, Action, EngineConfig
 from engine.consent import personalisation_allowed
 from engine.decisions import CONTROL_ARM, holdout_arm, new_decision_id, request_context_features
 from engine.features import Profile, RawProfile, context_features, decode
 from engine.layout import anonymous_profile_key, identity_key, profile_key
 from engine.policies import Candidate
-from serving import auth, explain
+from serving import auth, explain, nba
 from serving.admission import queued_seconds
 from serving.asgi import BodyTooLarge, is_decide, read_limited, send_json
 from serving.services import Services
@@ -104,6 +105,8 @@ def parse_decide_request(body: bytes, config: EngineConfig) -> DecideRequest:
         context = {}
     else:
         _check_context(context)
+        if "timezone" in context:  # next-best action: contact hours in the customer's time zone
+            _check_timezone(context["timezone"])
     explain = data.get("explain", False)
     if not isinstance(explain, bool):
         raise DecideRequestError("explain: must be true or false")
@@ -140,6 +143,17 @@ def _check_context(context: Any) -> None:
                 raise DecideRequestError(f"context.{key[:40]}: at most {MAX_CONTEXT_CHARS} characters")
         elif value is not None and not isinstance(value, int | float | bool):
             raise DecideRequestError(f"context.{key[:40]}: must be a string, number, boolean or null")
+
+
+def _check_timezone(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise DecideRequestError("context.timezone: must be an IANA time zone name (e.g. Europe/Paris)")
+    try:
+        timing.zone(value)
+    except ValueError as exc:
+        raise DecideRequestError(f"context.timezone: {exc}") from None
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -277,6 +291,10 @@ DECIDE_OPENAPI: dict[str, Any] = {
                 "actions": {"type": "array", "items": {"type": "object", "required": ["action_id", "score"],
                                                        "properties": {
                     "action_id": {"type": "string"}, "score": {"type": "number"},
+                    "channel": {"type": "string", "enum": ["web", "email", "push", "sms"],
+                                "description": "next-best-action placements: the channel to use"},
+                    "send_at": {"type": "string", "format": "date-time", "description": "channels other "
+                                "than web: when to send (ISO 8601 UTC), inside the customer's contact hours"},
                     "title": {"type": "string"}, "category": {"type": "string"},
                     "payload": {"type": "object"}}}},
                 "policy": {"type": "string"},
@@ -289,6 +307,8 @@ DECIDE_OPENAPI: dict[str, Any] = {
                 "segments": {"type": "array", "items": {"type": "string"},
                              "description": "the visitor's segments as of this decision (configured "
                                             "[[segment]]; empty when not personalised)"},
+                "reason": {"type": "string", "description": "why actions is empty: below_threshold (the "
+                           "best expected value is under the placement's min_expected_value)"},
                 "degraded": {"type": "boolean", "description": "true when profile data was unavailable "
                              "within the time budget, or the API shed the request under overload, and the "
                              "ranking is non-personalised"},
@@ -318,6 +338,12 @@ class Ranking:
     shown_features: dict[str, float]
     #: the visitor's segments as of the decision (empty when not personalised)
     segments: list[str] = field(default_factory=list)
+    # next-best action (serving/nba.py): per shown action its channel and send_at, what arbitration weighed
+    # per candidate, the candidates no channel could reach, and why nothing is shown (below_threshold)
+    delivery: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    arbitration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unreachable: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None
 
 
 def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalised: bool, now: float,
@@ -332,6 +358,17 @@ def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalise
     segments = svc.segments.members(profile, now) if personalised and svc.segments else []
     actions = eligible_actions(req, svc.config, now, frozenset(segments))
     collaborative = collaborative_scores(svc, profile, actions) if personalised and profile is not None else {}
+    if nba.applies(placement):  # channels, send time, value arbitration
+        built = svc.candidates
+        cands = [with_collaborative(built[a.id], collaborative.get(a.id)) for a in actions]
+        out = nba.decide(svc, req, placement, policy_name, profile, personalised, context, actions, cands,
+                         collaborative, now, rng)
+        top_features = dict(with_collaborative(built[out.top], collaborative.get(out.top)).features) if out.top else {}
+        version = svc.scorer.version if policy_name == BASELINE_POLICY else str(
+            svc.models.get(req.placement, policy_name).version)
+        name = svc.scorer.name if policy_name == BASELINE_POLICY else policy_name
+        return Ranking(out.actions, out.propensity, name, version, arm, top_features, segments, out.delivery,
+                       out.details, out.excluded, out.reason), context
     if policy_name == BASELINE_POLICY:
         affinities = profile.affinities if personalised and profile is not None else None
         ranked = svc.scorer.rank(actions, affinities, svc.popularity, collaborative)[: req.n]
@@ -428,8 +465,13 @@ async def decide_bytes(svc: Services, body: bytes, shed: bool = False) -> tuple[
     ranking, context = rank(svc, req, profile, personalised, now, _rng)
     decision_id = new_decision_id()
     parts = svc.answer_parts
-    actions = b",".join([parts[a.id][0] + orjson.dumps(round(float(s), 6)) + parts[a.id][1]
-                         for a, s in ranking.actions])
+    delivery = ranking.delivery
+    if delivery:  # a next-best-action placement: each action's channel (and send_at)
+        actions = b",".join([parts[a.id][0] + orjson.dumps(round(float(s), 6)) + nba.answer_extra(delivery[a.id])
+                             + parts[a.id][1] for a, s in ranking.actions])
+    else:
+        actions = b",".join([parts[a.id][0] + orjson.dumps(round(float(s), 6)) + parts[a.id][1]
+                             for a, s in ranking.actions])
     answer = orjson.dumps({
         "decision_id": decision_id,
         "placement": req.placement,
@@ -441,6 +483,7 @@ async def decide_bytes(svc: Services, body: bytes, shed: bool = False) -> tuple[
         "personalised": personalised,
         "degraded": degraded,
         "segments": ranking.segments,
+        **({"reason": ranking.reason} if ranking.reason else {}),
         **({"explanation": explain.explanation(
             svc, req, ranking, profile, personalised, context,
             collaborative_scores(svc, profile, eligible_actions(req, svc.config, now, frozenset(ranking.segments)))

@@ -1,7 +1,8 @@
 """``"explain": true`` in a decide request: why each candidate was shown, ranked lower, or left out.
 
 Per candidate of the placement (or of the request's ``candidates``): whether it was eligible and, if not, the
-rule that excluded it (its validity period, or its audience and the segment that decided); for an eligible one,
+rule that excluded it (its validity period, its audience and the segment that decided, or no channel that can
+reach the customer: consent, contact hours); for an eligible one,
 its score and what made it:
 
 - the baseline scorer (``affinity_popularity``): its terms, ``score = prior x (1 + category + item + tags +
@@ -63,7 +64,7 @@ def explanation(svc: Services, req: DecideRequest, ranking: Ranking, profile: Pr
     out: list[dict[str, Any]] = []
     for aid in ids:
         action = config.actions[aid]
-        reason = exclusion(action, segments, now)
+        reason = exclusion(action, segments, now) or ranking.unreachable.get(aid)
         entry: dict[str, Any] = {"action_id": aid, "eligible": reason is None}
         if reason is not None:
             entry["excluded_by"] = reason
@@ -75,6 +76,8 @@ def explanation(svc: Services, req: DecideRequest, ranking: Ranking, profile: Pr
     for entry in out:
         if entry["eligible"]:
             entry.update(scores.get(entry["action_id"], {}))
+            # next-best action (serving/nba.py): propensity, value, lever, their product, channel, send_at
+            entry.update(ranking.arbitration.get(entry["action_id"], {}))
     return {"policy": ranking.policy, "segments": ranking.segments, "candidates": out}
 
 
@@ -119,6 +122,14 @@ EXPLANATION_SCHEMA: dict[str, Any] = {
                 "term": {"type": "string"}, "value": {"type": "number"}}}},
             "expected_reward": {"type": "number"},
             "uncertainty": {"type": "number"},
+            "propensity": {"type": "number", "description": "next-best action: the policy's estimate, "
+                           "comparable across actions (engine.arbitration)"},
+            "value": {"type": "number"}, "lever": {"type": "number"},
+            "expected_value": {"type": "number", "description": "propensity x value"},
+            "priority": {"type": "number", "description": "what the final order sorts by: propensity x value "
+                         "x lever (or the propensity alone)"},
+            "channel": {"type": "string"}, "send_at": {"type": ["string", "null"]},
+            "channel_rate": {"type": "number", "description": "the customer's engagement rate on that channel"},
         }}},
     },
 }

@@ -29,6 +29,7 @@ from engine.profile_store import ProfileStore
 from engine.scoring import AffinityPopularityScorer, PopularitySnapshot
 from engine.segments import Segments
 from engine.settings import Settings
+from serving import nba
 from serving.admission import LatencyLimit
 from serving.decision_log import DecisionLog
 from serving.metrics import ServingMetrics
@@ -91,6 +92,8 @@ class Services:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: the admin-changed catalogue on top of the file (engine/catalogue.py); None: the file alone (tests)
     catalogue: CatalogueWatch | None = None
+    #: next-best action: the population's activity hours and channel rates (serving/nba.py)
+    contact_prior: nba.ContactPrior = field(default_factory=nba.ContactPrior)
 
     @property
     def placement_action_ids(self) -> dict[str, list[str]]:
@@ -178,6 +181,8 @@ class Services:
         svc._tasks.append(asyncio.create_task(svc._every(CATALOGUE_POLL_S, svc.catalogue.poll)))
         svc._tasks.append(asyncio.create_task(svc._every(POPULARITY_REFRESH_S, svc.refresh_popularity)))
         svc._tasks.append(asyncio.create_task(svc._every(MODEL_REFRESH_S, svc.models.refresh)))
+        if any(p.channels for p in config.placements.values()):
+            svc._tasks.append(asyncio.create_task(svc._every(POPULARITY_REFRESH_S, svc.refresh_contact_prior)))
         return svc
 
     async def stop(self) -> None:
@@ -200,6 +205,9 @@ class Services:
             factor = 2.0 ** ((landmark - now) / hl_s)
             scores[name] = {m: s * factor for m, s in pairs}
         self.popularity = PopularitySnapshot(scores, now)
+
+    async def refresh_contact_prior(self) -> None:
+        await nba.refresh_contact_prior(self)
 
     async def _every(self, seconds: float, refresh: Callable[[], Awaitable[object]]) -> None:
         while True:

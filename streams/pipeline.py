@@ -122,7 +122,7 @@ class BatchProcessor:
                 else:
                     row = [rec.offset, dedup_token(ev.event_id), ts, ops_for(etype, ts, ev.properties, ev.context),
                            1 if etype == "consent" else 0]
-                    item = (rec, ev, row, popularity_ops_for(etype, ts, ev.properties) or None)
+                    item = (rec, ev, row, popularity_ops_for(etype, ts, ev.properties, ev.context) or None)
             except InvalidEvent as exc:
                 stats.invalid += 1
                 await self.dead_letters(rec.key, rec.value, _dlq_headers(rec, exc.reason, STAGE_VALIDATE))
@@ -222,7 +222,7 @@ class BatchProcessor:
                 try:
                     merged = await self.store.merge_identity(
                         ev.anonymous_id, ev.customer_id, rec.topic, rec.partition, rec.offset,  # type: ignore[arg-type]
-                        ev.event_id, ev.timestamp,
+                        ev.event_id, ev.timestamp, ev.properties,
                     )
                 except Exception as exc:
                     if is_infrastructure(exc):

@@ -14,6 +14,7 @@ from engine.layout import (
     DEDUP_TOKEN_CHARS,
     dedup_token,
     feature_codes,
+    popularity_keys,
     profile_fields,
 )
 from engine.profile_store import encode_events
@@ -37,7 +38,7 @@ def test_page_view_updates_counts_session_affinity_recent_and_windows() -> None:
     assert ["min", "fs", 3_600_000] in ops and ["max", "ls", 3_600_000] in ops
     assert ["sess", 3_600_000, "s1", 1_800_000] in ops
     assert ["i", "sp", 1] in ops
-    a = [op for op in ops if op[0] == "a"]
+    a = [op for op in ops if op[0] == "a" and not op[1].startswith("a_")]  # not the activity hours
     assert {(op[1], op[2], op[3]) for op in a} == {(FL.affinity["category"], "shoes", 1.0),
                                                   (FL.affinity["item"], "sku-1", 1.0)}
     assert [op for op in ops if op[0] == "r"][0][1:3] == [FL.recent["recent_items"], "sku-1"]
@@ -75,13 +76,15 @@ def test_consent_withdrawal_wipes_and_sets_flag() -> None:
 def test_events_without_features_still_count() -> None:
     assert codes(FX.ops_for("identify", 1.0, {}, {})) == ["i", "min", "max"]
     search = FX.ops_for("search", 1.0, {"query": "boots"}, {})
-    assert "a" not in codes(search)  # no category on the event: nothing to attribute
+    # no category on the event: nothing to attribute (the activity hours of next-best action, "a_" fields, aside)
+    assert not [op for op in search if op[0] == "a" and not op[1].startswith("a_")]
 
 
 def test_popularity_ops_only_for_weighted_events() -> None:
     ops = FX.popularity_ops_for("page_view", 1.0, {"category": "shoes"})
     assert ops and ops[0][0] == "z" and ops[0][-1] == "L:category"  # serving reads L:<feature> there
-    assert FX.popularity_ops_for("remove_from_cart", 1.0, {"item_id": "x"}) == []
+    contact = popularity_keys(CFG).contact  # next-best action's activity hours: any active event
+    assert [op for op in FX.popularity_ops_for("remove_from_cart", 1.0, {"item_id": "x"}) if op[1] != contact] == []
 
 
 def test_feature_codes_are_short_distinct_and_independent_of_order() -> None:

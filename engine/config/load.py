@@ -294,6 +294,7 @@ def _components(doc: schema.Document) -> list[Problem]:
                              if actions else f"unknown action {show(name)}; no action is declared"))
     if "purchase" in doc.attribution.goals:
         problems.append(("attribution.goals", "purchase is always a conversion; list the other goal types"))
+    problems.extend(_channel_references(doc))
     if doc.collaborative.enabled:
         from engine.recommend import CoVisitation
 
@@ -303,6 +304,19 @@ def _components(doc: schema.Document) -> list[Problem]:
             problems.append(("collaborative.params", f"{exc}; it takes {_parameters(CoVisitation)}"))
         except ValueError as exc:
             problems.append(("collaborative.params", str(exc)))
+    return problems
+
+
+def _channel_references(doc: schema.Document) -> list[Problem]:
+    """An action's channels are channels of one of its placements (else it could never go out on them)."""
+    problems: list[Problem] = []
+    channels = {p.id: p.channels for p in doc.placement}
+    for i, a in enumerate(doc.action):
+        offered = {c for name in a.placements for c in channels.get(name, ())}
+        for j, c in enumerate(a.channels):
+            if c not in offered:
+                problems.append((f"action[{i}].channels[{j}]", f"{show(c)} is not a channel of its placements "
+                                 f"({', '.join(sorted(offered)) or 'none declares channels'})"))
     return problems
 
 
@@ -346,7 +360,7 @@ def _build(doc: schema.Document) -> model.EngineConfig:
                 policy=p.policy, params=dict(p.policy_params), holdout_share=p.holdout_share,
                 holdout_policy=p.holdout_policy, reward=model.RewardSettings(**p.reward.model_dump()),
                 snapshot_every_updates=p.snapshot_every_updates, snapshot_every_seconds=p.snapshot_every_seconds,
-            ))
+            ), **_next_best_action(doc, p))
             for p in doc.placement
         },
         actions={
@@ -354,7 +368,9 @@ def _build(doc: schema.Document) -> model.EngineConfig:
                                tags=tuple(a.tags), title=a.title, payload=dict(a.payload),
                                valid_from=a.valid_from, valid_to=a.valid_to,
                                audience=model.Audience(tuple(a.audience.include), tuple(a.audience.exclude))
-                               if a.audience is not None else None)
+                               if a.audience is not None else None,
+                               channels=tuple(a.channels), value=1.0 if a.value is None else a.value,
+                               lever=1.0 if a.lever is None else a.lever)
             for a in doc.action
         },
         segments=tuple(
@@ -375,4 +391,28 @@ def _build(doc: schema.Document) -> model.EngineConfig:
             cost_per_impression_actions=dict(doc.attribution.cost_per_impression.actions),
             cost_per_impression_channels={str(k): v for k, v in doc.attribution.cost_per_impression.channels.items()},
         ),
+        contact=_contact(doc.contact),
     )
+
+
+def _next_best_action(doc: schema.Document, p: schema.Placement) -> dict[str, Any]:
+    """A placement's next-best-action settings; the arbitration's default depends on its actions: the
+    value-weighted order as soon as one declares a value or a lever (or the placement a threshold), else the
+    policy's own order (so a placement without business values ranks exactly as before)."""
+    arbitration: str | None = p.arbitration
+    if arbitration is None:
+        valued = p.min_expected_value is not None or any(
+            a.value is not None or a.lever is not None for a in doc.action if p.id in a.placements)
+        arbitration = "propensity_x_value_x_lever" if valued else "policy"
+    return {"channels": tuple(p.channels), "business_hours": p.business_hours, "arbitration": arbitration,
+            "min_expected_value": p.min_expected_value}
+
+
+def _contact(c: schema.Contact) -> model.ContactSettings:
+    from engine.timing import parse_hours
+
+    return model.ContactSettings(
+        default_timezone=c.default_timezone, hours={ch: parse_hours(h) for ch, h in c.hours.items()},
+        business_hours=parse_hours(c.business_hours), send_within_hours=c.send_within_hours,
+        activity_half_life_days=c.activity_half_life_days, activity_prior_strength=c.activity_prior_strength,
+        engagement_prior_strength=c.engagement_prior_strength)

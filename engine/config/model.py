@@ -120,6 +120,12 @@ class Placement:
     id: str
     max_items: int = 5
     learning: LearningSettings = field(default_factory=LearningSettings)
+    # next-best action (engine.channels, engine.timing, engine.arbitration): channels answered, B2B hours,
+    # the final order ("policy": the policy's own; else an ARBITRATIONS mode) and the "nothing now" threshold
+    channels: tuple[str, ...] = ()
+    business_hours: bool = False
+    arbitration: str = "policy"
+    min_expected_value: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +182,34 @@ class Action:
     valid_from: float | None = None
     valid_to: float | None = None
     audience: Audience | None = None
+    # next-best action: channels it can go out on (empty: the placement's), business value and lever
+    channels: tuple[str, ...] = ()
+    value: float = 1.0
+    lever: float = 1.0
 
     def is_valid_at(self, now: float) -> bool:
         return (self.valid_from is None or now >= self.valid_from) and (
             self.valid_to is None or now < self.valid_to
         )
+
+
+#: Final orders of a placement (``engine.arbitration``); "policy" keeps the policy's own order.
+ARBITRATIONS = ("propensity_x_value_x_lever", "propensity")
+
+
+@dataclass(frozen=True, slots=True)
+class ContactSettings:
+    """Contact policy of next-best-action placements (``engine.timing``, ``engine.channels``)."""
+
+    default_timezone: str = "UTC"
+    #: channel -> (start, end) local minutes of the day; start > end wraps over midnight
+    hours: Mapping[str, tuple[int, int]] = field(
+        default_factory=lambda: {"email": (540, 1200), "push": (600, 1260), "sms": (600, 1200)})
+    business_hours: tuple[int, int] = (540, 1080)
+    send_within_hours: int = 24
+    activity_half_life_days: float = 28.0
+    activity_prior_strength: float = 4.0
+    engagement_prior_strength: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +242,7 @@ class EngineConfig:
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     #: attribution and ROI (engine.attribution)
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
+    contact: ContactSettings = field(default_factory=ContactSettings)  # next-best action: timing, channels
 
     def actions_for(self, placement: str) -> list[Action]:
         return [a for a in self.actions.values() if placement in a.placements]

@@ -14,6 +14,7 @@ Cross-references (duplicate ids, placements an action names, policy names) are c
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from functools import cache
 from importlib.util import find_spec
@@ -82,6 +83,31 @@ Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s]+$")]
 Text = Annotated[str, Field(max_length=1024)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Weight = Annotated[float, Field(ge=0)]
+
+
+#: The channels a next-best action can go out on (consent purposes ``marketing_<channel>``, engine.consent).
+NbaChannel = Literal["web", "email", "push", "sms"]
+_HOURS = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])$")
+
+
+def _hours(value: str) -> str:
+    m = _HOURS.match(value)
+    if m is None or (m.group(3) == "24" and m.group(4) != "00"):
+        raise ValueError(f"{value!r} is not a local time span HH:MM-HH:MM (e.g. 09:00-20:00, 22:00-06:00)")
+    if m.group(1, 2) == m.group(3, 4):
+        raise ValueError(f"{value!r} is an empty span")
+    return value
+
+
+def _timezone(value: str) -> str:
+    from engine.timing import zone  # zoneinfo: only when a time zone is given
+
+    zone(value)
+    return value
+
+
+Hours = Annotated[str, AfterValidator(_hours), Field(description="Local time span HH:MM-HH:MM; overnight wraps.")]
+TimeZone = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_timezone)]
 
 
 class Strict(BaseModel):
@@ -185,6 +211,18 @@ class Placement(Strict):
     reward: Reward = Field(default_factory=Reward)
     snapshot_every_updates: int = Field(default=200, ge=1)
     snapshot_every_seconds: PositiveFloat = 5.0
+    # next-best action (engine.channels, engine.timing, engine.arbitration)
+    channels: Annotated[list[NbaChannel], AfterValidator(_unique)] = Field(
+        default_factory=list, description="A next-best-action placement: each answer names a channel (and a "
+        "send_at for the others than web), among these.")
+    business_hours: bool = Field(default=False, description="B2B: channels only on weekdays in business hours.")
+    arbitration: Literal["propensity_x_value_x_lever", "propensity"] | None = Field(
+        default=None, description="The final order: by propensity x value x lever, or by propensity alone. "
+        "Default: propensity_x_value_x_lever when an action of the placement declares a value or a lever, "
+        "else the policy's own order.")
+    min_expected_value: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="Below it (the best propensity x value), the answer is nothing now "
+        "(reason below_threshold).")
 
 
 #: What a segment condition may compare (``engine.segments.METRICS``, kept here so the schema lists them).
@@ -271,6 +309,31 @@ class Action(Strict):
     valid_from: Timestamp = None
     valid_to: Timestamp = None
     audience: Audience | None = None
+    # next-best action: the channels it can go out on, its business value and lever (engine.arbitration)
+    channels: Annotated[list[NbaChannel], AfterValidator(_unique)] = Field(
+        default_factory=list, description="Channels it can go out on (default: every channel of the placement).")
+    value: Weight | None = Field(default=None, description="Business value of its success (default 1).")
+    lever: Weight | None = Field(default=None, description="Business lever, a multiplier (default 1).")
+
+
+class Contact(Strict):
+    """Contact policy of next-best-action placements (engine.timing, engine.channels): when each channel may
+    reach a customer, in the customer's time zone, and how their best hour and channel are learned."""
+
+    default_timezone: TimeZone = Field(default="UTC", description="When neither the request's context.timezone "
+                                       "nor the profile (identify traits.timezone) gives one.")
+    hours: dict[NbaChannel, Hours] = Field(
+        default_factory=lambda: {"email": "09:00-20:00", "push": "10:00-21:00", "sms": "10:00-20:00"},  # type: ignore[arg-type]
+        description="Contact hours per channel, local time; a channel not listed may be used at any hour.")
+    business_hours: Hours = Field(default="09:00-18:00", description="Placements with business_hours = true "
+                                  "(B2B): Monday to Friday, within these hours as well.")
+    send_within_hours: int = Field(default=24, ge=1, le=168, description="send_at is the best hour within this "
+                                   "horizon (the first open hour if none is open in it, up to 7 days).")
+    activity_half_life_days: PositiveFloat = Field(default=28.0, description="Half-life of the activity hours.")
+    activity_prior_strength: Weight = Field(default=4.0, description="Pseudo-events of the population's hours "
+                                            "mixed into a customer's (a newcomer gets the population's best).")
+    engagement_prior_strength: Weight = Field(default=20.0, description="Pseudo-impressions of the population's "
+                                              "engagement rate per channel in a customer's estimate.")
 
 
 #: Where a touch happens (``engine.attribution.CHANNELS``, the ``impression`` event's enum).
@@ -322,6 +385,7 @@ class Document(Strict):
     action: list[Action] = []
     #: attribution and ROI (engine.attribution)
     attribution: Attribution = Field(default_factory=Attribution)
+    contact: Contact = Field(default_factory=Contact)  # next-best action: contact hours, timing, channels
 
 
 def json_schema() -> dict[str, Any]:
