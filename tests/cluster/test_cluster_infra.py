@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis.cluster import RedisCluster as ClusterClient
 from redis.exceptions import ClusterDownError
 
+from engine.kafka_client import kafka_client_kwargs
 from infra.cluster import KafkaCluster, RedisCluster
 from infra.handles import wait_until
 
@@ -57,14 +58,15 @@ def test_a_killed_master_is_replaced_by_its_replica_with_the_acknowledged_writes
 
 def test_kafka_keeps_every_acknowledged_record_with_a_broker_down(kafka_cluster: KafkaCluster) -> None:
     async def scenario() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_cluster.bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_cluster.bootstrap, **kafka_client_kwargs())
         await admin.start()
         try:
             await admin.create_topics([NewTopic("events-rf3", num_partitions=4, replication_factor=3)])
         finally:
             await admin.close()
         producer = AIOKafkaProducer(bootstrap_servers=kafka_cluster.bootstrap, acks="all",
-                                    enable_idempotence=True, request_timeout_ms=15000)
+                                    enable_idempotence=True, request_timeout_ms=15000,
+                                    **kafka_client_kwargs())
         await producer.start()
         acked = []
         try:
@@ -78,7 +80,8 @@ def test_kafka_keeps_every_acknowledged_record_with_a_broker_down(kafka_cluster:
         finally:
             await producer.stop()
         consumer = AIOKafkaConsumer("events-rf3", bootstrap_servers=kafka_cluster.bootstrap,
-                                    auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+                                    auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+                                    **kafka_client_kwargs())
         await consumer.start()
         seen: set[int] = set()
         try:
