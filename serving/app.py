@@ -16,7 +16,19 @@ from engine.config import load_config
 from engine.production import is_dev, production_problems, refuse_to_start
 from engine.runtime import freeze_startup_heap
 from engine.settings import Settings, load_settings
-from serving import admin, auth, collector, decide, experiments, health, openapi_doc, profiles, reports
+from serving import (
+    admin,
+    auth,
+    collector,
+    dashboard,
+    decide,
+    experiments,
+    health,
+    openapi_doc,
+    profiles,
+    reports,
+    summary,
+)
 from serving.services import Services
 
 
@@ -57,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(auth.AuthError, auth.auth_error_response)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(admin.Refused, admin.refused_response)
-    for module in (decide, collector, profiles, experiments, health, reports, admin):
+    for module in (decide, collector, profiles, experiments, health, reports, admin, summary, dashboard):
         app.include_router(module.router)
 
     build_openapi = app.openapi

@@ -63,6 +63,7 @@ def _responses(config: EngineConfig, limits: EventLimits) -> dict[tuple[str, str
                                                   "404": _r("unknown placement", _ERROR), **_AUTH},
         ("get", "/v1/reports/attribution"): {"200": _r("attribution by action, channel, placement", _JSON_OBJECT),
                                               **_AUTH},
+        ("get", "/v1/reports/summary"): {"200": _r("what the dashboard shows", _JSON_OBJECT), **_AUTH},
         ("post", "/v1/events"): {
             "202": _r("all events delivered to Kafka", {"application/json": {"schema": {
                 "type": "object", "required": ["accepted", "event_ids"],

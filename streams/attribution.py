@@ -2,11 +2,16 @@
 
 Per batch that has any (most events are neither a touch nor a conversion and cost one type test):
 
-1. one pipelined round trip: the identity map for anonymous ids, the decision record of each touch naming a
-   ``decision_id`` (its holdout arm and placement: what the decision was, not what the event says);
-2. one more: each person's erasure marker and personalisation consent (an erased person or one without
-   consent gets no touch list; their conversions are not counted either);
-3. one more: the script calls, one per person (``engine.attribution.AttributionStore.apply``).
+1. one pipelined round trip: per person one small script on the person's slot reads the erasure marker, the
+   personalisation consent and, for an anonymous id, the customer it is linked to (an erased person or one
+   without consent gets no touch list, and their conversions are not counted); and the decision record of a
+   touch that names no placement (its placement and holdout arm);
+2. only when anonymous ids resolved to customers: the same read for those customers;
+3. the attribution script calls, one per person (``engine.attribution.AttributionStore.apply``).
+
+A touch's arm is its decision record's when that was read, else the sticky assignment decide makes
+(``engine.decisions.holdout_arm`` of the event's visitor id: the same id gives the same arm), which spares a
+read and a parse of a record (a JSON document) per touch.
 
 A script error raises: the batch processor then runs the hook event by event and dead-letters the event it
 fails on (``streams.pipeline.BatchProcessor._run_hooks``); the calls that succeeded before are not counted
@@ -49,6 +54,14 @@ from engine.layout import (
 from schemas.events import Event
 from streams.pipeline import Record
 
+# One person's erasure marker, personalisation consent and, for an anonymous id, the customer it is linked to:
+# the keys share the person's hash tag, so one call on its slot reads the three
+_PERSON_LUA = """
+local out = {redis.call('GET', KEYS[1]) or '', redis.call('HGET', KEYS[2], ARGV[1]) or '', ''}
+if KEYS[3] then out[3] = redis.call('GET', KEYS[3]) or '' end
+return out
+"""
+
 
 class AttributionFeed:
     """``on_events``: the worker's hook (``streams/app.py``), when ``[attribution] enabled``."""
@@ -57,6 +70,7 @@ class AttributionFeed:
         self.redis, self.config = redis, config
         self.store = AttributionStore(redis, config.attribution)
         self.conversions = frozenset(("purchase", *config.attribution.goals))
+        self._person = redis.register_script(_PERSON_LUA)
         #: conversions credited to at least one touch, touches recorded (this process)
         self.credited = self.touches = 0
 
@@ -78,29 +92,32 @@ class AttributionFeed:
             await self._drop(withdrawn)
         if not found:
             return
-        # 1. identities and decision records
+        # 1. per person, one script call on its slot: erasure marker, personalisation consent and (anonymous id)
+        # the customer it is linked to; the decision records of touches that name no placement
         pipe = self.redis.pipeline(transaction=False)
-        anon = list(dict.fromkeys(ev.anonymous_id for _, ev, _ in found if not ev.customer_id and ev.anonymous_id))
-        for a in anon:
-            pipe.get(identity_key(a))
+        direct = list(dict.fromkeys(_direct(ev) for _, ev, _ in found))
+        for subject, anon in direct:
+            await self._read_person(pipe, subject, anon)
         decisions = list(dict.fromkeys(
-            ev.properties["decision_id"] for _, ev, k in found
-            if k != CONVERSION and isinstance(ev.properties.get("decision_id"), str)))
+            ev.properties["decision_id"] for _, ev, k in found if k != CONVERSION
+            and "placement" not in ev.properties and isinstance(ev.properties.get("decision_id"), str)))
         for d in decisions:
             pipe.hget(decision_key(d), DECISION_RECORD)
         replies = await pipe.execute()
-        identity = {a: c for a, c in zip(anon, replies[:len(anon)], strict=True) if c is not None}
-        records = dict(zip(decisions, replies[len(anon):], strict=True))
+        state = {subject: (r[0] or None, r[1] or None) for (subject, _), r in zip(direct, replies, strict=False)}
+        identity = {anon: r[2] for (_, anon), r in zip(direct, replies, strict=False) if anon and r[2]}
+        records = dict(zip(decisions, replies[len(direct):], strict=True))
         subjects = [_subject(ev, identity) for _, ev, _ in found]
-        # 2. erasure markers and consent
-        people = list(dict.fromkeys(subjects))
-        pipe = self.redis.pipeline(transaction=False)
-        for s in people:
-            pipe.get(erasure_marker_key(s))
-            pipe.hget(subject_profile_key(s), PERSONALISATION_FIELD)
-        replies = await pipe.execute()
-        marker = {s: replies[2 * i] for i, s in enumerate(people)}
-        consent = {s: replies[2 * i + 1] for i, s in enumerate(people)}
+        # 2. the customers anonymous ids are linked to (their own marker and consent)
+        linked = list(dict.fromkeys(s for s in subjects if s not in state))
+        if linked:
+            pipe = self.redis.pipeline(transaction=False)
+            for subject in linked:
+                await self._read_person(pipe, subject, None)
+            for subject, r in zip(linked, await pipe.execute(), strict=True):
+                state[subject] = (r[0] or None, r[1] or None)
+        marker = {s: m for s, (m, _) in state.items()}
+        consent = {s: k for s, (_, k) in state.items()}
         mode = self.config.privacy.consent_mode
         # 3. one script call per person and partition, events in stream order
         batches: dict[tuple[str, str, int], PersonBatch] = {}
@@ -133,6 +150,12 @@ class AttributionFeed:
                 raise r
         for r in replies:
             self.credited += int(r[1])
+
+    async def _read_person(self, pipe: Any, subject: str, anonymous_id: str | None) -> None:
+        keys = [erasure_marker_key(subject), subject_profile_key(subject)]
+        if anonymous_id is not None:
+            keys.append(identity_key(anonymous_id))
+        await self._person(keys=keys, args=[PERSONALISATION_FIELD], client=pipe)
 
     def _arguments(self, ev: Event, kind: str, records: dict[str, Any]) -> list[Any]:
         props = ev.properties
@@ -168,6 +191,14 @@ class AttributionFeed:
         keys = {touches_key(_subject(ev, identity)) for ev in withdrawn}
         keys |= {touches_key(anonymous_subject(ev.anonymous_id)) for ev in withdrawn if ev.anonymous_id}
         await self.redis.delete(*keys)
+
+
+def _direct(ev: Event) -> tuple[str, str | None]:
+    """The subject an event names itself, and the anonymous id to resolve when it names no customer."""
+    if ev.customer_id:
+        return customer_subject(ev.customer_id), None
+    anon = ev.anonymous_id or ""
+    return anonymous_subject(anon), anon
 
 
 def _subject(ev: Event, identity: dict[str, str]) -> str:
