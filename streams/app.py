@@ -111,14 +111,16 @@ class Components:
         withdrawals = ConsentWithdrawals(store, erasures, self.send_learning_example, config.collaborative.enabled)
         feed = CollaborativeFeed(config, self.send_learning_example, ConsentGate(store, config))
         hooks = [self.joiner.on_events, feed.on_events, withdrawals.on_events]
-        if config.attribution.enabled:  # touches and conversions credited in the stream (engine/attribution.py)
-            hooks.append(AttributionFeed(self.redis, config).on_events)
+        #: touches and conversions credited in the stream (engine/attribution.py)
+        self.attribution = AttributionFeed(self.redis, config) if config.attribution.enabled else None
+        if self.attribution is not None:
+            hooks.append(self.attribution.on_events)
         self.processor = BatchProcessor(store, self.send_dead_letter, hooks=hooks,
                                         limits=settings.event_limits, identity=IdentityPolicy.from_settings(settings))
         self.segments = SegmentTracker(self.redis, config, self.send_segment_change)
         self.learner = PlacementLearner(config)
-        # the learner reads actions (their features, for examples that do not carry them): it follows the
-        # catalogue's admin changes; nothing else of the worker reads actions
+        # the learner reads actions (their features, for examples that do not carry them) and attribution (which
+        # actions it counts by name, their placements): both follow the catalogue's admin changes
         self.catalogue = CatalogueWatch(CatalogueStore(self.redis), seed, self._use_catalogue)
         self.restored = False
         self._ready = asyncio.Lock()
@@ -130,6 +132,8 @@ class Components:
 
     def _use_catalogue(self, changed: Any, _catalogue: Any) -> None:
         self.learner.config = changed
+        if self.attribution is not None:
+            self.attribution.config = changed
 
     async def send_dead_letter(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         await self.outbox.send(settings.dlq_topic, key, value, headers)
