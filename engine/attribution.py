@@ -51,7 +51,7 @@ MODELS = {"last_touch": "l", "linear": "n", "position_based": "p"}
 MODEL_NAMES = {v: k for k, v in MODELS.items()}
 #: Separator of a counter field's parts (whitespace: never part of a configured id).
 SEP = "\x1f"
-IMPRESSION, CLICK, CONVERSION = "i", "k", "c"
+IMPRESSION, CLICK, CONVERSION, MERGED = "i", "k", "c", "m"
 
 
 def counter_field(action: str, channel: str, placement: str, arm: str, metric: str) -> str:
@@ -164,6 +164,8 @@ class PersonBatch:
     topic: str
     partition: int
     events: list[Any]
+    #: the offset guard's field (default ``<topic>:<partition>``; merges keep one of their own)
+    guard: str | None = None
 
 
 class AttributionStore:
@@ -188,7 +190,7 @@ class AttributionStore:
             pipe = self.redis.pipeline(transaction=False)
             for b in batches:
                 pipe.evalsha(self._sha, 2, touches_key(b.subject), counters_key(shard_of(b.subject)),
-                             f"{b.topic}:{b.partition}", ttl, str(s.max_touches), window_ms, self._models,
+                             b.guard or f"{b.topic}:{b.partition}", ttl, str(s.max_touches), window_ms, self._models,
                              orjson.dumps(b.events).decode())
             replies = await pipe.execute(raise_on_error=False)
             errors = [r for r in replies if isinstance(r, Exception)]

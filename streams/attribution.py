@@ -7,7 +7,9 @@ Per batch that has any (most events are neither a touch nor a conversion and cos
    without consent gets no touch list, and their conversions are not counted); and the decision record of a
    touch that names no placement (its placement and holdout arm);
 2. only when anonymous ids resolved to customers: the same read for those customers;
-3. the attribution script calls, one per person (``engine.attribution.AttributionStore.apply``).
+3. the attribution script calls, one per person (``engine.attribution.AttributionStore.apply``);
+4. when the batch has trusted ``identify`` events: the anonymous ids' touch lists are read and appended to their
+   customers' (``_merge``), then deleted.
 
 A touch's arm is its decision record's when that was read, else the sticky assignment decide makes
 (``engine.decisions.holdout_arm`` of the event's visitor id: the same id gives the same arm), which spares a
@@ -30,6 +32,7 @@ from engine.attribution import (
     CLICK,
     CONVERSION,
     IMPRESSION,
+    MERGED,
     OTHER,
     AttributionStore,
     PersonBatch,
@@ -90,8 +93,15 @@ class AttributionFeed:
                      if ev.type == "consent" and ev.properties.get(PERSONALISATION) is False]
         if withdrawn:  # a withdrawal drops the person's touches (the profile is wiped the same way)
             await self._drop(withdrawn)
-        if not found:
-            return
+        merges = [(rec, ev) for rec, ev in events
+                  if ev.type == "identify" and ev.anonymous_id and ev.customer_id]
+        if found:
+            await self._attribute(events, found)
+        if merges:  # after the batch's own touches: the anonymous id's list is complete
+            await self._merge(merges)
+
+    async def _attribute(self, events: Sequence[tuple[Record, Event]],
+                         found: list[tuple[Record, Event, str]]) -> None:
         # 1. per person, one script call on its slot: erasure marker, personalisation consent and (anonymous id)
         # the customer it is linked to; the decision records of touches that name no placement
         pipe = self.redis.pipeline(transaction=False)
@@ -179,6 +189,37 @@ class AttributionFeed:
             arm = OTHER
         return [action if declared is not None else OTHER, channel_of(props, ev.context),
                 place.id if place is not None else OTHER, arm if arm in ("learning", "control") else OTHER]
+
+    async def _merge(self, merges: Sequence[tuple[Record, Event]]) -> None:
+        """A trusted ``identify`` (an untrusted one lost its customer id in ``prepare``): the anonymous id's touches
+        join the customer's list (kept, not counted again), so a conversion made as the customer credits what
+        was shown before the login; then the anonymous list is deleted. Neither side erased. Idempotent: a
+        replayed identify finds the anonymous list gone, or the customer's merge guard past its offset."""
+        pipe = self.redis.pipeline(transaction=False)
+        for _, ev in merges:
+            anon, customer = anonymous_subject(ev.anonymous_id or ""), customer_subject(ev.customer_id or "")
+            pipe.get(touches_key(anon))
+            pipe.get(erasure_marker_key(anon))
+            pipe.get(erasure_marker_key(customer))
+        replies = await pipe.execute()
+        batches, drop = [], []
+        for i, (rec, ev) in enumerate(merges):
+            raw, *markers = replies[3 * i:3 * i + 3]
+            if not raw or any(m is not None and ev.timestamp * 1000 <= int(m) for m in markers):
+                continue
+            touches = orjson.loads(raw).get("t") or []
+            events: list[Any] = []
+            for t in touches:
+                events += [rec.offset, "", t[0], MERGED, *t[1:5]]
+            if events:
+                batches.append(PersonBatch(customer_subject(ev.customer_id or ""), rec.topic, rec.partition, events,
+                                           guard=f"{rec.topic}:{rec.partition}:merge"))
+            drop.append(touches_key(anonymous_subject(ev.anonymous_id or "")))
+        for r in await self.store.apply(batches):
+            if isinstance(r, Exception):
+                raise r
+        if drop:
+            await self.redis.delete(*drop)
 
     async def _drop(self, withdrawn: Sequence[Event]) -> None:
         identity = {}

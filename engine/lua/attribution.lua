@@ -15,6 +15,8 @@
 -- ARGV[6]  JSON flat array, per event: offset, token, ts_ms, kind, then
 --          kind "i" (impression) or "k" (click): action, channel, placement, arm
 --          kind "c" (conversion): value
+--          kind "m" (a touch merged from an anonymous id the person identified as): action, channel,
+--          placement, arm: kept, not counted again (its ARGV[1] is a merge offset field of its own)
 -- Returns {applied, conversions credited}.
 local key, shard = KEYS[1], KEYS[2]
 local off_field = ARGV[1]
@@ -74,7 +76,7 @@ local function credit(model, touches, value)
   end
 end
 
-local applied, credited = 0, 0
+local applied, credited, merged = 0, 0, false
 local max_off = stored
 local p, nA = 1, #A
 while p <= nA do
@@ -103,6 +105,9 @@ while p <= nA do
         credited = credited + 1
         for m = 1, #models do credit(string.sub(models, m, m), touches, value) end
       end
+    elseif kind == 'm' then
+      table.insert(S.t, {ts, A[p + 4], A[p + 5], A[p + 6], A[p + 7]})
+      merged = true
     else
       local t = {ts, A[p + 4], A[p + 5], A[p + 6], A[p + 7]}
       add(row(t) .. kind, 1)
@@ -114,6 +119,13 @@ while p <= nA do
 end
 
 if applied == 0 then return {0, 0} end
+-- merged touches interleave by time with the person's own (ties keep a stable order: then by action)
+if merged then
+  table.sort(S.t, function(a, b)
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    return a[2] < b[2]
+  end)
+end
 -- keep the touches still inside the window of the newest one, at most max_touches
 local newest = 0
 for _, t in ipairs(S.t) do if t[1] > newest then newest = t[1] end end

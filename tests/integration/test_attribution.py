@@ -233,3 +233,37 @@ def test_a_touch_takes_its_placement_and_arm_from_the_decision_record(astack: St
     arm = holdout_arm(visitor, "product_recs", 0.1)
     lift = hits[0]["models"]["linear"]["lift"]
     assert lift[f"{arm}_impressions"] == 1
+
+
+def test_touches_seen_before_a_login_credit_the_customers_purchase(astack: Stack, aworker: object,
+                                                                   aapi: str) -> None:
+    tag = uuid.uuid4().hex[:6]
+    anon, customer = f"anon-attr-login-{tag}", f"cust-attr-login-{tag}"
+    now = int(time.time() * 1000)
+    r = redis.Redis.from_url(astack.redis_url, decode_responses=True)
+
+    def push_row() -> dict[str, Any] | None:
+        rows = httpx.get(f"{aapi}/v1/reports/attribution").json()["rows"]
+        hits = [x for x in rows if (x["action"], x["channel"], x["placement"]) == (B, "sms", "home_hero")]
+        return hits[0] if hits else None
+
+    before = push_row()
+    base = before["models"]["last_touch"]["conversions"] if before else 0.0
+    base_revenue = before["models"]["last_touch"]["revenue"] if before else 0.0
+    # browsing anonymously: an impression; then a login (an identify produced by the site's back end: trusted)
+    login = event("identify", anon, ts_ms=now + 1000)
+    login["customer_id"] = customer
+    produce(astack.bootstrap, astack.events_topic, [touch("impression", anon, B, "sms", now), login])
+    # the anonymous id's touch moved to the customer's list (and only there)
+    wait_until(lambda: r.exists(touches_key(f"c:{customer}")) and not r.exists(touches_key(anonymous_subject(anon))),
+               timeout=60, what="the touches merged into the customer's")
+    # a purchase as the customer credits the touch seen before the login, without counting the impression twice
+    produce(astack.bootstrap, astack.events_topic,
+            [event("purchase", customer, customer=True, ts_ms=now + 2000, order_id=f"o-{tag}", value=60.0)])
+    row = wait_until(lambda: (lambda x: x if x and x["models"]["last_touch"]["conversions"] >= base + 1 else None)(
+        push_row()), timeout=60, what="the customer's purchase credited")
+    assert math.isclose(row["models"]["last_touch"]["conversions"], base + 1)
+    assert math.isclose(row["models"]["last_touch"]["revenue"], base_revenue + 60.0)
+    assert row["impressions"] == (before["impressions"] if before else 0) + 1
+    exported = httpx.get(f"{aapi}/v1/profiles/{customer}/export").json()
+    assert [t[1:3] for t in exported["touches"][f"c:{customer}"]] == [[B, "sms"]]
