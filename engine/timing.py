@@ -10,11 +10,10 @@ The **best contact hour** is learned in the stream from the customer's own activ
 hour of the day (24 bins) and the UTC weekday (7 bins), with the affinity operation of the Lua applier
 (``a_h:<hour>``, ``a_d:<day>``: ``engine.layout``). Why hour-of-day x weekday and not the 168 bins of an
 hour-of-week: a person's hours recur across days far more than they differ between them, 31 bins learn from
-7x more events per bin, and they cost 31 listpack entries at most (about 12 bytes each) against 168 - a
-measured ~250-370 B more per active profile than the two histograms (``bench/timing_cost.py``), on profiles of
-~1.8 KB. The hour-of-week score is the product ``P(hour) x P(weekday)``. Both histograms are kept in UTC, so
-a time-zone change (or a customer seen from two) never splits one's history; contact hours are converted at
-decision time instead.
+7x more events per bin, and they cost 31 listpack entries at most against up to 168 on profiles of ~1.8 KB
+(``bench/nba_cost.py`` measures both; figures in docs/performance-history.md). The hour-of-week score is the
+product ``P(hour) x P(weekday)``. Both histograms are kept in UTC, so a time-zone change (or a customer
+seen from two) never splits one's history; contact hours are converted at decision time instead.
 
 A newcomer has no history: the population's histograms (``pop:{global}:contact``, summed per batch and
 partition by the worker, never a key written per event) are mixed in as ``activity_prior_strength``
@@ -238,12 +237,16 @@ def next_send_at(now: float, tz: ZoneInfo, span: tuple[int, int] | None, weekday
     first_slot = int(now // HOUR_S)
     best_t: float | None = None
     best_score = -1.0
+    # the zone's UTC offset, when it is the same over the whole search (no DST change this week): local times by
+    # arithmetic instead of a datetime per hour (most of send_at's cost otherwise)
+    offset = _offset(tz, now)
+    fixed = offset if offset == _offset(tz, now + SEARCH_DAYS * DAY_S) else None
     for k in range(SEARCH_DAYS * 24):
         if k >= horizon_hours and best_t is not None:
             return best_t
         slot = first_slot + k
         t = now if k == 0 else float(slot * HOUR_S)
-        if not _open_at(t, tz, span, weekdays_only, business):
+        if not _open_at(t, tz, span, weekdays_only, business, fixed):
             continue
         if k >= horizon_hours:  # nothing open in the horizon: the first open hour
             return t
@@ -253,13 +256,22 @@ def next_send_at(now: float, tz: ZoneInfo, span: tuple[int, int] | None, weekday
     return best_t
 
 
+def _offset(tz: ZoneInfo, t: float) -> float:
+    off = datetime.fromtimestamp(t, tz).utcoffset()
+    return off.total_seconds() if off is not None else 0.0
+
+
 def _open_at(t: float, tz: ZoneInfo, span: tuple[int, int] | None, weekdays_only: bool,
-             business: tuple[int, int] | None) -> bool:
+             business: tuple[int, int] | None, fixed_offset: float | None = None) -> bool:
     if span is None and not weekdays_only and business is None:
         return True
-    local = datetime.fromtimestamp(t, tz)
-    minute = local.hour * 60 + local.minute
-    if weekdays_only and local.weekday() >= 5:
+    if fixed_offset is not None:
+        lt = int(t + fixed_offset)
+        minute, weekday = (lt % DAY_S) // 60, (lt // DAY_S + 3) % 7
+    else:
+        local = datetime.fromtimestamp(t, tz)
+        minute, weekday = local.hour * 60 + local.minute, local.weekday()
+    if weekdays_only and weekday >= 5:
         return False
     if business is not None and not is_open(minute, business):
         return False

@@ -169,17 +169,18 @@ def decide(svc: Services, req: DecideRequest, placement: Placement, policy_name:
     values = [1.0 if learns_value else a.value for a in actions]
     levers = [a.lever for a in actions]
     result = arbitration.arbitrate([a.id for a in actions], props, values, levers, mode, epsilon, rng)
-    details: dict[str, dict[str, Any]] = {a.id: {"propensity": round(p, 6), "value": a.value, "lever": a.lever,
-                      "expected_value": round(arbitration.expected_value(p, a.value, learns_value), 6),
-                      "priority": round(pr, 6)}
-               for a, p, pr in zip(actions, props, result.priorities, strict=True)}
+    details: dict[str, dict[str, Any]] = {}
+    if req.explain:  # what arbitration weighed, per candidate: built only when asked
+        details = {a.id: {"propensity": round(p, 6), "value": a.value, "lever": a.lever,
+                          "expected_value": round(arbitration.expected_value(p, a.value, learns_value), 6),
+                          "priority": round(pr, 6)}
+                   for a, p, pr in zip(actions, props, result.priorities, strict=True)}
     order = result.order[: req.n]
     ranked = [(actions[i], result.priorities[i]) for i in order]
     delivery = {a.id: (chosen[a.id].channel, None if chosen[a.id].channel == "web" else
                        timing.iso(chosen[a.id].send_at)) for a, _ in ranked if a.id in chosen}
-    for aid, (ch, at) in delivery.items():
-        details[aid]["channel"], details[aid]["send_at"] = ch, at
-        details[aid]["channel_rate"] = round(chosen[aid].rate, 6)
+    for aid, (ch, at) in delivery.items() if req.explain else ():
+        details[aid].update(channel=ch, send_at=at, channel_rate=round(chosen[aid].rate, 6))
     top = ranked[0][0] if ranked else None
     threshold = placement.min_expected_value
     if top is not None and threshold is not None:
