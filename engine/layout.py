@@ -309,7 +309,8 @@ def popularity_landmark_field(feature: str) -> str:
 #: Count fields ``c<code>`` of the event types of the envelope; another type is counted as ``c:<type>``.
 COUNT_CODES = {"page_view": "v", "click": "k", "search": "s", "add_to_cart": "a", "remove_from_cart": "r",
                "purchase": "p", "identify": "i", "feedback": "f", "consent": "c",
-               "impression": "m"}
+               "impression": "m",
+               "track": "t"}  # track: a named event with no type of its own (Segment's other track calls)
 #: Consent fields ``k<code>``; another kind of consent is stored as ``k:<name>``.
 CONSENT_CODES = {"personalisation": "p", "analytics": "a", "marketing_email": "me", "marketing_push": "mp",
                  "marketing_sms": "ms", "marketing_web": "mw", "marketing": "m"}

@@ -39,9 +39,10 @@ TRUSTED_SOURCES = frozenset({SERVER, DIRECT})
 #: The event types a ``public`` key may send: what a browser sees happen. ``identify`` and ``consent`` from
 #: a public key are untrusted (the stream links nothing and records consent for anonymous ids only unless an
 #: identity proof says otherwise); ``purchase`` and ``feedback`` come from the site's back end only. A forged
-#: ``impression`` only makes its sender see an action less often (caps are per visitor).
+#: ``impression`` only makes its sender see an action less often (caps are per visitor); a ``track`` (a named
+#: event of no other type) is counted on its sender's own profile only.
 PUBLIC_EVENT_TYPES = frozenset({"page_view", "click", "add_to_cart", "remove_from_cart", "search", "identify",
-                                "consent", "impression"})
+                                "consent", "impression", "track"})
 
 Headers = Iterable[tuple[str, bytes]]
 

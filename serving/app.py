@@ -27,6 +27,7 @@ from serving import (
     openapi_doc,
     profiles,
     reports,
+    segment_api,
     summary,
 )
 from serving.services import Services
@@ -69,7 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(auth.AuthError, auth.auth_error_response)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(admin.Refused, admin.refused_response)
-    for module in (decide, collector, profiles, experiments, health, reports, admin, summary, dashboard):
+    for module in (decide, collector, profiles, experiments, health, reports, admin, summary, dashboard,
+                   segment_api):
         app.include_router(module.router)
 
     build_openapi = app.openapi

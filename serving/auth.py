@@ -290,7 +290,10 @@ def source_headers(caller: ApiKey | None) -> list[tuple[str, bytes]]:
 # --- CORS (for the routes a public key may call; preflights carry no key, so any key's origins count) ---
 
 #: Paths a browser may call across origins.
-CORS_PATHS = frozenset({"/v1/decide", "/v1/events"})
+CORS_PATHS = frozenset({"/v1/decide", "/v1/events",
+                        # the Segment/RudderStack routes (serving/segment_api.py): analytics.js calls them
+                        "/v1/batch", "/v1/track", "/v1/page", "/v1/identify", "/v1/screen", "/v1/alias",
+                        "/v1/group"})
 PREFLIGHT_MAX_AGE_S = 600
 
 

@@ -157,9 +157,11 @@ async def collect(request: Request, caller: auth.PublicCaller) -> Response:
 
 
 async def publish(svc: Services, items: list[Any], ready: list[tuple[Any, bytes]],
-                  headers: list[tuple[str, bytes]]) -> Response:
-    """Send every event and wait for all acknowledgements: 202, or 422 for an event Kafka refuses for good
-    (which a retry cannot fix), or 503 (retry: the worker de-duplicates the events delivered twice)."""
+                  headers: list[tuple[str, bytes]], status: int = 202,
+                  extra: dict[str, Any] | None = None) -> Response:
+    """Send every event and wait for all acknowledgements: ``status`` (with ``extra`` in its body), or 422 for
+    an event Kafka refuses for good (which a retry cannot fix), or 503 (retry: the worker de-duplicates the
+    events delivered twice). ``items[i]`` is the request's item of ``ready[i]``."""
     topic = svc.settings.events_topic
     futures: list[asyncio.Future[Any]] = []
     failed: dict[int, BaseException] = {}
@@ -189,7 +191,8 @@ async def publish(svc: Services, items: list[Any], ready: list[tuple[Any, bytes]
             failed[i] = result
     if not failed:
         svc.metrics.events_out.inc(n=len(ready))
-        return _answer(202, {"accepted": len(ready), "event_ids": [ev.event_id for ev, _ in ready]})
+        return _answer(status, {**(extra or {}), "accepted": len(ready),
+                                "event_ids": [ev.event_id for ev, _ in ready]})
     delivered = [ev.event_id for i, (ev, _) in enumerate(ready[:len(futures)]) if i not in failed]
     svc.metrics.events_out.inc(n=len(delivered))
     permanent = {i: exc for i, exc in failed.items() if isinstance(exc, PERMANENT_KAFKA_ERRORS)}

@@ -16,6 +16,7 @@ from engine.config import EngineConfig
 from schemas._validation import inline_refs
 from schemas.events import EVENT_TYPES
 from schemas.limits import EventLimits
+from serving import segment_api
 from serving.admin import documented_responses
 from serving.collector import BATCH_MEMBERS
 from serving.decide import document_decide
@@ -125,4 +126,5 @@ def document(doc: dict[str, Any], config: EngineConfig, limits: EventLimits) -> 
             "content": {"application/json": {"schema": body}},
         }
     document_decide(doc, config)
+    segment_api.document(doc, limits)  # the Segment/RudderStack routes
     return doc
