@@ -413,7 +413,10 @@ def decision_record(decision_id: str, req: DecideRequest, ranking: Ranking, cont
         "decision_id": decision_id, "schema_version": 1,
         "customer_id": req.customer_id, "anonymous_id": req.anonymous_id, "placement": req.placement,
         "context": context, "candidates": candidates,
-        "actions": [{"action_id": a.id, "score": float(s)} for a, s in ranking.actions],
+        "actions": [{"action_id": a.id, "score": float(s)} for a, s in ranking.actions] if not ranking.delivery else [
+            {"action_id": a.id, "score": float(s), "channel": ranking.delivery[a.id][0],  # next-best action
+             **({"send_at": ranking.delivery[a.id][1]} if ranking.delivery[a.id][1] else {})}
+            for a, s in ranking.actions],
         "propensity": ranking.propensity, "policy": ranking.policy, "model_version": ranking.model_version,
         "holdout_arm": ranking.arm, "degraded": degraded, "timestamp": int(now * 1000),
         "action_features": ranking.shown_features, "segments": ranking.segments,

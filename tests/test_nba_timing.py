@@ -197,3 +197,16 @@ def test_learned_propensities_start_at_the_prior_and_follow_the_rewards() -> Non
     for _ in range(50):
         value.learn_one({}, good, 40.0)
     assert arbitration.estimates(value, {}, [good], True)[0] > 30
+
+
+def test_a_malformed_identify_timezone_is_refused_at_the_door() -> None:
+    from schemas import InvalidEvent
+    from schemas.events import parse_event
+
+    base = {"event_id": "e1", "type": "identify", "timestamp": 1_764_662_400_000, "anonymous_id": "a-1",
+            "customer_id": "c-1"}
+    ok = parse_event({**base, "properties": {"traits": {"timezone": "Asia/Tokyo"}}})
+    assert ok.properties["traits"]["timezone"] == "Asia/Tokyo"
+    for bad in ("../../etc/passwd", "Asia Tokyo", "x" * 65, 9):
+        with pytest.raises(InvalidEvent, match=r"timezone"):
+            parse_event({**base, "properties": {"traits": {"timezone": bad}}})
