@@ -97,9 +97,6 @@ async def main_async(args: argparse.Namespace, kafka_bootstrap: str, redis_base:
                "admin": bench_config()}
     from contextlib import AsyncExitStack
 
-    from serving.app import create_app
-    from serving.decide import DecideFastPath
-
     bodies = bodies_for(customers, anons, 4000)
     apps: dict[str, Any] = {}
     services: dict[str, Any] = {}
@@ -109,9 +106,12 @@ async def main_async(args: argparse.Namespace, kafka_bootstrap: str, redis_base:
         for db, (name, path) in enumerate(configs.items()):
             url = f"{redis_base}/{db}"
             stack = Stack(kafka_bootstrap, url)
-            stack.create_topics()
+            await asyncio.to_thread(stack.create_topics)  # it runs its own event loop
             await populate_profiles(url, histories)
             os.environ.update(stack.env(ENGINE_CONFIG=str(path)))
+            from serving.app import create_app  # after the environment: the module builds an app on import
+            from serving.decide import DecideFastPath
+
             fastapi_app = create_app()
             await stack_.enter_async_context(fastapi_app.router.lifespan_context(fastapi_app))
             apps[name], services[name] = DecideFastPath(fastapi_app), fastapi_app.state.services

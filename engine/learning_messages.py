@@ -16,12 +16,14 @@ from collections.abc import Sequence
 
 import orjson
 
-__all__ = ["FORGET", "INTERACTIONS", "forget_message", "interactions_message"]
+__all__ = ["FORGET", "INTERACTIONS", "PROFILES", "forget_message", "interactions_message", "profiles_message"]
 
 #: ``kind`` of a batch of co-visitation interactions: ``rows`` of ``[visitor, item, weight, epoch seconds]``.
 INTERACTIONS = "interactions"
 #: ``kind`` of an erasure's request to drop the histories held under ``visitors``.
 FORGET = "forget"
+#: ``kind`` of a batch of profile vectors for the behavioural clusters: ``rows`` of ``[vector, monetary value]``.
+PROFILES = "profiles"
 
 
 def interactions_message(rows: Sequence[Sequence[object]]) -> bytes:
@@ -30,3 +32,11 @@ def interactions_message(rows: Sequence[Sequence[object]]) -> bytes:
 
 def forget_message(visitors: Sequence[str]) -> bytes:
     return orjson.dumps({"kind": FORGET, "visitors": visitors})
+
+
+def profiles_message(rows: Sequence[Sequence[object]]) -> bytes:
+    """
+    >>> profiles_message([[{"log_click": 0.2}, 0.0]])
+    b'{"kind":"profiles","rows":[[{"log_click":0.2},0.0]]}'
+    """
+    return orjson.dumps({"kind": PROFILES, "rows": rows})

@@ -61,6 +61,7 @@ from typing import Any, Protocol, Self
 import numpy as np
 import orjson
 
+from engine.clusters import Clusters
 from engine.model_state import ARRAY_DTYPES, ModelState
 from engine.policies import POLICIES
 from engine.recommend.signal import CollaborativeSignal
@@ -96,7 +97,8 @@ class Snapshottable(Protocol):
 
 
 #: Model kind (the class's ``name``) -> class: the only classes a snapshot can rebuild.
-MODEL_KINDS: dict[str, Any] = {**POLICIES, CollaborativeSignal.name: CollaborativeSignal}
+MODEL_KINDS: dict[str, Any] = {**POLICIES, CollaborativeSignal.name: CollaborativeSignal,
+                               Clusters.name: Clusters}  # behavioural clusters (engine/clusters.py)
 
 
 class SnapshotError(ValueError):

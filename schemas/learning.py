@@ -29,6 +29,7 @@ LEARNING_SCHEMAS: dict[str | None, str] = {
     None: "learning_example.v1.schema.json",
     "interactions": "learning_interactions.v1.schema.json",
     "forget": "learning_forget.v1.schema.json",
+    "profiles": "learning_profiles.v1.schema.json",
 }
 
 _VALIDATE = {kind: compile_schema(name, use_default=False) for kind, name in LEARNING_SCHEMAS.items()}

@@ -15,10 +15,11 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from engine.catalogue import (
@@ -28,7 +29,6 @@ from engine.catalogue import (
     MAX_BULK_ITEMS,
     MAX_ENTRIES,
     RETIRED,
-    STATES,
     Catalogue,
     Entry,
     PlacementEntry,
@@ -134,6 +134,13 @@ async def _change(svc: Services, store: CatalogueStore, plan: Any) -> int:
     return version
 
 
+async def invalid_query_response(request: Request, exc: Exception) -> Response:
+    """FastAPI's validation of query parameters (the only ones it checks here), in this API's 422 shape."""
+    assert isinstance(exc, RequestValidationError)
+    problems = [(".".join(str(p) for p in e["loc"][1:]), str(e["msg"])) for e in exc.errors()]
+    return _refused(_invalid(problems or [("", "invalid request")]))
+
+
 async def refused_response(request: Request, exc: Exception) -> Response:
     """The app's handler of :class:`Refused` (``serving/app.py``)."""
     assert isinstance(exc, Refused)
@@ -162,21 +169,18 @@ async def catalogue(request: Request) -> Response:
 
 
 @router.get("/v1/admin/actions", summary="Actions, the file's and the admin API's, by page")
-async def list_actions(request: Request, placement: str | None = None, state: str | None = None,
-                       offset: int = 0, limit: int = 100) -> Response:
+async def list_actions(request: Request, placement: str | None = None,
+                       state: Literal["any", "active", "retired"] = "any",
+                       offset: int = Query(0, ge=0, le=10 * MAX_ENTRIES),
+                       limit: int = Query(100, ge=1, le=MAX_PAGE)) -> Response:
     svc, store = _services(request)
     assert svc.catalogue is not None
-    if state is not None and state not in STATES:
-        raise Refused(422, f"state: expected one of {', '.join(STATES)}", [("state", "unknown state")])
-    if offset < 0 or not 1 <= limit <= MAX_PAGE:
-        raise Refused(422, f"offset >= 0 and 1 <= limit <= {MAX_PAGE}",
-                      [("limit" if offset >= 0 else "offset", "out of range")])
     async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
         cat = await store.load()
     seed = svc.catalogue.seed
     ids = [aid for aid, table in effective_tables(seed, cat).items()
            if (placement is None or placement in (table.get("placements") or ()))
-           and (state is None or (cat.actions[aid].state if aid in cat.actions else ACTIVE) == state)]
+           and (state == "any" or (cat.actions[aid].state if aid in cat.actions else ACTIVE) == state)]
     page = [view(seed, cat, aid) for aid in ids[offset:offset + limit]]
     return _json({"version": cat.version, "total": len(ids), "offset": offset, "actions": page})
 

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,6 +20,7 @@ from engine.settings import Settings, load_settings
 from serving import (
     admin,
     auth,
+    clusters,
     collector,
     dashboard,
     decide,
@@ -70,8 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(auth.AuthError, auth.auth_error_response)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(admin.Refused, admin.refused_response)
+    app.add_exception_handler(RequestValidationError, admin.invalid_query_response)
     for module in (decide, collector, profiles, experiments, health, reports, admin, summary, dashboard,
-                   segment_api):
+                   segment_api, clusters):
         app.include_router(module.router)
 
     build_openapi = app.openapi

@@ -356,6 +356,10 @@ def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalise
     context = context_features(profile, now) if personalised and profile is not None else {"bias": 1.0}
     context.update(request_context_features(req.context))
     segments = svc.segments.members(profile, now) if personalised and svc.segments else []
+    if personalised and profile is not None and svc.config.clusters.enabled:  # behavioural clusters
+        cluster = svc.models.cluster_segment(profile, now)
+        if cluster is not None:
+            segments = [*segments, cluster]
     actions = eligible_actions(req, svc.config, now, frozenset(segments))
     collaborative = collaborative_scores(svc, profile, actions) if personalised and profile is not None else {}
     if nba.applies(placement):  # channels, send time, value arbitration

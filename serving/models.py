@@ -15,7 +15,9 @@ import logging
 import time
 from dataclasses import dataclass
 
+from engine.clusters import CLUSTERS_MODEL, Clusters, vector
 from engine.config import EngineConfig
+from engine.features import Profile
 from engine.learning_store import LearningStore
 from engine.models import learned_policies, model_name
 from engine.policies import Policy, make_policy
@@ -45,6 +47,10 @@ class ModelRegistry:
         if config.collaborative.enabled:
             signal = CollaborativeSignal(**config.collaborative.params)
             self.models[COVISIT_MODEL] = LoadedModel(signal, 0)  # type: ignore[arg-type]  # a model, not a Policy
+        cs = config.clusters
+        self.cluster_feature = cs.feature
+        if cs.enabled:  # behavioural clusters (engine/clusters.py), published by the learner
+            self.models[CLUSTERS_MODEL] = LoadedModel(Clusters(cs.k, cs.halflife, cs.min_distance), 0)  # type: ignore[arg-type]  # a model, not a Policy
 
     def get(self, placement: str, policy: str) -> LoadedModel:
         return self.models[model_name(placement, policy)]
@@ -53,6 +59,21 @@ class ModelRegistry:
         loaded = self.models.get(COVISIT_MODEL)
         # COVISIT_MODEL's entry holds the CollaborativeSignal put there above
         return loaded.policy if loaded is not None and loaded.version > 0 else None  # type: ignore[return-value]
+
+    def clusters(self) -> tuple[Clusters, int] | None:
+        """The loaded clusters model and its version, once the learner published one."""
+        loaded = self.models.get(CLUSTERS_MODEL)
+        if loaded is None or loaded.version == 0:
+            return None
+        return loaded.policy, loaded.version  # type: ignore[return-value]  # CLUSTERS_MODEL holds Clusters
+
+    def cluster_segment(self, profile: Profile, now: float) -> str | None:
+        """``cluster:<k>``, the profile's behavioural cluster (None: clusters off or not learned yet)."""
+        loaded = self.clusters()
+        if loaded is None:
+            return None
+        k = loaded[0].assign(vector(profile, self.cluster_feature, now))
+        return None if k is None else f"cluster:{k}"
 
     async def refresh(self) -> int:
         """Load every model whose published version is newer; returns how many were swapped in."""

@@ -79,6 +79,7 @@ def _responses(config: EngineConfig, limits: EventLimits) -> dict[tuple[str, str
             "503": _r("Kafka did not confirm delivery; retry (events are de-duplicated by event_id)", _ERROR),
         },
         **documented_responses(_r, _AUTH, _ERROR, _JSON_OBJECT),  # the catalogue's admin API
+        ("get", "/v1/admin/clusters"): {"200": _r("the behavioural clusters described", _JSON_OBJECT), **_AUTH},
     }
 
 
@@ -95,15 +96,16 @@ def events_body_schema(limits: EventLimits) -> tuple[dict[str, Any], dict[str, A
 def document(doc: dict[str, Any], config: EngineConfig, limits: EventLimits) -> dict[str, Any]:
     """Set every operation's responses, and the events and decide request bodies, in ``doc`` (returned)."""
     paths = doc.get("paths", {})
-    for (method, path), responses in _responses(config, limits).items():
+    documented = _responses(config, limits)
+    for path, item in paths.items():  # the rest: what FastAPI inferred, without its unreachable 422
+        for method, op in item.items():
+            if isinstance(op, dict) and "responses" in op and (method, path) not in documented:
+                op["responses"].pop("422", None)
+    for (method, path), responses in documented.items():
         op = paths.get(path, {}).get(method)
         if op is None:  # a route renamed here but not in the app: its real statuses would go undocumented
             raise KeyError(f"responses documented for {method.upper()} {path}, which the app does not serve")
         op["responses"] = responses
-    for path, item in paths.items():  # the rest: what FastAPI inferred, without its unreachable 422
-        for op in item.values():
-            if isinstance(op, dict) and "responses" in op and path != "/v1/events":
-                op["responses"].pop("422", None)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)

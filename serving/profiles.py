@@ -44,7 +44,9 @@ async def get_profile(person_id: str, request: Request) -> Response:
         return _json({"error": f"no profile for {person_id!r}"}, 404)
     now = time.time()
     profile = decode(person_id, raw, svc.config, now)
-    return _json({**profile.to_dict(), "segments": svc.segments.members(profile, now)})
+    cluster = svc.models.cluster_segment(profile, now)  # behavioural clusters (engine/clusters.py)
+    segments = svc.segments.members(profile, now) + ([cluster] if cluster else [])
+    return _json({**profile.to_dict(), "segments": segments})
 
 
 @router.get("/v1/profiles/{person_id}/export", summary="Everything held about a person (portability)")

@@ -49,6 +49,7 @@ from engine.redis_connection import HiredisPackedConnection
 from engine.runtime import batch_young_threshold, freeze_startup_heap
 from engine.settings import load_settings
 from streams.attribution import AttributionFeed
+from streams.clusters import ClusterFeed
 from streams.collaborative import CollaborativeFeed
 from streams.consent import ConsentGate, ConsentWithdrawals
 from streams.consumer import BatchLoop, Outbox, Write
@@ -118,6 +119,7 @@ class Components:
         self.processor = BatchProcessor(store, self.send_dead_letter, hooks=hooks,
                                         limits=settings.event_limits, identity=IdentityPolicy.from_settings(settings))
         self.segments = SegmentTracker(self.redis, config, self.send_segment_change)
+        self.clusters = ClusterFeed(self.redis, config, self.send_learning_example)
         self.learner = PlacementLearner(config)
         # the learner reads actions (their features, for examples that do not carry them) and attribution (which
         # actions it counts by name, their placements): both follow the catalogue's admin changes
@@ -148,6 +150,8 @@ class Components:
         """Write a batch, then publish the segment changes of the profiles it touched (both idempotent, so a
         retry after a fault repeats nothing that was done)."""
         stats = await self.processor.apply(prepared, sent)
+        if self.clusters:  # profile vectors for the behavioural clusters' learner (streams/clusters.py)
+            await self.clusters.on_owners(stats.owners, time.time())
         if self.segments:
             published = await self.segments.update(stats.owners, time.time())
             if published:

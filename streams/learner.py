@@ -26,9 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.clusters import CLUSTERS_MODEL, Clusters
 from engine.config import EngineConfig
 from engine.decisions import action_features
-from engine.learning_messages import FORGET, INTERACTIONS
+from engine.learning_messages import FORGET, INTERACTIONS, PROFILES
 from engine.learning_store import LearningStore
 from engine.models import learned_policies, model_name
 from engine.policies import Candidate, Policy, make_policy
@@ -60,6 +61,9 @@ class PlacementLearner:
         collab = config.collaborative
         self.covisit = CollaborativeSignal(**collab.params) if collab.enabled else None
         self.covisit_state = _State()
+        cs = config.clusters  # behavioural clusters (engine/clusters.py), from the ingest's profile vectors
+        self.clusters = Clusters(cs.k, cs.halflife, cs.min_distance) if cs.enabled else None
+        self.clusters_state = _State()
 
     def learn(self, example: Mapping[str, Any]) -> bool:
         """Route an example: item interactions and erasures to co-visitation, settled decisions to placements."""
@@ -68,6 +72,13 @@ class PlacementLearner:
                 return False
             self.covisit.learn_many(example["rows"])  # one pass over the batch (CoVisitation.learn_many)
             self.covisit_state.updates_since_snapshot += len(example["rows"])
+            return True
+        if example.get("kind") == PROFILES:  # profile vectors (streams/clusters.py)
+            if self.clusters is None:
+                return False
+            for x, value in example["rows"]:
+                self.clusters.learn_one(x, float(value))
+            self.clusters_state.updates_since_snapshot += len(example["rows"])
             return True
         if example.get("kind") == FORGET:  # an erased customer's ids (serving/profiles.py)
             if self.covisit is None:
@@ -121,6 +132,11 @@ class PlacementLearner:
             or now - st.last_snapshot >= collab.snapshot_every_seconds
         ):
             due.append(COVISIT_MODEL)
+        st = self.clusters_state
+        if self.clusters is not None and st.updates_since_snapshot and (
+            force or now - st.last_snapshot >= self.config.clusters.snapshot_every_seconds
+        ):
+            due.append(CLUSTERS_MODEL)
         for placement, st in self.state.items():
             ls = self.config.placements[placement].learning
             if st.updates_since_snapshot and (
@@ -145,6 +161,16 @@ class PlacementLearner:
                     log.warning("co-visitation state refused (%s), starting afresh: %s", exc.reason, exc)
             published = await store.model_version(COVISIT_MODEL)
             self.covisit_state.version = max(self.covisit_state.version, published or 0)
+        if self.clusters is not None:
+            blob = await store.model_blob(CLUSTERS_MODEL)
+            published = await store.model_version(CLUSTERS_MODEL)
+            if blob is not None:
+                try:
+                    self.clusters, self.clusters_state.version = load_model(
+                        blob, key, name=CLUSTERS_MODEL, kind=Clusters.name)
+                except SnapshotError as exc:
+                    log.warning("clusters snapshot refused (%s), starting afresh: %s", exc.reason, exc)
+            self.clusters_state.version = max(self.clusters_state.version, published or 0)
         for placement in self.config.placements:
             for policy in learned_policies(self.config, placement):
                 name = model_name(placement, policy)
@@ -175,6 +201,14 @@ class PlacementLearner:
             serving = dump_model(self.covisit.for_serving(), st.version, key, name=COVISIT_MODEL)
             await store.publish_model(COVISIT_MODEL, st.version, serving,
                                       state=dump_model(self.covisit, st.version, key, name=COVISIT_STATE))
+            st.updates_since_snapshot, st.last_snapshot = 0, time.monotonic()
+            return st.version
+        if placement == CLUSTERS_MODEL:
+            assert self.clusters is not None  # due_snapshots() names CLUSTERS_MODEL only when it is on
+            st = self.clusters_state
+            st.version += 1
+            await store.publish_model(CLUSTERS_MODEL, st.version,
+                                      dump_model(self.clusters, st.version, key, name=CLUSTERS_MODEL))
             st.updates_since_snapshot, st.last_snapshot = 0, time.monotonic()
             return st.version
         st = self.state[placement]

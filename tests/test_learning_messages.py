@@ -108,7 +108,7 @@ def test_an_erasures_forget_request_follows_the_schema() -> None:
     ({"kind": "interactions", "rows": [["a-1", "sku-1", 0.5]]}, "rows[0]: must have at least 4 item(s)"),
     ({"kind": "interactions", "rows": [["a-1", "sku-1", 0, 1.0]]}, "rows[0][2]: must be > 0"),
     ({"kind": "forget", "visitors": [""]}, "visitors[0]: must not be empty"),
-    ({"kind": "learn"}, "kind: must be one of ['forget', 'interactions'] or absent"),
+    ({"kind": "learn"}, "kind: must be one of ['forget', 'interactions', 'profiles'] or absent"),
     ({**example(None), "reward": "1"}, "reward: must be number"),
     ({**example(None), "kind": None}, "kind: must NOT match"),  # a settled decision has no kind at all
     ([], "must be an object, got array"),
@@ -134,3 +134,9 @@ def test_the_learner_takes_every_kind_as_produced() -> None:
     example_ = produced_example(placement=next(iter(learner.config.placements)))
     learned = learner.learn(example_)
     assert learned or not learner.state  # learned unless that placement learns nothing
+
+
+def test_the_cluster_feeds_profile_vectors_follow_the_schema() -> None:
+    from engine.learning_messages import PROFILES, profiles_message
+
+    check(json.loads(profiles_message([[{"log_click": 0.2, "category:shoes": 1.0}, 0.0]])), PROFILES)

@@ -39,7 +39,8 @@ T0 = T0_MS / 1000
 
 #: the learning topic's messages (tests/test_learning_messages.py checks their examples and producers)
 LEARNING_FILES = ("learning.v1.schema.json", "learning_example.v1.schema.json",
-                  "learning_interactions.v1.schema.json", "learning_forget.v1.schema.json")
+                  "learning_interactions.v1.schema.json", "learning_forget.v1.schema.json",
+                  "learning_profiles.v1.schema.json")
 #: the segments topic's messages (tests/test_segments.py checks the example and the producer)
 SEGMENT_FILES = ("segment_change.v1.schema.json",)
 

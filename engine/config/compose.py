@@ -46,7 +46,7 @@ KEYED = {"feature": "name", "segment": "id", "placement": "id", "action": "id"}
 #: Tables whose keys belong together: an overlay replaces them whole.
 OPAQUE = frozenset({"policy_params", "params", "payload", "weights"})
 #: Top-level keys a ``replace`` list may name.
-TOP_LEVEL = ("profile", "privacy", "feature", "segment", "collaborative", "scoring", "placement", "action")
+TOP_LEVEL = ("profile", "privacy", "feature", "segment", "collaborative", "scoring", "placement", "action", "clusters")
 #: An include chain deeper than this is a mistake (or a loop through differently spelled paths).
 MAX_INCLUDE_DEPTH = 8
 

@@ -233,10 +233,20 @@ def _segment_references(doc: schema.Document) -> list[Problem]:
                     problems.append((f"{at}.segment", f"segment {show(c.segment)} is not declared before "
                                                       f"segment[{i}]" + (" (a segment cannot name itself or a later "
                                                                          "one)" if c.segment in declared else "")))
+    clusters = doc.clusters
+    if clusters.enabled and clusters.feature not in affinities:
+        problems.append(("clusters.feature", f"unknown affinity feature {show(clusters.feature)}; expected one of "
+                                             f"{', '.join(affinities) or '(none is declared)'}"))
     for i, action in enumerate(doc.action):
         for key in ("include", "exclude"):
             for j, name in enumerate(getattr(action.audience, key) if action.audience else []):
-                if name not in declared:
+                if name.startswith("cluster:"):  # a behavioural cluster (engine/clusters.py)
+                    if not clusters.enabled or int(name[8:]) >= clusters.k:
+                        problems.append((f"action[{i}].audience.{key}[{j}]",
+                                         f"{show(name)}: clusters are {'off' if not clusters.enabled else ''}"
+                                         f"{f'cluster:0 to cluster:{clusters.k - 1}' if clusters.enabled else ''}"
+                                         " ([clusters] enabled, k)"))
+                elif name not in declared:
                     problems.append((f"action[{i}].audience.{key}[{j}]",
                                      f"unknown segment {show(name)}; expected one of "
                                      f"{', '.join(declared) or '(no segment is declared)'}"))
@@ -379,6 +389,7 @@ def _build(doc: schema.Document) -> model.EngineConfig:
                              for part in ("all", "any", "none")})
             for s in doc.segment
         ),
+        clusters=model.ClusterSettings(**doc.clusters.model_dump()),
         collaborative=model.CollaborativeSettings(
             enabled=doc.collaborative.enabled, weights=dict(doc.collaborative.weights),
             params=dict(doc.collaborative.params), snapshot_every_updates=doc.collaborative.snapshot_every_updates,

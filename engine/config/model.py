@@ -229,6 +229,19 @@ class AttributionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Behavioural clusters (engine/clusters.py)."""
+
+    enabled: bool = False
+    k: int = 6
+    feature: str = "category"
+    halflife: float = 5000.0
+    min_distance: float = 0.3
+    max_profiles_per_batch: int = 256
+    snapshot_every_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     profile: ProfileSettings
     scoring: ScoringSettings
@@ -243,6 +256,7 @@ class EngineConfig:
     #: attribution and ROI (engine.attribution)
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     contact: ContactSettings = field(default_factory=ContactSettings)  # next-best action: timing, channels
+    clusters: ClusterSettings = field(default_factory=ClusterSettings)  # behavioural clusters
 
     def actions_for(self, placement: str) -> list[Action]:
         return [a for a in self.actions.values() if placement in a.placements]

@@ -289,10 +289,14 @@ class Segment(Strict):
         return self
 
 
+#: A segment an audience names: a declared segment, or a behavioural cluster ``cluster:<k>`` (engine/clusters.py).
+AudienceSegment = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^([A-Za-z0-9_]+|cluster:[0-9]+)$")]
+
+
 class Audience(Strict):
-    include: Annotated[list[Name], AfterValidator(_unique)] = Field(
+    include: Annotated[list[AudienceSegment], AfterValidator(_unique)] = Field(
         default_factory=list, description="Shown only to members of one of these segments.")
-    exclude: Annotated[list[Name], AfterValidator(_unique)] = Field(
+    exclude: Annotated[list[AudienceSegment], AfterValidator(_unique)] = Field(
         default_factory=list, description="Never shown to members of these segments.")
 
 
@@ -368,6 +372,20 @@ class Attribution(Strict):
     cost_per_impression: CostPerImpression = Field(default_factory=CostPerImpression)
 
 
+class ClusterSettings(Strict):
+    """Behavioural clusters (engine/clusters.py): online k-means over profiles, learned by the learner; a profile's
+    cluster is the segment ``cluster:<k>`` (in decide's answer and in audiences)."""
+
+    enabled: bool = False
+    k: int = Field(default=6, ge=1, le=64, description="Clusters at most.")
+    feature: Name = Field(default="category", description="The affinity feature whose values the vectors hold.")
+    halflife: PositiveFloat = Field(default=5000.0, description="Points after which a centre's step stops shrinking.")
+    min_distance: float = Field(default=0.3, ge=0, description="A new centre is seeded only this far from the others.")
+    max_profiles_per_batch: int = Field(default=256, ge=1, le=10_000,
+                                        description="Profiles of one ingest batch sent to the learner at most.")
+    snapshot_every_seconds: PositiveFloat = 5.0
+
+
 class Document(Strict):
     """An engine configuration file (TOML)."""
 
@@ -386,6 +404,7 @@ class Document(Strict):
     #: attribution and ROI (engine.attribution)
     attribution: Attribution = Field(default_factory=Attribution)
     contact: Contact = Field(default_factory=Contact)  # next-best action: contact hours, timing, channels
+    clusters: ClusterSettings = Field(default_factory=ClusterSettings)  # behavioural clusters (engine/clusters.py)
 
 
 def json_schema() -> dict[str, Any]:
