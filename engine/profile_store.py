@@ -79,6 +79,9 @@ class ProfileStore:
         self._ttl = int(config.profile.ttl_days * 86400)
         #: the applier's flags for a person's hash: its erasure marker, and the consent mode
         self._person_flags = "eo" if config.privacy.consent_mode == "opt_in" else "e"
+        #: told the worker counters and seconds once written (the worker's own metrics, streams/metrics.py)
+        self.on_counters: Callable[[dict[str, int]], None] | None = None
+        self.on_seconds: Callable[[dict[str, float]], None] | None = None
 
     # -- writes -------------------------------------------------------------------------------
     async def _load_script(self) -> str:
@@ -218,6 +221,8 @@ class ProfileStore:
             if n:
                 pipe.hincrby(worker_stats_key(), name, n)
         await pipe.execute()
+        if self.on_counters is not None:
+            self.on_counters(counters)
 
     async def add_worker_seconds(self, seconds: dict[str, float]) -> None:
         """Add to the workers' time counters (``<name>_seconds``, shown by /metrics like the counts)."""
@@ -226,6 +231,8 @@ class ProfileStore:
             if s > 0:
                 pipe.hincrbyfloat(worker_stats_key(), f"{name}_seconds", round(s, 6))
         await pipe.execute()
+        if self.on_seconds is not None:
+            self.on_seconds(seconds)
 
     async def read_worker_counters(self) -> dict[str, str]:
         return cast(dict[str, str], await self.redis.hgetall(worker_stats_key()))  # a decoding client

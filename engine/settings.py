@@ -251,6 +251,13 @@ class Settings:
     erasures_topic: str = field(default_factory=lambda: _topic("ERASURES_TOPIC", "erasures"))
     # --- end of the identity block ---
 
+    # --- operations (streams/metrics.py, docs/operations.md) ---
+    #: The port each stream worker serves its own Prometheus metrics on (``/metrics``; 0: not served). Several
+    #: workers on one host need one port each.
+    worker_metrics_port: int = field(default_factory=lambda: _int("WORKER_METRICS_PORT", 9464, minimum=0,
+                                                                  maximum=65535))
+    # --- end of the operations block ---
+
 
 def load_settings() -> Settings:
     return Settings()

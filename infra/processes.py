@@ -102,7 +102,9 @@ class ManagedProcess:
 
 def worker_process(stack: Stack, log_dir: Path, name: str = "worker", command: str = "worker",
                    **env: str) -> ManagedProcess:
-    """``command``: ``worker`` (every role), ``ingest`` or ``learner`` (see streams/__main__.py)."""
+    """``command``: ``worker`` (every role), ``ingest`` or ``learner`` (see streams/__main__.py). Its metrics
+    are served on a free port (``WORKER_METRICS_PORT``, in ``.env``) unless ``env`` names one."""
+    env.setdefault("WORKER_METRICS_PORT", str(free_port()))  # parallel workers: one port each
     return ManagedProcess(name, [sys.executable, "-m", "streams", command, "-l", "warn"],
                           stack.env(**env), log_dir)
 

@@ -9,6 +9,7 @@ import logging
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
+from prometheus_client.utils import floatToGoString
 
 from serving import auth
 from serving.services import Services
@@ -46,11 +47,10 @@ async def readyz(request: Request) -> Response:
 @router.get("/metrics", summary="Prometheus metrics", dependencies=[auth.require(auth.ADMIN)])
 async def metrics(request: Request) -> PlainTextResponse:
     svc: Services = request.app.state.services
+    # this process's own metrics only: each stream worker serves its own (WORKER_METRICS_PORT), so that a sum
+    # over API replicas does not multiply them. What follows is global state read from Redis (the same in
+    # every replica): aggregate it with max(), not sum()
     text = svc.metrics.render()
-    try:  # the workers' counters live in Redis so one scrape sees the whole pipeline
-        text += render_worker_counters(await asyncio.wait_for(svc.store.read_worker_counters(), 0.5))
-    except Exception:
-        svc.metrics.errors.inc("metrics_worker_counters")
     try:
         for placement in svc.config.placements:
             counters = await asyncio.wait_for(svc.learning.arm_counters(placement), 0.5)
@@ -67,18 +67,16 @@ async def metrics(request: Request) -> PlainTextResponse:
 
 
 def render_arm_counters(placement: str, counters: dict[str, dict[str, float]]) -> str:
+    """Each arm's counters, every digit kept (``floatToGoString``, as ``prometheus_client`` prints).
+
+    >>> print(render_arm_counters("home", {"learning": {"impressions": 12_345_678}}), end="")
+    pulse_experiment_impressions_total{placement="home",arm="learning"} 1.2345678e+07
+    """
     lines = []
     for arm, values in sorted(counters.items()):
         for counter, v in sorted(values.items()):
-            lines.append(f'pulse_experiment_{counter}_total{{placement="{placement}",arm="{arm}"}} {v:g}')
-    return "\n".join(lines) + ("\n" if lines else "")
-
-
-def render_worker_counters(counters: dict[str, str]) -> str:
-    lines = []
-    for name in sorted(counters):
-        metric = f"pulse_worker_{name}_total"
-        lines += [f"# TYPE {metric} counter", f"{metric} {counters[name]}"]
+            lines.append(f'pulse_experiment_{counter}_total{{placement="{placement}",arm="{arm}"}} '
+                         f'{floatToGoString(v)}')
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -97,4 +95,4 @@ def render_redis_memory(info: dict[str, object]) -> str:
     ratio = used / limit if limit else 0.0
     return (f"# TYPE pulse_redis_used_memory_bytes gauge\npulse_redis_used_memory_bytes {used}\n"
             f"# TYPE pulse_redis_maxmemory_bytes gauge\npulse_redis_maxmemory_bytes {limit}\n"
-            f"# TYPE pulse_redis_memory_used_ratio gauge\npulse_redis_memory_used_ratio {ratio:.4g}\n")
+            f"# TYPE pulse_redis_memory_used_ratio gauge\npulse_redis_memory_used_ratio {floatToGoString(ratio)}\n")

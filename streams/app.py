@@ -55,6 +55,7 @@ from streams.consent import ConsentGate, ConsentWithdrawals
 from streams.consumer import BatchLoop, Outbox, Write
 from streams.faust_auth import faust_credentials
 from streams.learner import PlacementLearner
+from streams.metrics import WorkerMetrics
 from streams.pipeline import BatchProcessor, PreparedBatch, Record
 from streams.rewards import RewardJoiner
 from streams.segments import SegmentTracker
@@ -225,6 +226,8 @@ class StreamService(mode.Service):
     """Runs the batch loop over ``events`` and ``decisions`` for the lifetime of the worker."""
 
     loop_: BatchLoop | None = None
+    metrics: WorkerMetrics | None = None
+    _metrics_server: Any = None
 
     async def on_start(self) -> None:
         c = await components().ready()
@@ -245,6 +248,11 @@ class StreamService(mode.Service):
                                max_records=settings.worker_batch_size,
                                commit_interval=settings.worker_commit_interval)
         await self.loop_.start()
+        # the worker's own metrics, on its own port (the API exports only its own)
+        self.metrics = WorkerMetrics()
+        c.processor.store.on_counters, c.processor.store.on_seconds = self.metrics.count, self.metrics.add_seconds
+        self._metrics_server = (self.metrics.serve(settings.worker_metrics_port)
+                                if settings.worker_metrics_port else None)
         quiet_root_logger()
         # per-batch garbage no longer makes the collector re-scan the start-up heap, nor the batches in flight
         freeze_startup_heap(batch_young_threshold(settings.worker_batch_size))
@@ -283,7 +291,15 @@ class StreamService(mode.Service):
             await retry_forever("fault counters", lambda: store.add_worker_seconds({"kafka_pause": paused}))
             self._kafka_paused += paused
 
+    @mode.Service.timer(1.0)
+    async def _publish_lag(self) -> None:
+        """Consumer lag per partition, for ``pulse_worker_consumer_lag``."""
+        if self.loop_ is not None and self.metrics is not None:
+            self.metrics.set_lag(await self.loop_.lag())
+
     async def on_stop(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         if self.loop_ is not None:
             await self.loop_.stop()
 

@@ -425,6 +425,23 @@ class BatchLoop(ConsumerRebalanceListener):
             self.commit_failures += 1
             log.warning("offset commit failed (%r); retried at the next commit", exc)
 
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Records not yet fetched, per assigned partition: its high watermark minus this consumer's position
+        (partitions whose watermark or position is not known yet are left out)."""
+        consumer, out = self.consumer, {}
+        if consumer is None:
+            return {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:  # known once fetching began; until then it would wait for the offset reset
+                position = await asyncio.wait_for(consumer.position(tp), 0.5)
+            except (TimeoutError, KafkaError, IllegalStateError):
+                continue
+            out[(tp.topic, tp.partition)] = max(0, high - position)
+        return out
+
     # -- rebalance listener ---------------------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self._generation += 1

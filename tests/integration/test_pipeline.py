@@ -272,23 +272,31 @@ def test_co_visitation_learned_in_the_stream_personalises_a_short_history(
     assert answer["personalised"] is True
 
 
-def test_metrics_show_the_worker_counts_and_where_its_loop_time_goes(stack: Stack, worker: object,
+def test_metrics_show_the_worker_counts_and_where_its_loop_time_goes(stack: Stack, worker: Any,
                                                                    api: str) -> None:
+    """The worker serves its own metrics (WORKER_METRICS_PORT), lag per partition included; the API's /metrics
+    has none of them (a sum over API replicas would multiply them)."""
     visitor = f"anon-{uuid.uuid4().hex[:6]}"
     produce(stack.bootstrap, stack.events_topic, [event("page_view", visitor, category="hats")])
     wait_until(lambda: profile_of(stack.redis_url, visitor).counts.get("page_view"), timeout=60,
                what="profile updated")
+    worker_metrics = f"http://127.0.0.1:{worker.env['WORKER_METRICS_PORT']}/metrics"
 
     def loop_metrics() -> dict[str, float] | None:
         values = {}
-        for line in httpx.get(f"{api}/metrics").text.splitlines():
+        for line in httpx.get(worker_metrics).text.splitlines():
             if line.startswith("pulse_worker_"):
-                name, value = line.split()
+                name, value = line.rsplit(" ", 1)
                 values[name] = float(value)
         steps = {k for k in values if k.startswith("pulse_worker_loop_")}
-        return values if {"pulse_worker_loop_prepare_seconds_total",
-                          "pulse_worker_loop_poll_seconds_total"} <= steps else None
+        # caught up: nothing left to fetch on any partition of the events topic
+        lags = [v for k, v in values.items() if k.startswith("pulse_worker_consumer_lag{")
+                and f'topic="{stack.events_topic}"' in k]
+        return values if {"pulse_worker_loop_prepare_seconds_total", "pulse_worker_loop_poll_seconds_total"} <= steps \
+            and len(lags) == stack.partitions and not any(lags) else None
 
-    values = wait_until(loop_metrics, timeout=15, interval=0.5, what="loop seconds in /metrics")
+    values = wait_until(loop_metrics, timeout=15, interval=0.5, what="loop seconds and lag in the worker's metrics")
     assert values["pulse_worker_events_received_total"] >= 1
     assert values["pulse_worker_loop_prepare_seconds_total"] > 0
+    assert values[f'pulse_worker_consumer_lag{{partition="0",topic="{stack.events_topic}"}}'] == 0
+    assert not [line for line in httpx.get(f"{api}/metrics").text.splitlines() if line.startswith("pulse_worker_")]
