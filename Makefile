@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install deps test unit fuzz chaos test-cluster demo bench bench-quality lint compose-config clean
+.PHONY: install deps test unit sdk-test fuzz chaos test-cluster demo bench bench-quality lint compose-config clean
 
 install: $(VENV)/.installed
 
@@ -18,8 +18,12 @@ $(VENV)/.installed: pyproject.toml
 deps:
 	bash infra/install-deps.sh
 
-test: lint deps
+test: lint deps sdk-test
 	$(VENV)/bin/pytest
+
+# the browser snippet's unit tests (Node's test runner, jsdom from sdk/js/package-lock.json: make deps)
+sdk-test:
+	cd sdk/js && node --test test/*.test.js
 
 # a longer fuzz campaign than `make test` runs (3000 cases, fixed seeds): FUZZ_CASES cases from a fresh seed
 # (printed; FUZZ_SEED=<n> replays one), through the collector and straight to Kafka

@@ -250,6 +250,9 @@ class Settings:
     #: Compacted topic on which every erasure is published (key: the erased id), for downstream systems.
     erasures_topic: str = field(default_factory=lambda: _topic("ERASURES_TOPIC", "erasures"))
     # --- end of the identity block ---
+    #: The public API key the demo shop (``/demo/``, development only) embeds in its page; empty: none (an API
+    #: without keys needs none). Never served outside ``PULSE_ENV=dev``; a server or admin key is refused.
+    demo_public_key: str = field(default_factory=lambda: _env("DEMO_PUBLIC_KEY", ""))
 
     # --- operations (streams/metrics.py, docs/operations.md) ---
     #: The port each stream worker serves its own Prometheus metrics on (``/metrics``; 0: not served). Several

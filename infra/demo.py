@@ -1,8 +1,9 @@
 """``make demo``: the whole pipeline on local real services, personalising before your eyes.
 
 Starts Kafka and Redis (infra/), a worker and the API, publishes a realistic stream of visits, shows a
-visitor's decision before and after a few clicks, prints throughput and latency figures, and stops
-everything on Ctrl-C (``--exit`` stops by itself after the figures, as the tests use it).
+visitor's decision before and after a few clicks, prints throughput and latency figures and the URL of the
+demo shop (``/demo/``, a page using the browser snippet, served by the API), and stops everything on Ctrl-C
+(``--exit`` stops by itself after the figures, as the tests use it).
 """
 
 from __future__ import annotations
@@ -87,10 +88,11 @@ def run(visitors: int, exit_after: bool) -> int:
     # keys new for this run, one per role; the public one for the page, as a site would embed it
     keys = {role: new_key(role) for role in ROLES}
     shop = "http://localhost:8080"
-    api_keys = f"{PUBLIC}:{keys[PUBLIC]}:{shop},{SERVER}:{keys[SERVER]},{ADMIN}:{keys[ADMIN]}"
+    # the public key serves pages on the shop's origin and the demo shop the API serves itself (/demo/)
+    api_keys = f"{PUBLIC}:{keys[PUBLIC]}:{shop}|{base},{SERVER}:{keys[SERVER]},{ADMIN}:{keys[ADMIN]}"
     page, admin = ({"Authorization": f"Bearer {keys[role]}"} for role in (PUBLIC, ADMIN))
     worker = worker_process(stack, log_dir).start()
-    api = api_process(stack, log_dir, port, API_KEYS=api_keys).start()
+    api = api_process(stack, log_dir, port, API_KEYS=api_keys, DEMO_PUBLIC_KEY=keys[PUBLIC]).start()
     try:
         wait_http_ready(base, api, timeout=60)
         print(f"  Kafka {kafka.bootstrap}, Redis {redis.url}, API {base}  (infra up in {infra_s:.1f}s; "
@@ -144,6 +146,8 @@ def run(visitors: int, exit_after: bool) -> int:
         profile = httpx.get(f"{base}/v1/profiles/{you}", headers=admin).json()
         print(f"Profile of '{you}': counts={profile['counts']} "
               f"category affinity={ {k: round(v, 2) for k, v in profile['affinities']['category'].items()} }")
+        print(f"\nThe demo shop (a page using the snippet {base}/sdk/pulse.js): open {base}/demo/"
+              f"\n  click products of one category and watch the hero and the recommendations change, and why")
         if not exit_after:
             print(f"\nRunning. Try: curl -s -XPOST {base}/v1/decide -H 'Authorization: Bearer {keys[PUBLIC]}' "
                   f"-d '{orjson.dumps(body).decode()}'"

@@ -75,15 +75,26 @@ ensure_browser() {
   local pkgs=()
   [[ -x /usr/bin/chromium ]] || pkgs+=(chromium fonts-dejavu-core)
   command -v node >/dev/null || pkgs+=(nodejs)
+  command -v npm >/dev/null || pkgs+=(npm)
   if ((${#pkgs[@]})); then
     log "installing ${pkgs[*]}"
     apt_install "${pkgs[@]}"
   fi
 }
 
+ensure_sdk_modules() {
+  # the snippet's test dependencies (jsdom), exactly as locked
+  local dir="$ROOT_DIR/sdk/js"
+  if [[ ! -d "$dir/node_modules" || "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]]; then
+    log "installing sdk/js test dependencies (npm ci)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  fi
+}
+
 ensure_java_maven
 ensure_tools
 ensure_browser
+ensure_sdk_modules
 bash "$INFRA_DIR/kafka.sh" install
 bash "$INFRA_DIR/redis.sh" install
 if [[ "${1:-}" == "compose" ]]; then

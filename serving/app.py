@@ -24,12 +24,14 @@ from serving import (
     collector,
     dashboard,
     decide,
+    demo,
     experiments,
     health,
     openapi_doc,
     profiles,
     reports,
     segment_api,
+    snippet,
     summary,
 )
 from serving.services import Services
@@ -74,8 +76,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(admin.Refused, admin.refused_response)
     app.add_exception_handler(RequestValidationError, admin.invalid_query_response)
     for module in (decide, collector, profiles, experiments, health, reports, admin, summary, dashboard,
-                   segment_api, clusters):
+                   segment_api, clusters, snippet):
         app.include_router(module.router)
+    try:  # the demo shop (development only) and the public key its page embeds
+        demo.install(app, settings, load_config(settings.engine_config), keyring)
+    except demo.DemoKeyError as exc:
+        refuse_to_start("API", [str(exc)])
+        raise
 
     build_openapi = app.openapi
 

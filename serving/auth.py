@@ -376,6 +376,54 @@ def require(role: str) -> Any:
 PublicCaller = Annotated[ApiKey | None, Depends(Guard(PUBLIC))]
 
 
+# --- a key in the body: what a page's navigator.sendBeacon sends (it cannot set headers) ---
+
+#: What :class:`BodyKeyGuard` gives the route when the request has no ``Authorization`` header.
+KEY_IN_BODY = ApiKey("key-in-body", PUBLIC, b"")
+#: The body member (of a ``{"batch": [...]}`` body) that carries the key, as Segment's analytics.js sends it.
+BODY_KEY_MEMBER = "writeKey"
+
+
+class BodyKeyGuard(Guard):
+    """:class:`Guard` (public role), except that a request without ``Authorization`` gets :data:`KEY_IN_BODY`:
+    the route then reads the key from the body and checks it with :func:`check_body_key`."""
+
+    async def __call__(self, request: Request) -> ApiKey | None:
+        ring: KeyRing = request.app.state.keyring
+        if not ring.open and "authorization" not in request.headers:
+            return KEY_IN_BODY
+        return await super().__call__(request)
+
+
+def check_body_key(ring: KeyRing, key: Any, origin: str | None) -> ApiKey | Denial:
+    """The public key a body carries, or why not: none (401), or a server or admin key (403: a key in a
+    body comes from a page, where only a public key may be, since anyone can read it there).
+
+    >>> ring = KeyRing(parse_api_keys("public:pk-0123456789:https://shop.example,server:sk-0123456789", 10))
+    >>> check_body_key(ring, "pk-0123456789", "https://shop.example").name
+    'public-1'
+    >>> [check_body_key(ring, k, "https://shop.example").status for k in (None, "nope", "sk-0123456789")]
+    [401, 401, 403]
+    >>> check_body_key(ring, "pk-0123456789", "https://evil.example").status
+    403
+    """
+    if not isinstance(key, str) or not key:
+        return _deny(401, f"no API key: send Authorization: Bearer <key>, or (navigator.sendBeacon) the public "
+                          f"key as {BODY_KEY_MEMBER} in a {{\"batch\": [...]}} body", PUBLIC)
+    authorization = b"Bearer " + key.encode("utf-8", "replace")
+    known = ring.lookup(authorization)
+    if known is not None and known.role != PUBLIC:  # whatever the origin: this key is exposed
+        return _deny(403, f"key {known.name!r} is a {known.role} key sent in a request body, as from a web page: "
+                          f"only a public key may be used there (anyone can read a page; replace this key)", PUBLIC)
+    found = ring.check(authorization, origin, PUBLIC)
+    assert found is not None  # the ring is not open: BodyKeyGuard lets the header check run then
+    return found
+
+
+#: ``caller: BodyKeyCaller``: like :data:`PublicCaller`, or :data:`KEY_IN_BODY` without an Authorization header.
+BodyKeyCaller = Annotated[ApiKey | None, Depends(BodyKeyGuard(PUBLIC))]
+
+
 def guard_role(route: Any) -> str | None:
     """The role a FastAPI route (or route context) requires through :class:`Guard`, if any."""
     stack = list(getattr(getattr(route, "dependant", None), "dependencies", None) or [])

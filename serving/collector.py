@@ -44,6 +44,11 @@ def _answer(status: int, payload: dict[str, Any]) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
+def _denied(denial: auth.Denial) -> Response:
+    return Response(denial.body, status_code=denial.status, media_type="application/json",
+                    headers={k.decode(): v.decode() for k, v in denial.headers})
+
+
 def _retry_later(payload: dict[str, Any]) -> Response:
     """503 with ``Retry-After``: Kafka is away or slow; the same events can be sent again."""
     return Response(orjson.dumps(payload), status_code=503, media_type="application/json",
@@ -108,7 +113,10 @@ EVENTS_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "One event, a list of events, or a Segment-style batch {\"batch\": [...]}. "
-                       "Event JSON Schemas: schemas/json/*.schema.json; bounds: docs/limits.md.",
+                       "Event JSON Schemas: schemas/json/*.schema.json; bounds: docs/limits.md. Without an "
+                       "Authorization header (navigator.sendBeacon cannot set one) the public key is taken from "
+                       "the batch body's writeKey; a server or admin key there is refused (403). Any content "
+                       "type is read as JSON (sendBeacon sends text/plain).",
         "content": {"application/json": {"schema": {"oneOf": [
             {"type": "object"}, {"type": "array", "items": {"type": "object"}, "maxItems": MAX_BATCH},
         ]}}},
@@ -130,7 +138,7 @@ EVENTS_OPENAPI: dict[str, Any] = {
 
 
 @router.post("/v1/events", status_code=202, openapi_extra=EVENTS_OPENAPI, summary="Collect events")
-async def collect(request: Request, caller: auth.PublicCaller) -> Response:
+async def collect(request: Request, caller: auth.BodyKeyCaller) -> Response:
     svc: Services = request.app.state.services
     limits = svc.settings.event_limits
     try:
@@ -138,10 +146,23 @@ async def collect(request: Request, caller: auth.PublicCaller) -> Response:
     except BodyTooLarge as exc:
         svc.metrics.errors.inc("collector_body_too_large")
         return _answer(413, {"error": f"{exc} (COLLECTOR_MAX_BODY_BYTES)"})
+    # any content type: a page's sendBeacon sends text/plain (CORS-safelisted: no preflight)
     try:
-        items = events_of(orjson.loads(raw), limits)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if caller is auth.KEY_IN_BODY:  # who is asking is not known yet: say only what is missing
+            missing = auth.check_body_key(request.app.state.keyring, None, None)
+            assert isinstance(missing, auth.Denial)
+            return _denied(missing)
         return _answer(400, {"error": f"body is not valid JSON: {exc}"})
+    if caller is auth.KEY_IN_BODY:  # no Authorization header: the public key in the body (sendBeacon)
+        key = body.get(auth.BODY_KEY_MEMBER) if isinstance(body, dict) else None
+        found = auth.check_body_key(request.app.state.keyring, key, request.headers.get("origin"))
+        if isinstance(found, auth.Denial):
+            return _denied(found)
+        caller = found
+    try:
+        items = events_of(body, limits)
     except ValueError as exc:
         return _answer(400, {"error": str(exc)})
     svc.metrics.events_in.inc(n=len(items))

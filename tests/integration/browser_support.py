@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pytest
 
@@ -32,6 +33,7 @@ CHROMIUM = os.environ.get("PULSE_CHROMIUM", "/usr/bin/chromium")
 #: Without these Chromium's own background connections are refused by the closed network and slow it down.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")
+T = TypeVar("T")
 #: Where screenshots go (one PNG per call of :func:`screenshot`).
 ARTIFACTS_DIR = Path(os.environ.get("TEST_ARTIFACTS_DIR") or REPO_ROOT / "test-artifacts")
 
@@ -67,6 +69,13 @@ def browser_context(browser: Browser) -> Iterator[BrowserContext]:
     ctx.set_default_timeout(15_000)
     yield ctx
     ctx.close()
+
+
+def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in another thread: Playwright's sync API keeps an event loop running in the test's
+    thread, where ``asyncio.run`` (the Kafka and Redis helpers of ``tests.support``) refuses to start."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
 
 
 def screenshot(page: Page, name: str) -> Path:
