@@ -367,7 +367,9 @@ def document(doc: dict[str, Any], limits: EventLimits) -> None:
         op["responses"] = responses
         schema = message if call is not None else {
             "type": "object", "required": ["batch"],
-            "properties": {"batch": {"type": "array", "maxItems": limits.max_events_per_request, "items": message},
+            "properties": {"batch": {"type": "array", "maxItems": limits.max_events_per_request,
+                                     # a call is an object; anything else is dead-lettered, never refused
+                                     "items": {"description": message["description"]}},
                            "sentAt": {}, "context": {}, "integrations": {},
                            # the key when no Authorization header is sent; ignored (whatever it is) otherwise
                            "writeKey": {}}}
