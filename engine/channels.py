@@ -40,6 +40,8 @@ ENGAGEMENT_EVENTS = frozenset({"click", "feedback", "purchase"})
 #: The population's rate before any impression was counted on a channel (a neutral Beta(1, 1) mean would say
 #: 50%; a rate that low only lets the first real counts decide).
 DEFAULT_RATE = 0.05
+#: How many impressions the population's rate needs before its own counts outweigh ``DEFAULT_RATE``.
+POPULATION_PRIOR = 20.0
 _SHOWN = {c: CHANNEL_SHOWN_PREFIX + c for c in CHANNELS}
 _ENGAGED = {c: CHANNEL_ENGAGED_PREFIX + c for c in CHANNELS}
 
@@ -89,15 +91,19 @@ def customer_counts(h: Mapping[str, str]) -> dict[str, tuple[int, int]]:
 
 
 def population_rates(scores: Mapping[str, float]) -> dict[str, float]:
-    """channel -> the population's rate, from the contact zset's decayed ``E:``/``I:`` members.
+    """channel -> the population's rate, from the contact zset's decayed ``E:``/``I:`` members: engagement
+    counted only up to impressions (a site that sends purchases by email but no email impressions has no
+    email rate, not one of 100%), smoothed towards ``DEFAULT_RATE`` by ``POPULATION_PRIOR`` impressions.
 
-    >>> population_rates({"E:email": 3.0, "I:email": 100.0, "h3": 7.0})["email"], population_rates({})["sms"]
-    (0.03, 0.05)
+    >>> round(population_rates({"E:email": 3.0, "I:email": 100.0, "h3": 7.0})["email"], 4)
+    0.0333
+    >>> population_rates({"E:push": 3.0, "I:push": 2.0})["push"], population_rates({})["sms"]
+    (0.1364, 0.05)
     """
     out = {}
     for c in CHANNELS:
         engaged, shown = scores.get(_ENGAGED[c], 0.0), scores.get(_SHOWN[c], 0.0)
-        out[c] = min(1.0, engaged / shown) if shown > 0 else DEFAULT_RATE
+        out[c] = round((min(engaged, shown) + POPULATION_PRIOR * DEFAULT_RATE) / (shown + POPULATION_PRIOR), 4)
     return out
 
 

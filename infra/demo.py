@@ -61,8 +61,13 @@ async def publish(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> f
     return time.perf_counter() - started
 
 
-def worker_applied(base: str, admin: dict[str, str]) -> int:
-    for line in httpx.get(f"{base}/metrics", headers=admin).text.splitlines():
+def worker_applied(worker_metrics: str) -> int:
+    """The worker's applied-events counter, from its own metrics port (the API does not re-export it)."""
+    try:
+        text = httpx.get(f"{worker_metrics}/metrics").text
+    except httpx.HTTPError:  # not serving yet: nothing applied
+        return 0
+    for line in text.splitlines():
         if line.startswith("pulse_worker_events_applied_total"):
             return int(float(line.split()[1]))
     return 0
@@ -92,6 +97,7 @@ def run(visitors: int, exit_after: bool) -> int:
     api_keys = f"{PUBLIC}:{keys[PUBLIC]}:{shop}|{base},{SERVER}:{keys[SERVER]},{ADMIN}:{keys[ADMIN]}"
     page, admin = ({"Authorization": f"Bearer {keys[role]}"} for role in (PUBLIC, ADMIN))
     worker = worker_process(stack, log_dir).start()
+    worker_metrics = f"http://127.0.0.1:{worker.env['WORKER_METRICS_PORT']}"
     api = api_process(stack, log_dir, port, API_KEYS=api_keys, DEMO_PUBLIC_KEY=keys[PUBLIC]).start()
     try:
         wait_http_ready(base, api, timeout=60)
@@ -106,10 +112,10 @@ def run(visitors: int, exit_after: bool) -> int:
         now_ms = int(time.time() * 1000) - 3_600_000
         crowd = [e for v in range(visitors) for e in visit_events(f"visitor-{v}", rng, now_ms, rng.randint(3, 12))]
         print(f"\nPublishing {len(crowd)} events from {visitors} visitors...")
-        baseline = worker_applied(base, admin)
+        baseline = worker_applied(worker_metrics)
         t_pub = time.perf_counter()
         asyncio.run(publish(kafka.bootstrap, stack.events_topic, crowd))
-        wait_until(lambda: worker_applied(base, admin) - baseline >= len(crowd), timeout=120, interval=0.05,
+        wait_until(lambda: worker_applied(worker_metrics) - baseline >= len(crowd), timeout=120, interval=0.05,
                    what="the worker to apply the crowd's events")
         events_s = len(crowd) / (time.perf_counter() - t_pub)
         print(f"  worker applied them all: {events_s:,.0f} events/s end to end (publish -> Redis)")

@@ -36,9 +36,12 @@ pytestmark = pytest.mark.integration
 
 #: Routes anyone may call: liveness and readiness (which say ok or not, nothing more).
 OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz")}
-#: Files for browsers, open as any script or page is: the snippet and the demo shop (development only)
+#: Files for browsers, open as any script or page is: the snippet, the demo shop (development only) and the
+#: dashboard's page (it holds no data: it asks for an admin key and reads the admin-only reports with it)
 STATIC_ROUTES = {("GET", "/sdk/pulse.js"), ("GET", "/sdk/pulse.d.ts"), ("GET", "/demo/"),
-                 ("GET", "/demo/shop.js"), ("GET", "/demo/shop.css"), ("GET", "/demo/config.json")}
+                 ("GET", "/demo/shop.js"), ("GET", "/demo/shop.css"), ("GET", "/demo/config.json"),
+                 ("GET", "/dashboard"), ("GET", "/dashboard/"), ("GET", "/dashboard/dashboard.js"),
+                 ("GET", "/dashboard/dashboard.css")}
 OPEN_ROUTES |= STATIC_ROUTES
 EVIL_ORIGIN = "https://evil.example"
 
