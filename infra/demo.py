@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 
 from engine.kafka_client import kafka_client_kwargs
 from infra import local
+from infra.demo_nba import Walkthrough
 from infra.processes import Stack, api_process, free_port, wait_http_ready, wait_until, worker_process
 from serving.auth import ADMIN, PUBLIC, ROLES, SERVER, new_key
 
@@ -95,7 +96,7 @@ def run(visitors: int, exit_after: bool) -> int:
     shop = "http://localhost:8080"
     # the public key serves pages on the shop's origin and the demo shop the API serves itself (/demo/)
     api_keys = f"{PUBLIC}:{keys[PUBLIC]}:{shop}|{base},{SERVER}:{keys[SERVER]},{ADMIN}:{keys[ADMIN]}"
-    page, admin = ({"Authorization": f"Bearer {keys[role]}"} for role in (PUBLIC, ADMIN))
+    page, server, admin = ({"Authorization": f"Bearer {keys[role]}"} for role in (PUBLIC, SERVER, ADMIN))
     worker = worker_process(stack, log_dir).start()
     worker_metrics = f"http://127.0.0.1:{worker.env['WORKER_METRICS_PORT']}"
     api = api_process(stack, log_dir, port, API_KEYS=api_keys, DEMO_PUBLIC_KEY=keys[PUBLIC]).start()
@@ -138,6 +139,7 @@ def run(visitors: int, exit_after: bool) -> int:
         fresh_ms = (time.perf_counter() - t_click) * 1000
         show("a moment later:", after)
         print(f"  the decision changed {fresh_ms:.0f} ms after the clicks were posted")
+        Walkthrough(base, server, admin).run()
 
         lat = []
         with httpx.Client(headers=page) as client:

@@ -301,6 +301,16 @@ def test_make_demo_runs_end_to_end_and_shows_a_changed_decision() -> None:
     assert "personalised=False" in before and "personalised=True" in after
     assert "promo-sun-hats" in after.split(":", 1)[1].split(",")[0]  # the clicked category now leads
     assert "events/s" in out.stdout and "p99" in out.stdout
+    # the next-best-action walk-through: a channel with contact hours, a segment, an audience rule, consent
+    # followed, and an admin change picked up without a restart
+    lines = out.stdout.splitlines()
+    tokyo = next(line for line in lines if "asking as in Tokyo" in line)
+    assert " by email at " in tokyo or " by push at " in tokyo, tokyo
+    assert any("segment has_cart" in line and "nba-cart-reminder" in line for line in lines), out.stdout
+    assert any("excluded: audience:" in line and "high_value" in line for line in lines), out.stdout
+    withdrawn = next(line for line in lines if "they withdraw" in line)
+    assert withdrawn.split()[2] not in withdrawn.split(":", 1)[1], withdrawn  # the withdrawn channel is not used
+    assert any("gone from decide" in line and "nba-cart-reminder" not in line for line in lines), out.stdout
 
 
 def test_the_profile_script_is_loaded_again_after_redis_forgot_it(redis_server: local.RedisService) -> None:
