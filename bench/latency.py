@@ -566,16 +566,19 @@ def run(infra: Infra) -> dict[str, Any]:
 
 def keys_on_vs_off(off_url: str, on_url: str, bodies: Sequence[bytes], browser: dict[str, str],
                    duration: float, warmup: float, grace: float, rounds_n: int = KEY_ROUNDS,
-                   control_url: str | None = None) -> dict[str, Any]:
+                   control_url: str | None = None, on_control_url: str | None = None) -> dict[str, Any]:
     """Decide at TARGET_RATE without keys and with them (Bearer public key + allowed Origin), alternated
     ``rounds_n`` times; the medians of the rounds' p99s side by side.
 
     With ``control_url`` (a second API process without keys, sent the same browser headers) a third arm says
     how far two identically configured processes differ in the same run: a keys-on gap inside that spread is
-    the process, not the keys."""
+    the process, not the keys. ``on_control_url``, a second keys-on process (``on2``), says the same of the keys'
+    side: a gap both keys-on processes show is the keys'."""
     arms: dict[str, tuple[str, dict[str, str] | None]] = {"off": (off_url, None), "on": (on_url, browser)}
     if control_url is not None:
         arms["off2"] = (control_url, browser)
+    if on_control_url is not None:
+        arms["on2"] = (on_control_url, browser)
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in arms}
     # one discarded round each first: the keys-off API has served every rate before, the others only the warm-up
     for url, headers in arms.values():
@@ -604,8 +607,9 @@ def keys_on_vs_off(off_url: str, on_url: str, bodies: Sequence[bytes], browser: 
     out: dict[str, Any] = {"rate": TARGET_RATE, "rounds": rounds_n, "duration_s": duration, "origin": KEY_ORIGIN,
                            **sides,
                            "p99_ratio_on_vs_off": round(sides["on"]["p99_ms_median"] / base, 3) if base else None}
-    if "off2" in sides:
-        out["p99_ratio_off2_vs_off"] = round(sides["off2"]["p99_ms_median"] / base, 3) if base else None
+    for other in ("off2", "on2"):
+        if other in sides:
+            out[f"p99_ratio_{other}_vs_off"] = round(sides[other]["p99_ms_median"] / base, 3) if base else None
     return out
 
 
@@ -629,13 +633,15 @@ def run_keys_only(infra: Infra, seconds: float, rounds_n: int) -> dict[str, Any]
         API_KEYS=f"public:{keys[PUBLIC]}:{KEY_ORIGIN},server:{keys[SERVER]},admin:{keys[ADMIN]}")
     browser = {"Authorization": f"Bearer {keys[PUBLIC]}", "Origin": KEY_ORIGIN}
     control, control_url = start_api(infra, stack, name="api_keys_off_2")
+    keyed_control, keyed_control_url = start_api(
+        infra, stack, name="api_keys_on_2",
+        API_KEYS=f"public:{keys[PUBLIC]}:{KEY_ORIGIN},server:{keys[SERVER]},admin:{keys[ADMIN]}")
     try:
         return {"keys": keys_on_vs_off(api_url, api_keyed_url, bodies, browser, seconds, 1.0, 3.0, rounds_n,
-                                       control_url=control_url)}
+                                       control_url=control_url, on_control_url=keyed_control_url)}
     finally:
-        api.stop()
-        api_keyed.stop()
-        control.stop()
+        for proc in (api, api_keyed, control, keyed_control):
+            proc.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
