@@ -189,9 +189,10 @@ class AttributionStore:
                 self._sha = await self.redis.script_load(ATTRIBUTION_LUA)
             pipe = self.redis.pipeline(transaction=False)
             for b in batches:
-                pipe.evalsha(self._sha, 2, touches_key(b.subject), counters_key(shard_of(b.subject)),
-                             b.guard or f"{b.topic}:{b.partition}", ttl, str(s.max_touches), window_ms, self._models,
-                             orjson.dumps(b.events).decode())
+                pipe.execute_command(  # not pipe.evalsha: a cluster pipeline refuses that name, not the command
+                    "EVALSHA", self._sha, 2, touches_key(b.subject), counters_key(shard_of(b.subject)),
+                    b.guard or f"{b.topic}:{b.partition}", ttl, str(s.max_touches), window_ms, self._models,
+                    orjson.dumps(b.events).decode())
             replies = await pipe.execute(raise_on_error=False)
             errors = [r for r in replies if isinstance(r, Exception)]
             if not errors:

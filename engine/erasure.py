@@ -47,6 +47,7 @@ from engine.layout import (
     subject_profile_key,
     touches_key,
 )
+from engine.redis_connection import per_slot
 
 #: Events this far past the erasure time (s) are still refused: the worker accepts timestamps a little in the
 #: future (``EVENT_MAX_FUTURE_S``, 300 s by default; keep it below this), so an event in flight from a fast
@@ -111,14 +112,16 @@ class ErasureStore:
         keys += [identity_key(a) for a in aliases]
         keys += [decision_key(d) for d in decisions]
         pipe = self.redis.pipeline(transaction=False)
-        pipe.delete(*dict.fromkeys(keys))
+        groups = per_slot(dict.fromkeys(keys))  # one DEL per cluster slot (a person's keys share a few)
+        for group in groups:
+            pipe.delete(*group)
         for d in decisions:
             pipe.zrem(due_key(decision_slot(d)), d)
         for s in subjects:  # the clock's schedule of segment changes (streams/segments.py)
             pipe.zrem(segment_due_key(segment_due_slot(s)), s)
         if linked_to:  # an anonymous id erased on its own: its customer no longer lists it
             pipe.srem(aliases_key(linked_to), person_id)
-        deleted = (await pipe.execute())[0]
+        deleted = sum((await pipe.execute())[:len(groups)])
         return Erasure(int(deleted), [person_id, *aliases], subjects)
 
     async def drop_decisions(self, ids: Iterable[str]) -> int:
@@ -132,7 +135,8 @@ class ErasureStore:
             pipe.smembers(decisions_index_key(s))
         decisions = sorted({d for r in await pipe.execute() for d in cast(set[str], r)})
         pipe = self.redis.pipeline(transaction=False)
-        pipe.delete(*[decision_key(d) for d in decisions], *[decisions_index_key(s) for s in subjects])
+        for group in per_slot([*(decision_key(d) for d in decisions), *(decisions_index_key(s) for s in subjects)]):
+            pipe.delete(*group)
         for d in decisions:
             pipe.zrem(due_key(decision_slot(d)), d)
         await pipe.execute()

@@ -17,12 +17,16 @@ from __future__ import annotations
 import asyncio
 
 from redis.exceptions import (
+    AskError,
+    ClusterError,
     ConnectionError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
+    SlotNotCoveredError,
     TimeoutError,
+    TryAgainError,
 )
 
 #: Error-reply prefixes that say the server cannot take writes now (not that the command was wrong).
@@ -34,6 +38,10 @@ def is_infrastructure(exc: BaseException) -> bool:
     """True for an error that waiting can cure: Redis unreachable, out of memory, loading, scripts flushed."""
     if isinstance(exc, ConnectionError | TimeoutError | OSError | asyncio.TimeoutError | NoScriptError
                   | OutOfMemoryError | ReadOnlyError):
+        return True
+    # a Redis Cluster mid-failover: a slot moved (MOVED/ASK), the cluster is down, slots uncovered, TRYAGAIN (not
+    # CROSSSLOT: a command's keys in several slots is the caller's bug)
+    if isinstance(exc, AskError | TryAgainError | ClusterError | SlotNotCoveredError):
         return True
     if isinstance(exc, ResponseError):
         msg = str(exc).lstrip()

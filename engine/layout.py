@@ -440,7 +440,7 @@ MODEL_VERSION, MODEL_BLOB, MODEL_STATE = "version", "blob", "state"
 
 
 def decision_key_prefix(slot: int) -> str:
-    """``dec:{<slot>}:``; the reward join's expiry appends the decision id to it in Lua."""
+    """``dec:{<slot>}:``; the reward join's expiry declares each due decision's key (prefix + id)."""
     return f"dec:{{{slot:02x}}}:"
 
 

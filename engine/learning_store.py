@@ -91,7 +91,7 @@ class LearningStore:
                 self._sha = await self.redis.script_load(REWARD_JOIN_LUA)
             pipe = self.redis.pipeline(transaction=False)
             for keys, args in calls:
-                pipe.evalsha(self._sha, len(keys), *keys, *args)
+                pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)  # a cluster pipeline too
             replies = await pipe.execute(raise_on_error=False)
             errors = [r for r in replies if isinstance(r, Exception)]
             if not errors:
@@ -208,10 +208,18 @@ class LearningStore:
         for attempt in (0, 1):
             sha = self._sha or await self.redis.script_load(REWARD_JOIN_LUA)
             self._sha = sha
+            # the ids due per slot, then one script call per slot that has some, with every key it touches
+            # declared (a Redis Cluster routes by them): a second round trip only when something is due
             pipe = self.redis.pipeline(transaction=False)
             for slot in range(DECISION_SLOTS):
-                pipe.evalsha(sha, 1, due_key(slot), "expire", now, limit, decision_key_prefix(slot),
-                             self.settle_lease)
+                pipe.zrangebyscore(due_key(slot), "-inf", now, start=0, num=limit)
+            due = [(slot, ids) for slot, ids in enumerate(await pipe.execute()) if ids]
+            if not due:
+                return out
+            pipe = self.redis.pipeline(transaction=False)
+            for slot, ids in due:
+                keys = [due_key(slot), *(decision_key_prefix(slot) + d for d in ids)]
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, "expire", now, self.settle_lease, *ids)
             replies = await pipe.execute(raise_on_error=False)
             if not attempt and any(isinstance(r, NoScriptError) for r in replies):
                 self._sha = None

@@ -203,8 +203,10 @@ class ProfileStore:
             pipe.sadd(aliases_key(customer_id), anonymous_id)
             pipe.expire(aliases_key(customer_id), self._ttl)
         pipe.delete(subject_profile_key(anon))
-        pipe.exists(erasure_marker_key(customer), erasure_marker_key(anon))
-        *_, erased = await pipe.execute()
+        pipe.exists(erasure_marker_key(customer))  # one key per call: the two are in different cluster slots
+        pipe.exists(erasure_marker_key(anon))
+        *_, erased_customer, erased_anon = await pipe.execute()
+        erased = erased_customer or erased_anon
         if erased and linked:
             # an erasure began meanwhile: it set its markers before it read the aliases, so either it saw
             # these links (and deletes them) or we see its marker here and take them back

@@ -109,8 +109,32 @@ def _bootstrap(value: str) -> str:
 
 
 def _redis_url(value: str) -> str:
-    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-        raise _bad("REDIS_URL", value, "a redis://, rediss:// or unix:// URL")
+    """A URL; with ``REDIS_CLUSTER`` the seed nodes may be a comma-separated ``host:port`` list in it
+    (``redis://<user>:<password>@h1:7000,h2:7001``, also without the scheme: ``h1:7000,h2:7001``).
+
+    >>> _redis_url("redis://127.0.0.1:6379/0")
+    'redis://127.0.0.1:6379/0'
+    >>> os.environ["REDIS_CLUSTER"] = "1"
+    >>> _redis_url("127.0.0.1:7000,127.0.0.1:7001")
+    'redis://127.0.0.1:7000,127.0.0.1:7001'
+    >>> _redis_url("unix:///tmp/redis.sock")
+    Traceback (most recent call last):
+    ...
+    engine.settings.SettingsError: REDIS_URL='unix:///tmp/redis.sock': expected seed nodes host:port[,...]
+    >>> del os.environ["REDIS_CLUSTER"]
+    """
+    if not _bool("REDIS_CLUSTER", False):
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise _bad("REDIS_URL", value, "a redis://, rediss:// or unix:// URL")
+        return value
+    if "://" not in value:
+        value = "redis://" + value
+    from engine.redis_connection import cluster_seeds  # engine.redis_connection imports redis-py
+
+    try:
+        cluster_seeds(value)
+    except ValueError:
+        raise _bad("REDIS_URL", value, "seed nodes host:port[,...]") from None
     return value
 
 
@@ -143,6 +167,8 @@ class Settings:
     #: Redis URL holding profiles, identity map and model snapshots; ``redis://<user>:<password>@host:port/db``
     #: with the service's ACL user (outside dev a password is required: engine/production.py).
     redis_url: str = field(default_factory=lambda: _redis_url(_env("REDIS_URL", "redis://127.0.0.1:6379/0")))
+    #: ``REDIS_CLUSTER=1``: Redis is a Redis Cluster, ``REDIS_URL`` its seed nodes (docs/cluster.md).
+    redis_cluster: bool = field(default_factory=lambda: _bool("REDIS_CLUSTER", False))
     #: Topic names.
     events_topic: str = field(default_factory=lambda: _topic("EVENTS_TOPIC", "events"))
     dlq_topic: str = field(default_factory=lambda: _topic("DLQ_TOPIC", "events.dlq"))

@@ -84,6 +84,11 @@ class RedisCluster(_ScriptProcess):
         return f"redis://{self.host}:{self.ports[0]}/0"
 
     @property
+    def seeds_url(self) -> str:
+        """Every node as a seed (``REDIS_URL`` with ``REDIS_CLUSTER=1``): the client starts while one is down."""
+        return "redis://" + ",".join(f"{self.host}:{p}" for p in self.ports)
+
+    @property
     def urls(self) -> list[str]:
         return [f"redis://{self.host}:{p}/0" for p in self.ports]
 

@@ -26,6 +26,7 @@ from engine.layout import popularity_landmark_field
 from engine.learning_store import LearningStore
 from engine.policies import Candidate
 from engine.profile_store import ProfileStore
+from engine.redis_connection import make_redis
 from engine.scoring import AffinityPopularityScorer, PopularitySnapshot
 from engine.segments import Segments
 from engine.settings import Settings
@@ -136,13 +137,13 @@ class Services:
         # No socket_timeout: with one, redis-py wraps every send in asyncio.wait_for (a task per command) and
         # every read in a timeout. Every call has its own deadline instead: the decide budget on the profile
         # read, REDIS_CALL_TIMEOUT_S on background refreshes and the admin routes, wait_for in health checks.
-        pool = LeanConnectionPool.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=None,
+        redis = make_redis(
+            settings.redis_url, cluster=settings.redis_cluster, pool_class=LeanConnectionPool,
+            decode_responses=True, socket_timeout=None,
             socket_connect_timeout=max(budget_s, 0.5), health_check_interval=0,
-            # redis-py's default pool (100) raises past 100 concurrent decides instead of waiting
+            # redis-py's default pool (100) raises past 100 concurrent decides instead of waiting (per node)
             max_connections=1000,
         )
-        redis = aioredis.Redis.from_pool(pool)
         # max_batch_size: the decision log hands over one batch per partition per flush, and a partition with a
         # batch in flight waits for it; with the default 16 KiB (~8 records of ~2 KB) a loaded machine shipped
         # fewer decisions than it made and the backlog grew (see serving.decision_log). 256 KiB per partition

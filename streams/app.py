@@ -30,7 +30,6 @@ from typing import Any
 import faust
 import mode
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
@@ -45,7 +44,7 @@ from engine.identity import IdentityPolicy
 from engine.learning_store import LearningStore
 from engine.production import production_problems, refuse_to_start
 from engine.profile_store import ProfileStore
-from engine.redis_connection import HiredisPackedConnection
+from engine.redis_connection import HiredisPackedConnection, make_redis
 from engine.runtime import batch_young_threshold, freeze_startup_heap
 from engine.settings import load_settings
 from streams.attribution import AttributionFeed
@@ -102,8 +101,8 @@ class Components:
     """Created on first use inside the worker's event loop (Redis and Kafka clients bind to a loop)."""
 
     def __init__(self) -> None:
-        self.redis = aioredis.from_url(settings.redis_url, decode_responses=True,
-                                       connection_class=HiredisPackedConnection)
+        self.redis = make_redis(settings.redis_url, cluster=settings.redis_cluster, decode_responses=True,
+                                connection_class=HiredisPackedConnection)
         self.learning_store = LearningStore(self.redis, settle_lease=settings.reward_settle_lease)
         # dead letters and learning examples: a commit waits for their acknowledgements (streams/consumer.py)
         self.outbox = Outbox(settings.kafka_bootstrap, kafka_kwargs=settings.kafka_security.client_kwargs())

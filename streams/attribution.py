@@ -54,6 +54,7 @@ from engine.layout import (
     subject_profile_key,
     touches_key,
 )
+from engine.redis_connection import delete_per_slot, execute_with_scripts, queue_script
 from schemas.events import Event
 from streams.pipeline import Record
 
@@ -104,16 +105,18 @@ class AttributionFeed:
                          found: list[tuple[Record, Event, str]]) -> None:
         # 1. per person, one script call on its slot: erasure marker, personalisation consent and (anonymous id)
         # the customer it is linked to; the decision records of touches that name no placement
-        pipe = self.redis.pipeline(transaction=False)
         direct = list(dict.fromkeys(_direct(ev) for _, ev, _ in found))
-        for subject, anon in direct:
-            await self._read_person(pipe, subject, anon)
         decisions = list(dict.fromkeys(
             ev.properties["decision_id"] for _, ev, k in found if k != CONVERSION
             and "placement" not in ev.properties and isinstance(ev.properties.get("decision_id"), str)))
-        for d in decisions:
-            pipe.hget(decision_key(d), DECISION_RECORD)
-        replies = await pipe.execute()
+
+        def reads(pipe: Any) -> None:
+            for subject, anon in direct:
+                self._read_person(pipe, subject, anon)
+            for d in decisions:
+                pipe.hget(decision_key(d), DECISION_RECORD)
+
+        replies = await execute_with_scripts(self.redis, reads, [self._person])
         state = {subject: (r[0] or None, r[1] or None) for (subject, _), r in zip(direct, replies, strict=False)}
         identity = {anon: r[2] for (_, anon), r in zip(direct, replies, strict=False) if anon and r[2]}
         records = dict(zip(decisions, replies[len(direct):], strict=True))
@@ -121,10 +124,12 @@ class AttributionFeed:
         # 2. the customers anonymous ids are linked to (their own marker and consent)
         linked = list(dict.fromkeys(s for s in subjects if s not in state))
         if linked:
-            pipe = self.redis.pipeline(transaction=False)
-            for subject in linked:
-                await self._read_person(pipe, subject, None)
-            for subject, r in zip(linked, await pipe.execute(), strict=True):
+            def linked_reads(pipe: Any) -> None:
+                for subject in linked:
+                    self._read_person(pipe, subject, None)
+
+            for subject, r in zip(linked, await execute_with_scripts(self.redis, linked_reads, [self._person]),
+                                  strict=True):
                 state[subject] = (r[0] or None, r[1] or None)
         marker = {s: m for s, (m, _) in state.items()}
         consent = {s: k for s, (_, k) in state.items()}
@@ -161,11 +166,11 @@ class AttributionFeed:
         for r in replies:
             self.credited += int(r[1])
 
-    async def _read_person(self, pipe: Any, subject: str, anonymous_id: str | None) -> None:
+    def _read_person(self, pipe: Any, subject: str, anonymous_id: str | None) -> None:
         keys = [erasure_marker_key(subject), subject_profile_key(subject)]
         if anonymous_id is not None:
             keys.append(identity_key(anonymous_id))
-        await self._person(keys=keys, args=[PERSONALISATION_FIELD], client=pipe)
+        queue_script(pipe, self._person, keys, [PERSONALISATION_FIELD])
 
     def _arguments(self, ev: Event, kind: str, records: dict[str, Any]) -> list[Any]:
         props = ev.properties
@@ -219,7 +224,7 @@ class AttributionFeed:
             if isinstance(r, Exception):
                 raise r
         if drop:
-            await self.redis.delete(*drop)
+            await delete_per_slot(self.redis, drop)
 
     async def _drop(self, withdrawn: Sequence[Event]) -> None:
         identity = {}
@@ -231,7 +236,7 @@ class AttributionFeed:
             identity = {a: c for a, c in zip(anon, await pipe.execute(), strict=True) if c is not None}
         keys = {touches_key(_subject(ev, identity)) for ev in withdrawn}
         keys |= {touches_key(anonymous_subject(ev.anonymous_id)) for ev in withdrawn if ev.anonymous_id}
-        await self.redis.delete(*keys)
+        await delete_per_slot(self.redis, keys)
 
 
 def _direct(ev: Event) -> tuple[str, str | None]:

@@ -33,6 +33,7 @@ from engine.layout import (
     subject_id,
     subject_profile_key,
 )
+from engine.redis_connection import execute_with_scripts, queue_script
 from engine.segment_view import RawView
 from engine.segments import Segments, transitions
 
@@ -126,15 +127,16 @@ class SegmentTracker:
                 due.setdefault(slot, {})[owner] = when
         if deliveries:
             await asyncio.gather(*deliveries)  # acknowledged before recorded: a crash re-publishes, never loses
-        pipe = self.redis.pipeline(transaction=False)
-        for owner, value in records:
-            await self._set_if_exists(keys=[subject_profile_key(owner)], args=[SEGMENTS_FIELD, value], client=pipe)
-        for slot, members in due.items():
-            pipe.zadd(segment_due_key(slot), members)
-        for slot, gone in done.items():
-            pipe.zrem(segment_due_key(slot), *gone)
-        if records or due or done:
-            await pipe.execute()
+        def record(pipe: Any) -> None:
+            for owner, value in records:
+                queue_script(pipe, self._set_if_exists, [subject_profile_key(owner)], [SEGMENTS_FIELD, value])
+            for slot, members in due.items():
+                pipe.zadd(segment_due_key(slot), members)
+            for slot, gone in done.items():
+                pipe.zrem(segment_due_key(slot), *gone)
+
+        if records or due or done:  # every command is safe to repeat
+            await execute_with_scripts(self.redis, record, [self._set_if_exists])
         self.published += len(deliveries)
         return len(deliveries)
 
@@ -143,8 +145,12 @@ class SegmentTracker:
         if not self.segments:
             return 0
         per_slot = max(1, limit // SEGMENT_DUE_SLOTS)
-        pipe = self.redis.pipeline(transaction=False)
-        for slot in range(SEGMENT_DUE_SLOTS):
-            await self._claim(keys=[segment_due_key(slot)], args=[now, per_slot, CLAIM_LEASE_S], client=pipe)
-        claimed = [o for owners in cast(list[list[str]], await pipe.execute()) for o in owners]
+        def claim(pipe: Any) -> None:
+            for slot in range(SEGMENT_DUE_SLOTS):
+                queue_script(pipe, self._claim, [segment_due_key(slot)], [now, per_slot, CLAIM_LEASE_S])
+
+        # a repeat after NOSCRIPT: no claim ran (every call failed) or, on a cluster, a node's claims ran; those
+        # wait for their lease, as after a crash
+        claimed = [o for owners in cast(list[list[str]], await execute_with_scripts(self.redis, claim, [self._claim]))
+                   for o in owners]
         return await self.update(claimed, now, cause="clock") if claimed else 0

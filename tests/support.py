@@ -118,14 +118,18 @@ def without_key(url: str) -> str:
 
 
 def with_store(redis_url: str, fn: Callable[[Any], Any]) -> Any:
-    """Run ``await fn(store)`` against a fresh client (clients are bound to one event loop)."""
-    import redis.asyncio as aioredis
+    """Run ``await fn(store)`` against a fresh client (clients are bound to one event loop); a Redis Cluster's
+    when ``REDIS_CLUSTER`` is set (``redis_url``: its seed nodes)."""
+    import os
 
     from engine.config import load_config
     from engine.profile_store import ProfileStore
+    from engine.redis_connection import make_redis
+
+    cluster = os.environ.get("REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes", "on")
 
     async def run() -> Any:
-        client = aioredis.from_url(redis_url, decode_responses=True)
+        client = make_redis(redis_url, cluster=cluster, decode_responses=True)
         try:
             return await fn(ProfileStore(client, load_config(CONFIG_PATH)))
         finally:

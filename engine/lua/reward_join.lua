@@ -16,7 +16,10 @@
 --   "reward":   ARGV[2] decision id, ARGV[3] event_id, ARGV[4] value, ARGV[5] kind, ARGV[6] ttl,
 --               ARGV[7] aggregation, ARGV[8] lease deadline.
 --               Returns {status, reward, clicked, converted, record, new_click, new_conv}
---   "expire":   ARGV[2] now, ARGV[3] limit, ARGV[4] key prefix ("dec:{<slot>}:"), ARGV[5] lease seconds.
+--   "expire":   KEYS[1] = "due:{<slot>}", KEYS[1 + i] = "dec:{<slot>}:<ARGV[3 + i]>" (the ids a ZRANGEBYSCORE
+--               of the due zset found: every key is declared, all in the slot's hash tag); ARGV[2] now,
+--               ARGV[3] lease seconds, ARGV[4..] the decision ids. An id no longer due (another worker took
+--               it meanwhile) is left alone.
 --               Returns a flat list {id, record, reward_or_"", clicked, converted, ...} of decisions to learn
 --               (again, for a final one whose lease ran out unsettled)
 --   "settled":  ARGV[2] decision id. Returns 1 if it was settled now, 0 if before (or gone).
@@ -37,21 +40,25 @@ end
 
 if mode == 'expire' then
   local due = KEYS[1]
-  local lease_until = tonumber(ARGV[2]) + tonumber(ARGV[5])
-  local ids = redis.call('ZRANGEBYSCORE', due, '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+  local now = tonumber(ARGV[2])
+  local lease_until = now + tonumber(ARGV[3])
   local out = {}
-  for _, id in ipairs(ids) do
-    local key = ARGV[4] .. id
-    local st = redis.call('HMGET', key, 'record', 'settled')
-    if st[1] and st[2] ~= '1' then
-      local v = finalize(key, due, id, lease_until)
-      table.insert(out, id)
-      table.insert(out, v[1])
-      table.insert(out, v[2] or '')
-      table.insert(out, v[3] or '0')
-      table.insert(out, v[4] or '0')
-    else
-      redis.call('ZREM', due, id)
+  for i = 4, #ARGV do
+    local id, key = ARGV[i], KEYS[i - 2]
+    local score = tonumber(redis.call('ZSCORE', due, id))
+    -- gone or re-leased since it was read (another worker's): left alone
+    if score ~= nil and score <= now then
+      local st = redis.call('HMGET', key, 'record', 'settled')
+      if st[1] and st[2] ~= '1' then
+        local v = finalize(key, due, id, lease_until)
+        table.insert(out, id)
+        table.insert(out, v[1])
+        table.insert(out, v[2] or '')
+        table.insert(out, v[3] or '0')
+        table.insert(out, v[4] or '0')
+      else
+        redis.call('ZREM', due, id)
+      end
     end
   end
   return out
