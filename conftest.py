@@ -2,8 +2,9 @@
 
 * The integration tests are exactly the tests under ``tests/integration/``: marked ``integration`` here, by
   directory, so the marker cannot be forgotten; the marker anywhere else is an error.
-* No other test or doctest may start Redis, Kafka or the worker and API processes: ``make unit`` runs on a
-  machine without them. Trying fails the test (``pytest.fail`` is not an ``Exception``, so the
+* No other test or doctest may start Redis, Kafka or the worker and API processes (but the cluster tests,
+  ``tests/cluster/``, marked ``cluster`` and left out of ``make test``): ``make unit`` runs on a machine
+  without them. Trying fails the test (``pytest.fail`` is not an ``Exception``, so the
   skip-when-missing helpers cannot turn it into a skip).
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "tests" / "integration"
+CLUSTER_DIR = Path(__file__).resolve().parent / "tests" / "cluster"
 
 
 def is_integration(path: Path) -> bool:
@@ -36,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def _no_services_outside_integration(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    if is_integration(request.node.path):
+    if is_integration(request.node.path) or CLUSTER_DIR in Path(request.node.path).resolve().parents:
         yield
         return
     from infra import containers, local, processes

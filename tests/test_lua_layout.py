@@ -107,8 +107,13 @@ def test_reward_join_names_the_layouts_decision_fields() -> None:
 
 
 def test_reward_join_expiry_builds_the_layouts_decision_keys() -> None:
-    # the expiry gets the slot's key prefix and appends each due decision id to it
-    assert re.search(r"local key = ARGV\[4\] \.\. id", code(REWARD_JOIN))
+    # the expiry gets every decision key in KEYS (a Redis Cluster routes by them), none built from ARGV
+    assert re.search(r"local id, key = ARGV\[i\], KEYS\[i - 2\]", code(REWARD_JOIN))
+    for name in ("apply_ops", "reward_join", "attribution"):
+        lua = code(resources.files("engine").joinpath(f"lua/{name}.lua").read_text())
+        # a key argument is a name, never an expression built in the script (e.g. a prefix .. an id)
+        assert not re.search(r"redis\.call\('\w+', [^,)]*\.\.", lua), name
+        assert not re.search(r"=\s*ARGV\[[^]]+\]\s*\.\.", lua), name  # nor a name made of ARGV (old expiry)
     for did in ("0f" + "1" * 30, "not-hex-id"):
         slot = decision_slot(did)
         assert layout.decision_key(did) == layout.decision_key_prefix(slot) + did

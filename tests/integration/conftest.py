@@ -7,8 +7,10 @@ started fails the run: these tests never skip for missing infrastructure.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,9 +37,32 @@ def kafka() -> Iterator[local.KafkaService]:
     svc.close()
 
 
+class _ClusterService:
+    """A Redis Cluster where the suite takes a Redis (``REDIS_CLUSTER=1``: ``make test-cluster``): ``url`` is
+    its seed nodes, as the processes and ``tests.support.with_store`` take them with ``REDIS_CLUSTER``."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.url = cluster.seeds_url
+        self.host, self.port = cluster.host, cluster.ports[0]
+
+    def close(self) -> None:
+        self.cluster.close()
+
+
+def _start_redis() -> Any:
+    if os.environ.get("REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes", "on"):
+        from infra.cluster import start_redis_cluster
+
+        return _ClusterService(start_redis_cluster())
+    return local.start_redis()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[local.RedisService]:
-    svc = start_or_fail("Redis", local.start_redis)
+    """Redis; with ``REDIS_CLUSTER=1`` in the environment, a 3-master Redis Cluster (``infra/cluster.py``) that
+    the worker and API processes reach as one (they inherit the variable)."""
+    svc = start_or_fail("Redis", _start_redis)
     yield svc
     svc.close()
 
