@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import channels, timing
+from engine.exposure import Exposure
 from engine.config import WINDOWS, EngineConfig
 from engine.consent import consent_choices
 from engine.layout import (
@@ -59,6 +60,8 @@ POPULARITY_TOP_K = 2000
 #: The largest cart quantity one event may add or remove (a larger one is refused: dead-lettered).
 MAX_QUANTITY = 1_000_000
 _COUNT_NAMES = {code: name for name, code in COUNT_CODES.items()}
+#: Events the contact policy's exposure records count (engine.exposure).
+_EXPOSURE_EVENTS = frozenset({"impression", "click", "feedback", "purchase"})
 _CONSENT_NAMES = {code: name for name, code in CONSENT_CODES.items()}
 
 
@@ -106,6 +109,11 @@ class FeatureExtractor:
         # kept only when a placement answers channels
         self.contact = any(p.channels for p in config.placements.values())
         self._activity_hl = config.contact.activity_half_life_days * 86400.0
+        # the contact policy's exposure records (engine.exposure): only when the policy is enabled
+        policy = config.contact_policy
+        self.exposure = Exposure(policy, tuple(n for a in config.actions.values() if a.caps is not None
+                                               for n in (a.caps.hour, a.caps.day, a.caps.week))
+                                 ) if policy.enabled else None
 
     def _plan(self, event_type: str) -> _Plan:
         cfg, fl = self.config, self.fields
@@ -131,9 +139,16 @@ class FeatureExtractor:
             if ("personalisation", False) in choices:
                 ops.append(["wipe"])  # withdrawing consent removes the behavioural profile
             return ops
+        ops = self._ops_for(event_type, ts, properties, context)
+        if self.exposure is not None and event_type in _EXPOSURE_EVENTS:
+            ops += self.exposure.ops(event_type, ts, properties, context)
+        return ops
+
+    def _ops_for(self, event_type: str, ts: float, properties: Mapping[str, Any],
+                 context: Mapping[str, Any]) -> list[Op]:
         ms = round(ts * 1000)
         plan = self._plans.get(event_type) or self._plan(event_type)
-        ops = [["i", plan.count, 1], ["min", FIRST_SEEN, ms], ["max", LAST_SEEN, ms]]
+        ops: list[Op] = [["i", plan.count, 1], ["min", FIRST_SEEN, ms], ["max", LAST_SEEN, ms]]
         if event_type == "identify" or event_type == "feedback":
             return ops + self._contact_ops(event_type, ts, properties, context) if self.contact else ops
         if event_type == "impression":  # shown, not done: the visitor was not necessarily active
@@ -226,6 +241,10 @@ class FeatureExtractor:
                 consent.append(["kset", k, v, int(h.get(CONSENT_TIME, 0))])
             elif c == "C":
                 ops.append(["cart", k, int(v)])
+            elif c in "XYP" and k[1:2] == ":":  # exposure records (engine.exposure)
+                op = self.exposure.merge_op(k, v) if self.exposure is not None else None
+                if op is not None:
+                    ops.append(op)
             elif c in "EI" and k[1:2] == ":" or k == TIMEZONE_FIELD:  # channel counts, time zone
                 ops.append(["setnx", k, v] if k == TIMEZONE_FIELD else ["i", k, int(v)])
             elif c == "a":

@@ -380,7 +380,7 @@ def _build(doc: schema.Document) -> model.EngineConfig:
                                audience=model.Audience(tuple(a.audience.include), tuple(a.audience.exclude))
                                if a.audience is not None else None,
                                channels=tuple(a.channels), value=1.0 if a.value is None else a.value,
-                               lever=1.0 if a.lever is None else a.lever)
+                               lever=1.0 if a.lever is None else a.lever, caps=_caps(a.caps))
             for a in doc.action
         },
         segments=tuple(
@@ -403,7 +403,22 @@ def _build(doc: schema.Document) -> model.EngineConfig:
             cost_per_impression_channels={str(k): v for k, v in doc.attribution.cost_per_impression.channels.items()},
         ),
         contact=_contact(doc.contact),
+        contact_policy=_contact_policy(doc.contact_policy),
     )
+
+
+def _caps(c: schema.Caps | None) -> model.Caps | None:
+    return None if c is None else model.Caps(hour=c.hour, day=c.day, week=c.week)
+
+
+def _contact_policy(c: schema.ContactPolicy) -> model.ContactPolicySettings:
+    return model.ContactPolicySettings(
+        enabled=c.enabled, suppress_purchased=c.suppress_purchased, suppress_in_cart=c.suppress_in_cart,
+        max_shown_without_click=c.max_shown_without_click, dismiss_cooldown_hours=c.dismiss_cooldown_hours,
+        action_caps=_caps(c.action_caps) or model.Caps(),
+        channel_caps={str(ch): _caps(v) or model.Caps() for ch, v in c.channel_caps.items()},
+        contact_pressure=_caps(c.contact_pressure) or model.Caps(),
+        max_tracked_actions=c.max_tracked_actions, max_tracked_purchases=c.max_tracked_purchases)
 
 
 def _next_best_action(doc: schema.Document, p: schema.Placement) -> dict[str, Any]:

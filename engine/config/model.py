@@ -170,6 +170,37 @@ class Audience:
         return (not self.include or not segments.isdisjoint(self.include)) and segments.isdisjoint(self.exclude)
 
 
+#: Calendar periods of frequency caps, in the customer's time zone (engine.contact_policy).
+PERIODS = ("hour", "day", "week")
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """At most so many contacts per calendar period (None: no cap for that period)."""
+
+    hour: int | None = None
+    day: int | None = None
+    week: int | None = None
+
+    def limits(self) -> tuple[tuple[str, int], ...]:
+        """
+        >>> Caps(day=3).limits(), Caps().limits()
+        ((('day', 3),), ())
+        """
+        return tuple((p, n) for p, n in (("hour", self.hour), ("day", self.day), ("week", self.week)) if n is not None)
+
+    def over(self, other: Caps | None) -> Caps:
+        """These caps with ``other``'s periods on top (an action's caps over the defaults).
+
+        >>> Caps(day=3, week=10).over(Caps(day=1))
+        Caps(hour=None, day=1, week=10)
+        """
+        if other is None:
+            return self
+        return Caps(*(o if o is not None else s for s, o in ((self.hour, other.hour), (self.day, other.day),
+                                                             (self.week, other.week))))
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     id: str
@@ -186,6 +217,8 @@ class Action:
     channels: tuple[str, ...] = ()
     value: float = 1.0
     lever: float = 1.0
+    #: frequency caps of its own (engine.contact_policy), over ``[contact_policy] action_caps``
+    caps: Caps | None = None
 
     def is_valid_at(self, now: float) -> bool:
         return (self.valid_from is None or now >= self.valid_from) and (
@@ -242,6 +275,23 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ContactPolicySettings:
+    """Eligibility, suppression and frequency caps before scoring (``engine.contact_policy``)."""
+
+    enabled: bool = False
+    suppress_purchased: bool = True
+    suppress_in_cart: bool = True
+    max_shown_without_click: int | None = None
+    dismiss_cooldown_hours: float | None = None
+    action_caps: Caps = field(default_factory=Caps)
+    channel_caps: Mapping[str, Caps] = field(default_factory=dict)
+    #: over every channel but web, together
+    contact_pressure: Caps = field(default_factory=Caps)
+    max_tracked_actions: int = 50
+    max_tracked_purchases: int = 50
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     profile: ProfileSettings
     scoring: ScoringSettings
@@ -257,6 +307,8 @@ class EngineConfig:
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     contact: ContactSettings = field(default_factory=ContactSettings)  # next-best action: timing, channels
     clusters: ClusterSettings = field(default_factory=ClusterSettings)  # behavioural clusters
+    #: eligibility, suppression, frequency caps (engine.contact_policy); not ``contact``, which is timing's
+    contact_policy: ContactPolicySettings = field(default_factory=ContactPolicySettings)
 
     def actions_for(self, placement: str) -> list[Action]:
         return [a for a in self.actions.values() if placement in a.placements]

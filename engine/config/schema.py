@@ -300,6 +300,19 @@ class Audience(Strict):
         default_factory=list, description="Never shown to members of these segments.")
 
 
+#: The largest frequency cap: a profile keeps at most this many contact times per action and channel.
+MAX_CAP = 50
+CapCount = Annotated[int, Field(ge=1, le=MAX_CAP)]
+
+
+class Caps(Strict):
+    """At most this many contacts per customer per calendar period of their time zone (weeks start on Monday)."""
+
+    hour: CapCount | None = None
+    day: CapCount | None = None
+    week: CapCount | None = None
+
+
 class Action(Strict):
     """One entry of the catalogue of actions / content."""
 
@@ -318,6 +331,8 @@ class Action(Strict):
         default_factory=list, description="Channels it can go out on (default: every channel of the placement).")
     value: Weight | None = Field(default=None, description="Business value of its success (default 1).")
     lever: Weight | None = Field(default=None, description="Business lever, a multiplier (default 1).")
+    caps: Caps | None = Field(default=None, description="Frequency caps per customer of this action, per "
+                              "calendar period (override [contact_policy] action_caps period by period).")
 
 
 class Contact(Strict):
@@ -372,6 +387,24 @@ class Attribution(Strict):
     cost_per_impression: CostPerImpression = Field(default_factory=CostPerImpression)
 
 
+class ContactPolicy(Strict):
+    """Eligibility, suppression and frequency caps before scoring (engine/contact_policy.py, docs/contact-policy.md)."""
+
+    enabled: bool = Field(default=False, description="Count exposures in the stream and apply the rules in decide.")
+    suppress_purchased: bool = Field(default=True, description="An action whose item the customer bought is out.")
+    suppress_in_cart: bool = Field(default=True, description="An action whose item is in the cart is out.")
+    max_shown_without_click: Annotated[int, Field(ge=1, le=1000)] | None = Field(
+        default=None, description="An action shown this many times since its last click is out.")
+    dismiss_cooldown_hours: Annotated[float, Field(gt=0, le=8760)] | None = Field(
+        default=None, description="An action dismissed (feedback kind dismiss) is out for this long.")
+    action_caps: Caps = Field(default_factory=Caps, description="Default caps of every action (impressions).")
+    channel_caps: dict[Channel, Caps] = Field(default_factory=dict, description="Caps per channel (impressions on it).")
+    contact_pressure: Caps = Field(default_factory=Caps, description="Caps over every channel but web, together.")
+    max_tracked_actions: int = Field(default=50, ge=1, le=500, description="Actions whose exposures a profile "
+                                     "keeps (the least recently touched one goes).")
+    max_tracked_purchases: int = Field(default=50, ge=1, le=500, description="Purchased items a profile keeps.")
+
+
 class ClusterSettings(Strict):
     """Behavioural clusters (engine/clusters.py): online k-means over profiles, learned by the learner; a profile's
     cluster is the segment ``cluster:<k>`` (in decide's answer and in audiences)."""
@@ -405,6 +438,7 @@ class Document(Strict):
     attribution: Attribution = Field(default_factory=Attribution)
     contact: Contact = Field(default_factory=Contact)  # next-best action: contact hours, timing, channels
     clusters: ClusterSettings = Field(default_factory=ClusterSettings)  # behavioural clusters (engine/clusters.py)
+    contact_policy: ContactPolicy = Field(default_factory=ContactPolicy)  # eligibility, suppression, caps
 
 
 def json_schema() -> dict[str, Any]:

@@ -473,9 +473,105 @@ local function wipe()
   cart_n = nil
 end
 
+-- exposure records (engine/exposure.py): "<unclicked>,<mark>[,<t1>,...]", minutes in base 36, times oldest
+-- first; per prefix (X: actions, Y: channels, P: purchased items) at most maxn records, a new one evicting the
+-- record touched least recently; at most k times kept, none older than HORIZON before the newest
+local HORIZON = 8 * 1440
+local B36 = '0123456789abcdefghijklmnopqrstuvwxyz'
+local function b36(n)
+  if n <= 0 then return '0' end
+  local s = ''
+  while n > 0 do
+    local r = n % 36
+    s = sub(B36, r + 1, r + 1) .. s
+    n = floor(n / 36)
+  end
+  return s
+end
+local function xparse(v)
+  local u, m, ts = 0, nil, {}
+  if v == nil then return u, m, ts end
+  local i = 0
+  for part in string.gmatch(v .. ',', '([^,]*),') do
+    i = i + 1
+    if i == 1 then
+      u = tonumber(part) or 0
+    elseif i == 2 then
+      if part ~= '' then m = tonumber(part, 36) end
+    elseif part ~= '' then
+      ts[#ts + 1] = tonumber(part, 36)
+    end
+  end
+  return u, m, ts
+end
+local function xformat(u, m, ts, k)
+  table.sort(ts)
+  local out = {int(u), m and b36(m) or ''}
+  local n = #ts
+  local newest = ts[n]
+  for j = math.max(1, n - k + 1), n do
+    if ts[j] >= newest - HORIZON then out[#out + 1] = b36(ts[j]) end
+  end
+  return table.concat(out, ',')
+end
+local function xlast(v)
+  local _, m, ts = xparse(v)
+  local t = ts[#ts] or -1
+  if m ~= nil and m > t then t = m end
+  return t
+end
+local function xfield(prefix, key, maxn, create)
+  local f = prefix .. key
+  if H[f] ~= nil then return f end
+  if not create then return nil end
+  local ms = members_of(prefix)
+  if ms.n >= maxn then
+    local lo_f, lo_t = nil, nil
+    for g, _ in pairs(ms.set) do
+      local t = xlast(H[g])
+      if lo_f == nil or t < lo_t or (t == lo_t and g < lo_f) then lo_f, lo_t = g, t end
+    end
+    if lo_f ~= nil then
+      del(lo_f)
+      ms.set[lo_f] = nil
+      ms.n = ms.n - 1
+    end
+  end
+  ms.set[f] = true
+  ms.n = ms.n + 1
+  return f
+end
+local function exposure(kind, prefix, key, t, k, maxn)
+  if kind == 'k' then -- a click: shown-without-click starts again (only for a record that exists)
+    local f = xfield(prefix, key, maxn, false)
+    if f ~= nil then
+      local v = H[f]
+      local comma = find(v, ',', 1, true)
+      if comma ~= nil and sub(v, 1, comma - 1) ~= '0' then set(f, '0' .. sub(v, comma)) end
+    end
+    return
+  end
+  local f = xfield(prefix, key, maxn, true)
+  local u, m, ts = xparse(H[f])
+  if kind == 'm' or kind == 't' then -- an impression (t: on a channel, no shown-without-click count)
+    ts[#ts + 1] = t
+    if kind == 'm' then u = u + 1 end
+  elseif kind == 'd' or kind == 'p' then -- a dismissal, a purchase: the later mark
+    if m == nil or t > m then m = t end
+  elseif kind == 'M' then -- a merge: t is the other profile's record
+    local u2, m2, ts2 = xparse(t)
+    u = u + u2
+    if m2 ~= nil and (m == nil or m2 > m) then m = m2 end
+    for _, x in ipairs(ts2) do ts[#ts + 1] = x end
+  else
+    error('unknown exposure kind ' .. tostring(kind))
+  end
+  set(f, xformat(u, m, ts, k))
+end
+
 -- operations: a code, then its arguments (ARITY of them); an unknown code is an error (it cannot be skipped)
 local ARITY = {i = 2, a = 7, w = 4, r = 3, ra = 3, min = 2, max = 2, sess = 3, cart = 2, cartclear = 0, f = 2,
-               set = 2, setnx = 2, z = 7, wipe = 0, kset = 3, kgate = 0}
+               set = 2, setnx = 2, z = 7, wipe = 0, kset = 3, kgate = 0, x = 6}
 local A = batch
 local p, nA = 1, #A
 while p <= nA do
@@ -591,6 +687,10 @@ while p <= nA do
         end
         pz.inc[member] = finite((pz.inc[member] or 0) + A[p + 3] * 2 ^ e, 'popularity')
         p = p + 8
+      elseif c == 'x' then
+        -- x, kind, prefix, key, minute (a merge: the other record), times kept, records kept (engine/exposure.py)
+        exposure(A[p + 1], A[p + 2], A[p + 3], A[p + 4], A[p + 5], A[p + 6])
+        p = p + 7
       elseif c == 'wipe' then
         wipe()
         p = p + 1

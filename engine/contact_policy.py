@@ -1,0 +1,201 @@
+"""Eligibility and suppression before scoring: who may be shown what, how often, on which channel.
+
+``[contact_policy]`` (docs/contact-policy.md) declares the rules; the stream keeps the exposure records they
+read on the profile (``engine.exposure``), so decide evaluates them on the profile it already read. An action
+is out when
+
+- its item was bought (``suppressed: purchased``) or is in the cart (``suppressed: in the cart``);
+- it was shown ``max_shown_without_click`` times since its last click (``suppressed: shown 5 times without a
+  click``);
+- it was dismissed within ``dismiss_cooldown_hours`` (``cooldown: dismissed 2h ago``);
+- one of its caps is reached (``cap: 3/day reached``): ``[contact_policy] action_caps``, the action's own
+  ``caps`` on top, per calendar hour, day or week of the customer's time zone (weeks start on Monday).
+
+A channel is out (``serving/nba.py``: not a candidate) when its cap is reached (``cap: email 1/day reached``)
+or, for every channel but web, when the customer's contact pressure is (``contact pressure: 5/week reached``:
+impressions on every channel but web together).
+
+When nothing passes, decide answers "nothing now" with the reason (:func:`nothing_now`): ``capped``,
+``contact_pressure``, ``all_suppressed``, else ``no_eligible_action``.
+
+>>> from engine.config import parse_config
+>>> cfg = parse_config({"contact_policy": {"enabled": True, "action_caps": {"day": 2},
+...     "channel_caps": {"email": {"day": 1}}, "contact_pressure": {"week": 3}, "dismiss_cooldown_hours": 24,
+...     "max_shown_without_click": 4}})
+>>> from engine.timing import zone
+>>> now = 1_764_662_400.0                       # 2025-12-02 08:00 UTC, a Tuesday
+>>> m = int(now // 60)
+>>> raw = {"X:a": f"1,,{b36(m - 60)},{b36(m - 30)}", "X:b": f"0,{b36(m - 120)}", "Y:email": f"0,,{b36(m - 600)}"}
+>>> view = PolicyView(cfg.contact_policy, raw, {}, now, zone("UTC"))
+>>> view.action("a", None, None), view.action("b", None, None), view.action("c", None, None)
+(('capped', 'cap: 2/day reached'), ('suppressed', 'cooldown: dismissed 2h ago'), None)
+>>> view.channel("email"), view.channel("push")     # the email 10 hours ago was yesterday in UTC...
+(None, None)
+>>> PolicyView(cfg.contact_policy, raw, {}, now, zone("Asia/Tokyo")).channel("email")   # ...not in Tokyo
+('capped', 'cap: email 1/day reached')
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from engine.config.model import PERIODS, Caps, ContactPolicySettings
+from engine.exposure import ACTION_PREFIX, CHANNEL_PREFIX, PURCHASE_PREFIX, parse
+
+#: "Nothing now" reasons (the answer's ``reason``); ``below_threshold`` is value arbitration's.
+CAPPED, CONTACT_PRESSURE, ALL_SUPPRESSED, NO_ELIGIBLE_ACTION = (
+    "capped", "contact_pressure", "all_suppressed", "no_eligible_action")
+#: Exclusion categories -> the reason when every candidate fell to them (ties: this order).
+_REASONS = {"capped": CAPPED, "contact_pressure": CONTACT_PRESSURE, "suppressed": ALL_SUPPRESSED}
+Exclusion = tuple[str, str]
+
+
+def b36(n: int) -> str:
+    """An epoch minute as the exposure records store it.
+
+    >>> b36(0), b36(29_411_040)
+    ('0', 'hidpc')
+    """
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    s = ""
+    while n > 0:
+        n, r = divmod(n, 36)
+        s = digits[r] + s
+    return s or "0"
+
+
+def period_start(now: float, tz: ZoneInfo, period: str) -> float:
+    """The start (epoch s) of the calendar hour, day or week (from Monday 00:00) that ``now`` is in, in ``tz``.
+
+    >>> from engine.timing import zone
+    >>> now = 1_764_662_400.0 + 15 * 3600 + 10 * 60      # 2025-12-02 23:10 UTC, a Tuesday
+    >>> [period_start(now, zone("UTC"), p) - now for p in ("hour", "day", "week")]
+    [-600.0, -83400.0, -169800.0]
+    >>> period_start(now, zone("Europe/Paris"), "day") - now   # 00:10 on Wednesday in Paris: 10 minutes ago
+    -600.0
+    >>> period_start(now, zone("Asia/Kolkata"), "hour") - now  # 04:40 in Kolkata (UTC+5:30)
+    -2400.0
+    """
+    local = datetime.fromtimestamp(now, tz)
+    if period == "hour":
+        return local.replace(minute=0, second=0, microsecond=0).timestamp()
+    day = datetime(local.year, local.month, local.day, tzinfo=tz)
+    if period == "week":
+        day = datetime.combine((day - timedelta(days=local.weekday())).date(), day.time(), tzinfo=tz)
+    return day.timestamp()
+
+
+def count_since(times: Iterable[int], start_s: float) -> int:
+    """Times (epoch minutes) at or after ``start_s`` (a period starts on a whole minute in every time zone).
+
+    >>> count_since([10, 11, 12], 11 * 60.0)
+    2
+    """
+    first = start_s / 60.0
+    return sum(1 for t in times if t >= first)
+
+
+def ago(seconds: float) -> str:
+    """
+    >>> ago(90.0), ago(7300.0), ago(3 * 86400.0)
+    ('1 min', '2h', '3 days')
+    """
+    if seconds < 3600:
+        return f"{max(0, int(seconds // 60))} min"
+    if seconds < 172800:
+        return f"{int(seconds // 3600)}h"
+    return f"{int(seconds // 86400)} days"
+
+
+class PolicyView:
+    """The contact policy for one customer as of one decision: their exposure records, cart, time zone."""
+
+    __slots__ = ("policy", "raw", "cart", "now", "tz", "_starts", "_pressure")
+
+    def __init__(self, policy: ContactPolicySettings, raw: Mapping[str, str], cart: Mapping[str, int], now: float,
+                 tz: ZoneInfo) -> None:
+        self.policy, self.raw, self.cart, self.now, self.tz = policy, raw, cart, now, tz
+        self._starts: dict[str, float] = {}
+        self._pressure: Exclusion | None | bool = False  # False: not computed yet
+
+    def start(self, period: str) -> float:
+        s = self._starts.get(period)
+        if s is None:
+            s = self._starts[period] = period_start(self.now, self.tz, period)
+        return s
+
+    def _cap_hit(self, times: list[int], caps: Caps) -> tuple[str, int] | None:
+        for period, limit in caps.limits():
+            if len(times) >= limit and count_since(times, self.start(period)) >= limit:
+                return period, limit
+        return None
+
+    def action(self, action_id: str, item_id: str | None, caps: Caps | None) -> Exclusion | None:
+        """Why this action is out for the customer now (category, rule), or None."""
+        p, raw = self.policy, self.raw
+        if item_id is not None:
+            if p.suppress_purchased and PURCHASE_PREFIX + item_id in raw:
+                return "suppressed", "suppressed: purchased"
+            if p.suppress_in_cart and item_id in self.cart:
+                return "suppressed", "suppressed: in the cart"
+        value = raw.get(ACTION_PREFIX + action_id)
+        if value is None:
+            return None
+        rec = parse(value)
+        n = p.max_shown_without_click
+        if n is not None and rec.unclicked >= n:
+            return "suppressed", f"suppressed: shown {rec.unclicked} times without a click"
+        hours = p.dismiss_cooldown_hours
+        if hours is not None and rec.mark is not None and self.now - rec.mark * 60 < hours * 3600:
+            return "suppressed", f"cooldown: dismissed {ago(self.now - rec.mark * 60)} ago"
+        hit = self._cap_hit(rec.times, p.action_caps.over(caps))
+        if hit is not None:
+            return "capped", f"cap: {hit[1]}/{hit[0]} reached"
+        return None
+
+    def channel(self, channel: str) -> Exclusion | None:
+        """Why a channel may not contact the customer now (its cap, the contact pressure), or None."""
+        caps = self.policy.channel_caps.get(channel)
+        if caps is not None:
+            hit = self._cap_hit(parse(self.raw.get(CHANNEL_PREFIX + channel)).times, caps)
+            if hit is not None:
+                return "capped", f"cap: {channel} {hit[1]}/{hit[0]} reached"
+        if channel == "web":
+            return None
+        if self._pressure is False:
+            self._pressure = self._contact_pressure()
+        return self._pressure  # type: ignore[return-value]
+
+    def _contact_pressure(self) -> Exclusion | None:
+        limits = self.policy.contact_pressure.limits()
+        if not limits:
+            return None
+        times = [t for k, v in self.raw.items() if k.startswith(CHANNEL_PREFIX) and k != CHANNEL_PREFIX + "web"
+                 for t in parse(v).times]
+        for period, limit in limits:
+            if count_since(times, self.start(period)) >= limit:
+                return "contact_pressure", f"contact pressure: {limit}/{period} reached (every channel but web)"
+        return None
+
+
+def nothing_now(categories: Iterable[str]) -> str:
+    """The reason of an empty answer from the categories of its candidates' exclusions (``other``: validity,
+    audience, consent, contact hours): the policy's most common one when the policy alone emptied it.
+
+    >>> nothing_now(["capped", "capped", "suppressed"]), nothing_now(["suppressed"]), nothing_now([])
+    ('capped', 'all_suppressed', 'no_eligible_action')
+    >>> nothing_now(["capped", "other"]), nothing_now(["contact_pressure"])
+    ('no_eligible_action', 'contact_pressure')
+    """
+    counts = Counter(categories)
+    if not counts or any(c not in _REASONS for c in counts):
+        return NO_ELIGIBLE_ACTION
+    best = max(_REASONS, key=lambda c: counts.get(c, 0))
+    return _REASONS[best]
+
+
+__all__ = ["ALL_SUPPRESSED", "CAPPED", "CONTACT_PRESSURE", "NO_ELIGIBLE_ACTION", "PERIODS", "PolicyView",
+           "nothing_now", "period_start"]
