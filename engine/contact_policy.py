@@ -38,11 +38,11 @@ When nothing passes, decide answers "nothing now" with the reason (:func:`nothin
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from engine.config.model import PERIODS, Caps, ContactPolicySettings
+from engine.config.model import PERIODS, Action, Caps, ContactPolicySettings
 from engine.exposure import ACTION_PREFIX, CHANNEL_PREFIX, PURCHASE_PREFIX, parse
 
 #: "Nothing now" reasons (the answer's ``reason``); ``below_threshold`` is value arbitration's.
@@ -181,6 +181,33 @@ class PolicyView:
         return None
 
 
+def eligible(view: PolicyView, actions: Sequence[Action], channel: str | None = None
+             ) -> tuple[list[Action], dict[str, Exclusion]]:
+    """The actions the policy lets through, and why each other one is out. ``channel``: the one every action
+    of the placement goes out on (``web`` for a placement without channels): its cap leaves them all out.
+
+    >>> from engine.config import parse_config
+    >>> from engine.timing import zone
+    >>> cfg = parse_config({"contact_policy": {"enabled": True}, "placement": [{"id": "p"}], "action": [
+    ...     {"id": "a", "placements": ["p"], "item_id": "i1"}, {"id": "b", "placements": ["p"]}]})
+    >>> kept, out = eligible(PolicyView(cfg.contact_policy, {"P:i1": "0,hidpc"}, {}, 0.0, zone("UTC")),
+    ...                      list(cfg.actions.values()))
+    >>> [a.id for a in kept], out
+    (['b'], {'a': ('suppressed', 'suppressed: purchased')})
+    """
+    if channel is not None and (hit := view.channel(channel)) is not None:
+        return [], {a.id: hit for a in actions}
+    kept: list[Action] = []
+    out: dict[str, Exclusion] = {}
+    for a in actions:
+        why = view.action(a.id, a.item_id, a.caps)
+        if why is None:
+            kept.append(a)
+        else:
+            out[a.id] = why
+    return kept, out
+
+
 def nothing_now(categories: Iterable[str]) -> str:
     """The reason of an empty answer from the categories of its candidates' exclusions (``other``: validity,
     audience, consent, contact hours): the policy's most common one when the policy alone emptied it.
@@ -197,5 +224,5 @@ def nothing_now(categories: Iterable[str]) -> str:
     return _REASONS[best]
 
 
-__all__ = ["ALL_SUPPRESSED", "CAPPED", "CONTACT_PRESSURE", "NO_ELIGIBLE_ACTION", "PERIODS", "PolicyView",
-           "nothing_now", "period_start"]
+__all__ = ["ALL_SUPPRESSED", "CAPPED", "CONTACT_PRESSURE", "NO_ELIGIBLE_ACTION", "PERIODS", "Exclusion", "PolicyView",
+           "eligible", "nothing_now", "period_start"]

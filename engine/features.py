@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import channels, timing
-from engine.exposure import Exposure
 from engine.config import WINDOWS, EngineConfig
 from engine.consent import consent_choices
+from engine.exposure import Exposure
 from engine.layout import (
     ACTIVITY_DAY_LANDMARK,
     ACTIVITY_DAY_PREFIX,

@@ -24,12 +24,12 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from engine import timing
+from engine import contact_policy, timing
 from engine.config import BASELINE_POLICY, Action, EngineConfig
 from engine.consent import personalisation_allowed
 from engine.decisions import CONTROL_ARM, holdout_arm, new_decision_id, request_context_features
 from engine.features import Profile, RawProfile, context_features, decode
-from engine.layout import anonymous_profile_key, identity_key, profile_key
+from engine.layout import TIMEZONE_FIELD, anonymous_profile_key, identity_key, profile_key
 from engine.policies import Candidate
 from serving import auth, explain, nba
 from serving.admission import queued_seconds
@@ -307,8 +307,13 @@ DECIDE_OPENAPI: dict[str, Any] = {
                 "segments": {"type": "array", "items": {"type": "string"},
                              "description": "the visitor's segments as of this decision (configured "
                                             "[[segment]]; empty when not personalised)"},
-                "reason": {"type": "string", "description": "why actions is empty: below_threshold (the "
-                           "best expected value is under the placement's min_expected_value)"},
+                "reason": {"type": "string", "enum": ["below_threshold", "capped", "contact_pressure",
+                                                      "all_suppressed", "no_eligible_action"],
+                           "description": "why actions is empty (\"nothing now\"): below_threshold (the best "
+                           "expected value is under the placement's min_expected_value), capped (frequency caps), "
+                           "contact_pressure (the contact-pressure limit), all_suppressed (purchased, in the "
+                           "cart, shown without a click, dismissed), no_eligible_action (anything else: "
+                           "validity, audience, consent, contact hours, or a mix)"},
                 "degraded": {"type": "boolean", "description": "true when profile data was unavailable "
                              "within the time budget, or the API shed the request under overload, and the "
                              "ranking is non-personalised"},
@@ -361,24 +366,37 @@ def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalise
         if cluster is not None:
             segments = [*segments, cluster]
     actions = eligible_actions(req, svc.config, now, frozenset(segments))
+    # the contact policy (engine/contact_policy.py): suppression and caps before scoring, on the profile read
+    offered = len(req.candidates if req.candidates is not None else svc.placement_action_ids[req.placement])
+    excluded: dict[str, contact_policy.Exclusion] = {}
+    view = None
+    if svc.config.contact_policy.enabled and personalised and profile is not None:
+        view = policy_view(svc.config, req, profile, now)
+        actions, excluded = contact_policy.eligible(view, actions, None if placement.channels else "web")
+    others = offered - len(actions) - len(excluded)  # left out before the policy: validity, audience
     collaborative = collaborative_scores(svc, profile, actions) if personalised and profile is not None else {}
     if nba.applies(placement):  # channels, send time, value arbitration
         built = svc.candidates
         cands = [with_collaborative(built[a.id], collaborative.get(a.id)) for a in actions]
         out = nba.decide(svc, req, placement, policy_name, profile, personalised, context, actions, cands,
-                         collaborative, now, rng)
+                         collaborative, now, rng, view)
         top_features = dict(with_collaborative(built[out.top], collaborative.get(out.top)).features) if out.top else {}
         version = svc.scorer.version if policy_name == BASELINE_POLICY else str(
             svc.models.get(req.placement, policy_name).version)
         name = svc.scorer.name if policy_name == BASELINE_POLICY else policy_name
+        reason = out.reason or (None if out.actions else contact_policy.nothing_now(
+            ["other"] * others + [c for c, _ in excluded.values()] + list(out.categories.values())))
         return Ranking(out.actions, out.propensity, name, version, arm, top_features, segments, out.delivery,
-                       out.details, out.excluded, out.reason), context
+                       out.details, {**{k: v for k, (_, v) in excluded.items()}, **out.excluded}, reason), context
+    unreachable = {k: v for k, (_, v) in excluded.items()}
+    reason = None if actions else contact_policy.nothing_now(["other"] * others + [c for c, _ in excluded.values()])
     if policy_name == BASELINE_POLICY:
         affinities = profile.affinities if personalised and profile is not None else None
         ranked = svc.scorer.rank(actions, affinities, svc.popularity, collaborative)[: req.n]
         top = ranked[0][0].id if ranked else None
         shown = with_collaborative(svc.candidates[top], collaborative.get(top)).features if top else {}
-        return Ranking(ranked, 1.0, svc.scorer.name, svc.scorer.version, arm, dict(shown), segments), context
+        return Ranking(ranked, 1.0, svc.scorer.name, svc.scorer.version, arm, dict(shown), segments,
+                       unreachable=unreachable, reason=reason), context
     model = svc.models.get(req.placement, policy_name)
     by_id = {a.id: a for a in actions}
     built = svc.candidates  # one Candidate per action, built at start-up
@@ -390,7 +408,14 @@ def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalise
     ranked = [(by_id[aid], score) for aid, score in zip(result.action_ids, result.scores, strict=True)]
     top = result.top
     shown = dict(with_collaborative(built[top], collaborative.get(top)).features) if top is not None else {}
-    return Ranking(ranked, result.propensity, policy_name, str(model.version), arm, shown, segments), context
+    return Ranking(ranked, result.propensity, policy_name, str(model.version), arm, shown, segments,
+                   unreachable=unreachable, reason=reason), context
+
+
+def policy_view(config: EngineConfig, req: DecideRequest, profile: Profile, now: float) -> contact_policy.PolicyView:
+    """The contact policy for this customer: calendar periods in their time zone (``engine.timing``)."""
+    tz = timing.customer_zone(req.context, profile.raw.get(TIMEZONE_FIELD), config.contact.default_timezone)
+    return contact_policy.PolicyView(config.contact_policy, profile.raw, profile.cart, now, tz)
 
 
 def collaborative_scores(svc: Services, profile: Profile, actions: list[Action]) -> dict[str, float]:
@@ -424,6 +449,7 @@ def decision_record(decision_id: str, req: DecideRequest, ranking: Ranking, cont
         "propensity": ranking.propensity, "policy": ranking.policy, "model_version": ranking.model_version,
         "holdout_arm": ranking.arm, "degraded": degraded, "timestamp": int(now * 1000),
         "action_features": ranking.shown_features, "segments": ranking.segments,
+        **({"reason": ranking.reason} if ranking.reason else {}),
     }
 
 
@@ -497,8 +523,9 @@ async def decide_bytes(svc: Services, body: bytes, shed: bool = False) -> tuple[
             if personalised and profile is not None else {}, now)} if req.explain else {}),
     })
     visitor = req.customer_id or req.anonymous_id
-    # no consent to personalisation: no decision record (no reward join, no context kept for the visitor)
-    if ranking.actions and visitor and allowed:
+    # no consent to personalisation: no decision record (no reward join, no context kept for the visitor);
+    # "nothing now" is a decision too: logged with its reason (the reward join counts it per arm)
+    if (ranking.actions or ranking.reason) and visitor and allowed:
         candidates = req.candidates if req.candidates is not None else svc.placement_action_ids[req.placement]
         record = decision_record(decision_id, req, ranking, context, candidates, degraded, now)
         record["catalogue_version"] = svc.catalogue_version  # which catalogue it chose from (engine/catalogue.py)

@@ -17,12 +17,22 @@ from serving.services import REDIS_CALL_TIMEOUT_S, Services
 router = APIRouter(dependencies=[auth.require(auth.ADMIN)])
 
 
-def arm_summary(counters: dict[str, float]) -> dict[str, float | list[float]]:
-    imp = counters.get("impressions", 0.0)
+def arm_summary(counters: dict[str, float]) -> dict[str, float | str | list[float]]:
+    """One arm's figures. The CTR's denominator is the decisions actually shown (``impression`` events naming
+    the decision and its placement: ``shown``) once there are any, else the decisions logged (``impressions``,
+    for a site that sends no impression events); "nothing now" decisions (``nothing_now``) are counted apart.
+
+    >>> s = arm_summary({"impressions": 10.0, "shown": 4.0, "clicks": 2.0, "nothing_now": 3.0})
+    >>> s["ctr"], s["ctr_denominator"], s["nothing_now"], arm_summary({"impressions": 10.0, "clicks": 2.0})["ctr"]
+    (0.5, 'shown', 3.0, 0.2)
+    """
+    decisions, shown = counters.get("impressions", 0.0), counters.get("shown", 0.0)
+    imp = shown if shown else decisions
     clicks, conv = counters.get("clicks", 0.0), counters.get("conversions", 0.0)
     learned = counters.get("learned", 0.0)
     return {
-        "impressions": imp, "clicks": clicks, "conversions": conv,
+        "impressions": decisions, "shown": shown, "ctr_denominator": "shown" if shown else "decisions",
+        "nothing_now": counters.get("nothing_now", 0.0), "clicks": clicks, "conversions": conv,
         "ctr": clicks / imp if imp else 0.0, "ctr_ci95": list(wilson(clicks, imp)),
         "conversion_rate": conv / imp if imp else 0.0, "conversion_rate_ci95": list(wilson(conv, imp)),
         "settled": learned, "mean_reward": counters.get("reward_sum", 0.0) / learned if learned else 0.0,

@@ -27,6 +27,7 @@ from engine.layout import CONTACT_PRIOR_LANDMARK, TIMEZONE_FIELD, contact_prior_
 from engine.policies import Candidate
 
 if TYPE_CHECKING:
+    from engine.contact_policy import PolicyView
     from serving.decide import DecideRequest
     from serving.services import Services
 
@@ -73,11 +74,15 @@ class ChannelState:
     send_at: float | None
     rate: float
     why: str | None = None
+    #: what left it out: the contact policy's category (``capped``, ``contact_pressure``), else ``other``
+    category: str = "other"
 
 
 def channel_states(svc: Services, req: DecideRequest, placement: Placement, profile: Profile | None,
-                   now: float) -> dict[str, ChannelState]:
-    """Per channel of the placement: whether it can reach the customer, when, and how they engage with it."""
+                   now: float, policy: PolicyView | None = None) -> dict[str, ChannelState]:
+    """Per channel of the placement: whether it can reach the customer, when, and how they engage with it;
+    with the contact policy (``engine.contact_policy``), a capped channel (or any but web under contact
+    pressure) is not a candidate."""
     contact = svc.config.contact
     raw: Mapping[str, str] = profile.raw if profile is not None else {}
     consent = profile.consent if profile is not None else {}
@@ -98,6 +103,9 @@ def channel_states(svc: Services, req: DecideRequest, placement: Placement, prof
         if ch not in allowed:
             out[ch] = ChannelState(ch, None, rate, f"consent: marketing_{ch} not given")
             continue
+        if policy is not None and (hit := policy.channel(ch)) is not None:
+            out[ch] = ChannelState(ch, None, rate, hit[1], hit[0])
+            continue
         if ch == "web":  # the visitor is on the site: shown now, contact hours are for reaching out
             out[ch] = ChannelState(ch, now, rate)
             continue
@@ -108,10 +116,10 @@ def channel_states(svc: Services, req: DecideRequest, placement: Placement, prof
     return out
 
 
-def reachable(actions: Sequence[Action], placement: Placement, states: Mapping[str, ChannelState]
-              ) -> tuple[list[Action], dict[str, ChannelState], dict[str, str]]:
+def reachable(actions: Sequence[Action], placement: Placement, states: Mapping[str, ChannelState],
+              categories: dict[str, str] | None = None) -> tuple[list[Action], dict[str, ChannelState], dict[str, str]]:
     """The actions with a channel that can reach the customer, each one's best channel, and why the others
-    were left out."""
+    were left out (``categories``: filled with what left each out, for the "nothing now" reason)."""
     kept: list[Action] = []
     chosen: dict[str, ChannelState] = {}
     excluded: dict[str, str] = {}
@@ -122,6 +130,10 @@ def reachable(actions: Sequence[Action], placement: Placement, states: Mapping[s
         if best is None:
             reasons = sorted({states[c].why or "" for c in offered if c in states})
             excluded[a.id] = "channel: " + ("; ".join(r for r in reasons if r) or "none of its channels is offered")
+            if categories is not None:
+                cats = {states[c].category for c in offered if c in states} or {"other"}
+                categories[a.id] = cats.pop() if len(cats) == 1 else (
+                    "other" if "other" in cats else "contact_pressure")
             continue
         kept.append(a)
         chosen[a.id] = states[best]
@@ -139,17 +151,21 @@ class Outcome:
     details: dict[str, dict[str, Any]]
     excluded: dict[str, str]
     reason: str | None = None
+    #: action id -> what left it out (``reachable``'s categories)
+    categories: dict[str, str] = field(default_factory=dict)
 
 
 def decide(svc: Services, req: DecideRequest, placement: Placement, policy_name: str, profile: Profile | None,
            personalised: bool, context: dict[str, float], actions: list[Action], candidates: list[Candidate],
-           collaborative: Mapping[str, float], now: float, rng: random.Random) -> Outcome:
+           collaborative: Mapping[str, float], now: float, rng: random.Random,
+           policy: PolicyView | None = None) -> Outcome:
     """Channels, then the order by value, cut to ``req.n``; ``candidates``: the policy's, one per action."""
     chosen: dict[str, ChannelState] = {}
     excluded: dict[str, str] = {}
+    categories: dict[str, str] = {}
     if placement.channels:
-        states = channel_states(svc, req, placement, profile if personalised else None, now)
-        keep, chosen, excluded = reachable(actions, placement, states)
+        states = channel_states(svc, req, placement, profile if personalised else None, now, policy)
+        keep, chosen, excluded = reachable(actions, placement, states, categories)
         if len(keep) < len(actions):
             ids = {a.id for a in keep}
             candidates = [c for c in candidates if c.action_id in ids]
@@ -186,8 +202,9 @@ def decide(svc: Services, req: DecideRequest, placement: Placement, policy_name:
     if top is not None and threshold is not None:
         i = order[0]
         if arbitration.expected_value(props[i], actions[i].value, learns_value) < threshold:
-            return Outcome([], 1.0, None, {}, details, excluded, BELOW_THRESHOLD)
-    return Outcome(ranked, result.propensity, top.id if top else None, delivery, details, excluded)
+            return Outcome([], 1.0, None, {}, details, excluded, BELOW_THRESHOLD, categories)
+    return Outcome(ranked, result.propensity, top.id if top else None, delivery, details, excluded,
+                   categories=categories)
 
 
 def answer_extra(delivery: tuple[str, str | None]) -> bytes:

@@ -73,6 +73,11 @@ def _rate(successes: float, n: float) -> tuple[float, float]:
     return (p, p * (1 - p) / n if n else 0.0)
 
 
+def _shown(c: dict[str, float]) -> float:
+    """The rates' denominator: decisions actually shown (impression events) once counted, else decisions."""
+    return c.get("shown", 0.0) or c.get("impressions", 0.0)
+
+
 def experiment(counters: dict[str, dict[str, float]], revenue: dict[str, float], holdout_share: float
                ) -> dict[str, Any]:
     """Per arm: decisions, clicks, conversions, CTR and conversion rate (Wilson), attributed revenue; lifts.
@@ -85,16 +90,18 @@ def experiment(counters: dict[str, dict[str, float]], revenue: dict[str, float],
     arms: dict[str, Any] = {}
     for arm in sorted(set(counters) | {LEARNING_ARM, CONTROL_ARM}):
         c = counters.get(arm, {})
-        n, clicks, conv = c.get("impressions", 0.0), c.get("clicks", 0.0), c.get("conversions", 0.0)
-        arms[arm] = {"decisions": n, "clicks": clicks, "conversions": conv,
+        n, clicks, conv = _shown(c), c.get("clicks", 0.0), c.get("conversions", 0.0)
+        arms[arm] = {"decisions": c.get("impressions", 0.0), "shown": c.get("shown", 0.0),
+                     "nothing_now": c.get("nothing_now", 0.0), "clicks": clicks, "conversions": conv,
                      "ctr": clicks / n if n else 0.0, "ctr_ci95": list(wilson(min(clicks, n), n)),
                      "conversion_rate": conv / n if n else 0.0, "conversion_rate_ci95": list(wilson(min(conv, n), n)),
-                     "revenue": revenue.get(arm, 0.0), "revenue_per_decision": revenue.get(arm, 0.0) / n if n else 0.0}
+                     "revenue": revenue.get(arm, 0.0),
+                     "revenue_per_decision": revenue.get(arm, 0.0) / d if (d := c.get("impressions", 0.0)) else 0.0}
     out: dict[str, Any] = {"holdout_share": holdout_share, "arms": arms}
     learning, control = counters.get(LEARNING_ARM, {}), counters.get(CONTROL_ARM, {})
     for name, key in (("ctr", "clicks"), ("conversion_rate", "conversions")):
-        lift, ci = lift_interval(_rate(learning.get(key, 0.0), learning.get("impressions", 0.0)),
-                                 _rate(control.get(key, 0.0), control.get("impressions", 0.0)))
+        lift, ci = lift_interval(_rate(learning.get(key, 0.0), _shown(learning)),
+                                 _rate(control.get(key, 0.0), _shown(control)))
         out[f"{name}_lift"], out[f"{name}_lift_ci95"] = lift, ci
     return out
 

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from engine.config import EngineConfig, RewardSettings
-from engine.decisions import Reward, reward_of, reward_value
+from engine.decisions import Reward, holdout_arm, reward_of, reward_value
 from engine.erasure import DECISION_INDEX_GRACE_S
 from engine.layout import anonymous_subject, customer_subject
 from engine.learning_store import Finalised, JoinOutcome, LearningStore
@@ -177,6 +177,12 @@ class RewardJoiner:
             if not logged:
                 return
         settled, increments = [], []
+        # "nothing now" (no action shown): counted per arm, no reward window (nothing can be clicked or credited)
+        empty = [r for r, _, _ in logged if not r["actions"]]
+        if empty:
+            self.stats.decisions += len(empty)
+            increments += [(r["placement"], r["holdout_arm"], "nothing_now", 1) for r in empty]
+            logged = [x for x in logged if x[0]["actions"]]
         outcomes = await self.store.decisions_logged([(r, s) for r, s, _ in logged], now)
         await self.store.index_decisions([
             (_subject(r), r["decision_id"], r["timestamp"] / 1000.0, int(s.window_seconds) + DECISION_INDEX_GRACE_S)
@@ -200,9 +206,17 @@ class RewardJoiner:
         rewards: list[tuple[Reward, str, float, RewardSettings]] = []
         sources: list[Record] = []
         placements = self.config.placements
+        shown: list[tuple[str, str, str, float]] = []
         for rec, ev in events:
             props = ev.properties
             if "decision_id" not in props:  # most events carry no reward: skip them cheaply
+                continue
+            if ev.type == "impression":  # a decision actually shown: the CTR's denominator (serving/experiments)
+                pid = props.get("placement")
+                place = placements.get(pid) if isinstance(pid, str) else None
+                if place is not None and ev.visitor_id:
+                    shown.append((place.id, holdout_arm(ev.visitor_id, place.id, place.learning.holdout_share),
+                                  "shown", 1))
                 continue
             try:
                 reward = reward_of(ev.type, props)
@@ -222,6 +236,8 @@ class RewardJoiner:
                 continue
             rewards.append((reward, ev.event_id, value, settings))
             sources.append(rec)
+        if shown:
+            await self.store.count(shown)
         if not rewards:
             return
         settled, increments = [], []

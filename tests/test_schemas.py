@@ -808,7 +808,9 @@ def test_valid_decision_is_not_modified() -> None:
         (decision(degraded="no"), "degraded: must be boolean, got string"),
         (decision(context={"views_1h": "3"}), "context.views_1h: must be number, got string"),
         (decision(context={"is_web": True}), "context.is_web: must be number, got boolean"),
-        (decision(actions=[]), "actions: must have at least 1 item(s)"),
+        (decision(actions=[]), "reason: is required"),  # "nothing now" says why
+        (decision(actions=[], reason="bogus"), "reason: must be one of below_threshold, capped, contact_pressure, "
+                                               "all_suppressed, no_eligible_action, got 'bogus'"),
         (decision(actions=[{"action_id": "promo-socks"}]), "actions[0].score: is required"),
         (decision(candidates=["a", "a"]), "candidates: items must be unique"),
         (

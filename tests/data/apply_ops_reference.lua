@@ -318,6 +318,84 @@ local function wipe()
   aff_count = {}
 end
 
+-- exposure records (engine/exposure.py), the straightforward way: split, edit, join
+local function b36(n)
+  local digits, out = '0123456789abcdefghijklmnopqrstuvwxyz', ''
+  if n == 0 then return '0' end
+  while n > 0 do
+    out = sub(digits, n % 36 + 1, n % 36 + 1) .. out
+    n = floor(n / 36)
+  end
+  return out
+end
+local function xsplit(v)
+  local parts = {}
+  for part in string.gmatch((v or '0,') .. ',', '([^,]*),') do parts[#parts + 1] = part end
+  local times = {}
+  for k = 3, #parts do times[#times + 1] = tonumber(parts[k], 36) end
+  return tonumber(parts[1]) or 0, parts[2] ~= '' and tonumber(parts[2], 36) or nil, times
+end
+local function xjoin(u, m, times, k)
+  table.sort(times)
+  local keep = {}
+  local newest = times[#times]
+  for j = 1, #times do
+    if j > #times - k and times[j] >= newest - 8 * 1440 then keep[#keep + 1] = b36(times[j]) end
+  end
+  local out = int(u) .. ',' .. (m and b36(m) or '')
+  if #keep > 0 then out = out .. ',' .. table.concat(keep, ',') end
+  return out
+end
+local function xlatest(v)
+  local _, m, times = xsplit(v)
+  local t = -1
+  for _, x in ipairs(times) do if x > t then t = x end end
+  if m and m > t then t = m end
+  return t
+end
+local function exposure(kind, prefix, key, t, k, maxn)
+  local f = prefix .. key
+  if kind == 'k' then
+    if H[f] ~= nil then
+      local u, m, times = xsplit(H[f])
+      if u ~= 0 then
+        local _, comma = find(H[f], ',', 1, true)
+        set(f, '0' .. sub(H[f], comma))
+      end
+    end
+    return
+  end
+  if H[f] == nil then
+    local fields = {}
+    for g, _ in pairs(H) do
+      if sub(g, 1, #prefix) == prefix then fields[#fields + 1] = g end
+    end
+    if #fields >= maxn then
+      table.sort(fields, function(x, y)
+        local tx, ty = xlatest(H[x]), xlatest(H[y])
+        if tx ~= ty then return tx < ty end
+        return x < y
+      end)
+      del(fields[1])
+    end
+  end
+  local u, m, times = xsplit(H[f])
+  if kind == 'm' then
+    u = u + 1
+    times[#times + 1] = t
+  elseif kind == 't' then
+    times[#times + 1] = t
+  elseif kind == 'd' or kind == 'p' then
+    if m == nil or t > m then m = t end
+  elseif kind == 'M' then
+    local u2, m2, t2 = xsplit(t)
+    u = u + u2
+    if m2 and (m == nil or m2 > m) then m = m2 end
+    for _, x in ipairs(t2) do times[#times + 1] = x end
+  end
+  set(f, xjoin(u, m, times, k))
+end
+
 for _, ev in ipairs(batch) do
   local off = ev[1]
   local fresh = off > stored
@@ -402,6 +480,9 @@ for _, ev in ipairs(batch) do
           zpending[op[2]] = p
         end
         p.inc[op[3]] = (p.inc[op[3]] or 0) + op[4] * 2 ^ e
+      elseif c == 'x' then
+        -- ["x", kind, prefix, key, minute or merged record, times kept, records kept]
+        exposure(op[2], op[3], op[4], op[5], op[6], op[7])
       elseif c == 'wipe' then
         wipe()
       elseif c == 'kset' then
