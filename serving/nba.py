@@ -74,7 +74,8 @@ class ChannelState:
     send_at: float | None
     rate: float
     why: str | None = None
-    #: what left it out: the contact policy's category (``capped``, ``contact_pressure``), else ``other``
+    #: what left it out: the contact policy's category (``capped``, ``contact_pressure``), ``consent``, else
+    #: ``other`` (contact hours)
     category: str = "other"
 
 
@@ -101,7 +102,7 @@ def channel_states(svc: Services, req: DecideRequest, placement: Placement, prof
         engaged, shown = counts.get(ch, (0, 0))
         rate = channels.rate(engaged, shown, prior.rates.get(ch, channels.DEFAULT_RATE), strength)
         if ch not in allowed:
-            out[ch] = ChannelState(ch, None, rate, f"consent: marketing_{ch} not given")
+            out[ch] = ChannelState(ch, None, rate, f"consent: marketing_{ch} not given", "consent")
             continue
         if policy is not None and (hit := policy.channel(ch)) is not None:
             out[ch] = ChannelState(ch, None, rate, hit[1], hit[0])
@@ -131,7 +132,8 @@ def reachable(actions: Sequence[Action], placement: Placement, states: Mapping[s
             reasons = sorted({states[c].why or "" for c in offered if c in states})
             excluded[a.id] = "channel: " + ("; ".join(r for r in reasons if r) or "none of its channels is offered")
             if categories is not None:
-                cats = {states[c].category for c in offered if c in states} or {"other"}
+                # a channel the customer never allowed does not say why now: the ones they allow do
+                cats = {states[c].category for c in offered if c in states} - {"consent"} or {"other"}
                 categories[a.id] = cats.pop() if len(cats) == 1 else (
                     "other" if "other" in cats else "contact_pressure")
             continue

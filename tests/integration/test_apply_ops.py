@@ -45,7 +45,7 @@ def _events(rng: random.Random, n: int, t0: float) -> list[tuple[str, float, dic
             t += rng.expovariate(1 / 600)
         etype = rng.choice(["page_view"] * 12 + ["click"] * 5 + ["search", "add_to_cart", "add_to_cart",
                                                                    "remove_from_cart", "purchase", "identify",
-                                                                   "feedback", "consent"])
+                                                                   "feedback", "consent"] + ["impression"] * 4)
         item, cat = rng.choice(items[: rng.choice((8, 30, len(items)))]), rng.choice(cats)
         props: dict[str, Any] = {"item_id": item, "category": cat}
         if etype == "purchase":
@@ -56,6 +56,13 @@ def _events(rng: random.Random, n: int, t0: float) -> list[tuple[str, float, dic
             props["quantity"] = rng.choice((1, 1, 2))
         elif etype == "consent":
             props = {"personalisation": rng.random() < 0.7, "marketing": rng.random() < 0.5}
+        elif etype == "impression":  # contact policy exposure records: more actions than a profile keeps
+            props = {"action_id": f"act-{rng.randrange(60)}", "channel": rng.choice(["web", "email", "push"])}
+        elif etype == "feedback":
+            props = {"action_id": f"act-{rng.randrange(60)}", "kind": rng.choice(["dismiss", "click"]),
+                     "decision_id": "d-1"}
+        elif etype == "click" and rng.random() < 0.3:
+            props["action_id"] = f"act-{rng.randrange(60)}"
         out.append((etype, round(t, 3), props, {"session_id": rng.choice(sessions)}))
     return out
 
