@@ -44,6 +44,11 @@ field                        content
                              the affinity operation's forward decay with landmarks ``L_h`` / ``L_d``
 ``tz``                       IANA time zone from identify ``traits.timezone``
 ``I:<ch>`` / ``E:<ch>``      impressions shown / rewards (click, feedback, purchase) earned on a channel
+``X:<action>``               contact policy (``engine.exposure``): ``<unclicked>,<dismissed>,<t1>,...``, times
+                             shown since the last click, the last dismissal and impression minutes (base 36);
+                             at most ``max_tracked_actions`` records
+``Y:<ch>`` / ``P:<item>``    impression minutes on a channel / the last purchase of an item (same format; at most
+                             8 / ``max_tracked_purchases`` records)
 ``S``                        the segments last published for this profile, ``,``-joined (written by the
                              segment tracker, ``streams/segments.py``, never by the Lua applier)
 ===========================  ==========================================================================

@@ -1,8 +1,9 @@
 """``"explain": true`` in a decide request: why each candidate was shown, ranked lower, or left out.
 
 Per candidate of the placement (or of the request's ``candidates``): whether it was eligible and, if not, the
-rule that excluded it (its validity period, its audience and the segment that decided, or no channel that can
-reach the customer: consent, contact hours); for an eligible one,
+rule that excluded it (its validity period, its audience and the segment that decided, the contact policy:
+``suppressed: purchased``, ``cooldown: dismissed 2h ago``, ``cap: 3/day reached``, or no channel that can reach
+the customer: consent, contact hours, ``cap: email 1/day reached``, contact pressure); for an eligible one,
 its score and what made it:
 
 - the baseline scorer (``affinity_popularity``): its terms, ``score = prior x (1 + category + item + tags +
@@ -115,7 +116,8 @@ EXPLANATION_SCHEMA: dict[str, Any] = {
                                                    "properties": {
             "action_id": {"type": "string"},
             "eligible": {"type": "boolean"},
-            "excluded_by": {"type": "string", "description": "the rule that excluded it (validity, audience)"},
+            "excluded_by": {"type": "string", "description": "the rule that excluded it (validity, audience, "
+                            "contact policy: suppression, cool-down, cap; channel)"},
             "rank": {"type": ["integer", "null"], "description": "its place in the answer; null: below n"},
             "score": {"type": "number"},
             "contributions": {"type": "array", "items": {"type": "object", "properties": {

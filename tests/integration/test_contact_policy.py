@@ -112,7 +112,8 @@ def test_a_capped_channel_gives_way_to_the_next_and_pressure_means_nothing_now(s
     customer = new_customer("chan")
     produce(stack.bootstrap, stack.events_topic, [event("consent", customer, customer=True, marketing={"web": False})])
     applied(redis_url, customer, lambda p: p.consent.get("marketing_web") is False, "the consent")
-    ask = {"placement": "next_best_action", "candidates": ["nba-running-shoes"], "context": {"timezone": "UTC"}}
+    ask: dict[str, Any] = {"placement": "next_best_action", "candidates": ["nba-running-shoes"],
+                           "context": {"timezone": "UTC"}}
     first = decide(api, customer, **ask)["actions"][0]["channel"]
     assert first in ("email", "push")  # its channels are web, email and push; web is not allowed
     other = "push" if first == "email" else "email"

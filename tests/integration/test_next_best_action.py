@@ -107,10 +107,11 @@ def test_the_channel_respects_consent_and_follows_engagement(stack: Stack, worke
                                                              redis_url: str) -> None:
     customer = new_customer("channel")
     consent(stack, customer, web=False, email=True, push=True, sms=True)
-    # shown on push ten times and clicked eight: push is this customer's channel (two weeks ago: the contact
-    # policy's caps, 3 pushes a week, count this week's impressions only)
+    # shown on push ten times and clicked eight: push is this customer's channel (another action, two weeks ago:
+    # the contact policy counts this week's impressions for its caps, and an action's own impressions without a
+    # click of it for its suppression)
     weeks_ago = int((time.time() - 14 * 86400) * 1000)
-    shown = [event("impression", customer, customer=True, action_id="nba-running-shoes", channel="push",
+    shown = [event("impression", customer, customer=True, action_id="nba-vip-preview", channel="push",
                    ts_ms=weeks_ago + i) for i in range(10)]
     clicks = [event("click", customer, customer=True, category="shoes") for _ in range(8)]
     for c in clicks:
