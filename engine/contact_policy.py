@@ -40,10 +40,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from engine.config.model import PERIODS, Action, Caps, ContactPolicySettings
-from engine.exposure import ACTION_PREFIX, CHANNEL_PREFIX, PURCHASE_PREFIX, parse
+from engine.exposure import ACTION_PREFIX, CHANNEL_PREFIX, CHANNELS, PURCHASE_PREFIX
+
+_PRESSURE_FIELDS = tuple(CHANNEL_PREFIX + c for c in CHANNELS if c != "web")
 
 #: "Nothing now" reasons (the answer's ``reason``); ``below_threshold`` is value arbitration's.
 CAPPED, CONTACT_PRESSURE, ALL_SUPPRESSED, NO_ELIGIBLE_ACTION = (
@@ -65,6 +68,28 @@ def b36(n: int) -> str:
         n, r = divmod(n, 36)
         s = digits[r] + s
     return s or "0"
+
+
+#: (zone, period, quarter hour) -> the period's start: every local hour starts on a UTC quarter hour (offsets and
+#: DST changes are whole quarter hours), so within one quarter hour the start is the same
+_STARTS: dict[tuple[str, str, int], float] = {}
+
+
+def cached_period_start(now: float, tz: ZoneInfo, period: str) -> float:
+    """:func:`period_start`, computed once per zone, period and quarter hour (decide asks it per decision).
+
+    >>> from engine.timing import zone
+    >>> cached_period_start(1_764_662_400.0 + 899, zone("Asia/Kolkata"), "hour") == period_start(
+    ...     1_764_662_400.0 + 899, zone("Asia/Kolkata"), "hour")
+    True
+    """
+    key = (tz.key, period, int(now // 900))
+    s = _STARTS.get(key)
+    if s is None:
+        if len(_STARTS) >= 4096:
+            _STARTS.clear()
+        s = _STARTS[key] = period_start(now, tz, period)
+    return s
 
 
 def period_start(now: float, tz: ZoneInfo, period: str) -> float:
@@ -98,6 +123,39 @@ def count_since(times: Iterable[int], start_s: float) -> int:
     return sum(1 for t in times if t >= first)
 
 
+def count_since_b36(times: Sequence[str], start_s: float) -> int:
+    """The same on times as stored (base 36): strings of one length compare as their numbers do, so no time
+    is converted unless its length differs from the start's.
+
+    >>> count_since_b36(["a", "b", "c"], 11 * 60.0), count_since_b36(["hidpc", "zz"], 29_411_040 * 60.0)
+    (2, 1)
+    """
+    first = _b36_cached(int(start_s // 60))
+    n = len(first)
+    return sum(1 for t in times if (t >= first if len(t) == n else int(t, 36) >= int(first, 36)))
+
+
+@lru_cache(maxsize=1024)
+def _b36_cached(minute: int) -> str:
+    return b36(minute)
+
+
+#: (id(defaults), id(own)) -> (defaults, own, their limits): an action's effective caps, built once per
+#: configuration (keyed by identity: hashing the frozen dataclasses per candidate cost more than the checks)
+_LIMITS: dict[tuple[int, int], tuple[Caps, Caps | None, tuple[tuple[str, int], ...]]] = {}
+
+
+def _limits(defaults: Caps, own: Caps | None) -> tuple[tuple[str, int], ...]:
+    hit = _LIMITS.get((id(defaults), id(own)))
+    if hit is not None and hit[0] is defaults and hit[1] is own:
+        return hit[2]
+    if len(_LIMITS) >= 65536:
+        _LIMITS.clear()
+    limits = defaults.over(own).limits()
+    _LIMITS[id(defaults), id(own)] = (defaults, own, limits)
+    return limits
+
+
 def ago(seconds: float) -> str:
     """
     >>> ago(90.0), ago(7300.0), ago(3 * 86400.0)
@@ -124,12 +182,12 @@ class PolicyView:
     def start(self, period: str) -> float:
         s = self._starts.get(period)
         if s is None:
-            s = self._starts[period] = period_start(self.now, self.tz, period)
+            s = self._starts[period] = cached_period_start(self.now, self.tz, period)
         return s
 
-    def _cap_hit(self, times: list[int], caps: Caps) -> tuple[str, int] | None:
-        for period, limit in caps.limits():
-            if len(times) >= limit and count_since(times, self.start(period)) >= limit:
+    def _cap_hit(self, times: Sequence[str], limits: tuple[tuple[str, int], ...]) -> tuple[str, int] | None:
+        for period, limit in limits:
+            if len(times) >= limit and count_since_b36(times, self.start(period)) >= limit:
                 return period, limit
         return None
 
@@ -144,23 +202,28 @@ class PolicyView:
         value = raw.get(ACTION_PREFIX + action_id)
         if value is None:
             return None
-        rec = parse(value)
+        # the record as stored (engine.exposure): only what a rule needs is converted
+        parts = value.split(",")
         n = p.max_shown_without_click
-        if n is not None and rec.unclicked >= n:
-            return "suppressed", f"suppressed: shown {rec.unclicked} times without a click"
+        if n is not None and parts[0] and (unclicked := int(parts[0])) >= n:
+            return "suppressed", f"suppressed: shown {unclicked} times without a click"
         hours = p.dismiss_cooldown_hours
-        if hours is not None and rec.mark is not None and self.now - rec.mark * 60 < hours * 3600:
-            return "suppressed", f"cooldown: dismissed {ago(self.now - rec.mark * 60)} ago"
-        hit = self._cap_hit(rec.times, p.action_caps.over(caps))
-        if hit is not None:
-            return "capped", f"cap: {hit[1]}/{hit[0]} reached"
+        if hours is not None and len(parts) > 1 and parts[1]:
+            since = self.now - int(parts[1], 36) * 60
+            if since < hours * 3600:
+                return "suppressed", f"cooldown: dismissed {ago(since)} ago"
+        if len(parts) > 2:
+            hit = self._cap_hit(parts[2:], _limits(p.action_caps, caps))
+            if hit is not None:
+                return "capped", f"cap: {hit[1]}/{hit[0]} reached"
         return None
 
     def channel(self, channel: str) -> Exclusion | None:
         """Why a channel may not contact the customer now (its cap, the contact pressure), or None."""
         caps = self.policy.channel_caps.get(channel)
         if caps is not None:
-            hit = self._cap_hit(parse(self.raw.get(CHANNEL_PREFIX + channel)).times, caps)
+            value = self.raw.get(CHANNEL_PREFIX + channel)
+            hit = self._cap_hit(value.split(",")[2:], caps.limits()) if value else None
             if hit is not None:
                 return "capped", f"cap: {channel} {hit[1]}/{hit[0]} reached"
         if channel == "web":
@@ -173,10 +236,10 @@ class PolicyView:
         limits = self.policy.contact_pressure.limits()
         if not limits:
             return None
-        times = [t for k, v in self.raw.items() if k.startswith(CHANNEL_PREFIX) and k != CHANNEL_PREFIX + "web"
-                 for t in parse(v).times]
+        raw = self.raw
+        times = [t for f in _PRESSURE_FIELDS if (v := raw.get(f)) for t in v.split(",")[2:]]
         for period, limit in limits:
-            if count_since(times, self.start(period)) >= limit:
+            if count_since_b36(times, self.start(period)) >= limit:
                 return "contact_pressure", f"contact pressure: {limit}/{period} reached (every channel but web)"
         return None
 
@@ -199,8 +262,16 @@ def eligible(view: PolicyView, actions: Sequence[Action], channel: str | None = 
         return [], {a.id: hit for a in actions}
     kept: list[Action] = []
     out: dict[str, Exclusion] = {}
+    raw, cart, p = view.raw, view.cart, view.policy
+    purchased, in_cart = p.suppress_purchased, p.suppress_in_cart
     for a in actions:
-        why = view.action(a.id, a.item_id, a.caps)
+        # the usual case, inline: no exposure record, its item neither bought nor in the cart
+        item = a.item_id
+        if ACTION_PREFIX + a.id not in raw and (item is None or (
+                not (purchased and PURCHASE_PREFIX + item in raw) and not (in_cart and item in cart))):
+            kept.append(a)
+            continue
+        why = view.action(a.id, item, a.caps)
         if why is None:
             kept.append(a)
         else:
