@@ -50,12 +50,13 @@ bench: install deps
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 # offline quality (OBD replay, MovieLens prequential), then the simulator driving the whole system
-# (with off-policy estimates from its own decision logs), value arbitration against click-only ranking, and
-# the learner's speed
+# (with off-policy estimates from its own decision logs), value arbitration against click-only ranking, what
+# caps and "nothing now" cost in clicks and save in contacts, and the learner's speed
 bench-quality: install deps
 	$(PY) -m bench.quality $(BENCH_ARGS)
 	$(PY) -m bench.simulator $(BENCH_ARGS)
 	$(PY) -m bench.value_arbitration
+	$(PY) -m bench.contact_policy_sim
 	$(PY) -m bench.learning_speed $(BENCH_ARGS)
 
 lint: install
