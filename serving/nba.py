@@ -124,10 +124,16 @@ def reachable(actions: Sequence[Action], placement: Placement, states: Mapping[s
     kept: list[Action] = []
     chosen: dict[str, ChannelState] = {}
     excluded: dict[str, str] = {}
+    # actions share a few channel lists: choose once per list (50 candidates, 4 channels: <= 15 lists)
+    best_of: dict[tuple[str, ...], str | None] = {}
     for a in actions:
         offered = a.channels or placement.channels
-        open_ = [c for c in offered if (s := states.get(c)) is not None and s.send_at is not None]
-        best = channels.choose({c: states[c].rate for c in open_}, open_)
+        key = tuple(offered)
+        if key in best_of:
+            best = best_of[key]
+        else:
+            open_ = [c for c in offered if (s := states.get(c)) is not None and s.send_at is not None]
+            best = best_of[key] = channels.choose({c: states[c].rate for c in open_}, open_)
         if best is None:
             reasons = sorted({states[c].why or "" for c in offered if c in states})
             excluded[a.id] = "channel: " + ("; ".join(r for r in reasons if r) or "none of its channels is offered")
