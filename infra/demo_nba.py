@@ -98,4 +98,16 @@ class Walkthrough:
         print(f"  an admin retires {chosen} (POST /v1/admin/actions/{chosen}/retire):")
         print(f"    gone from decide {ms:.0f} ms later, no restart ->     {_line(gone)}")
         self.client.post(f"{self.base}/v1/admin/actions/{chosen}/reset", headers=self.admin)
+
+        # the contact policy: the site reports what it actually sent (impressions), caps count them
+        sent = gone["actions"][0] if gone["actions"] else {"action_id": "nba-running-shoes", "channel": "push"}
+        self.send(*(_event("impression", c, action_id=sent["action_id"], channel=sent.get("channel", "push"),
+                           decision_id=gone.get("decision_id", uuid.uuid4().hex)) for _ in range(3)))
+        # asked for that action alone: the cap is the one reason it cannot go out (with every candidate, the
+        # audience rules that leave others out make the reason no_eligible_action)
+        capped, ms = self.until(lambda a: not a["actions"], "the cap", context={"timezone": "Europe/Paris"},
+                                candidates=[sent["action_id"]], explain=True)
+        why = capped["explanation"]["candidates"][0].get("excluded_by", "?")
+        print(f"  three {sent.get('channel')} notifications of {sent['action_id']} sent (impression events):")
+        print(f"    {ms:.0f} ms later, asked for it again -> {_line(capped)}: {why}")
         self.client.close()
