@@ -285,10 +285,10 @@ def nothing_now(categories: Iterable[str]) -> str:
 
     >>> nothing_now(["capped", "capped", "suppressed"]), nothing_now(["suppressed"]), nothing_now([])
     ('capped', 'all_suppressed', 'no_eligible_action')
-    >>> nothing_now(["capped", "other"]), nothing_now(["contact_pressure"])
-    ('no_eligible_action', 'contact_pressure')
+    >>> nothing_now(["capped", "other"]), nothing_now(["contact_pressure"]), nothing_now(["capped", "consent"])
+    ('no_eligible_action', 'contact_pressure', 'capped')
     """
-    counts = Counter(categories)
+    counts = Counter(c for c in categories if c != "consent")  # never theirs: it does not say why now
     if not counts or any(c not in _REASONS for c in counts):
         return NO_ELIGIBLE_ACTION
     best = max(_REASONS, key=lambda c: counts.get(c, 0))

@@ -103,11 +103,10 @@ class Walkthrough:
         sent = gone["actions"][0] if gone["actions"] else {"action_id": "nba-running-shoes", "channel": "push"}
         self.send(*(_event("impression", c, action_id=sent["action_id"], channel=sent.get("channel", "push"),
                            decision_id=gone.get("decision_id", uuid.uuid4().hex)) for _ in range(3)))
-        # asked for that action alone: the cap is the one reason it cannot go out (with every candidate, the
-        # audience rules that leave others out make the reason no_eligible_action)
         capped, ms = self.until(lambda a: not a["actions"], "the cap", context={"timezone": "Europe/Paris"},
-                                candidates=[sent["action_id"]], explain=True)
-        why = capped["explanation"]["candidates"][0].get("excluded_by", "?")
+                                explain=True)
+        why = {e["action_id"]: e.get("excluded_by", "?") for e in capped["explanation"]["candidates"]}
         print(f"  three {sent.get('channel')} notifications of {sent['action_id']} sent (impression events):")
-        print(f"    {ms:.0f} ms later, asked for it again -> {_line(capped)}: {why}")
+        print(f"    {ms:.0f} ms later ->                                  {_line(capped)}")
+        print(f"    {sent['action_id']}: {why.get(sent['action_id'])}")
         self.client.close()

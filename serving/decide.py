@@ -313,7 +313,8 @@ DECIDE_OPENAPI: dict[str, Any] = {
                            "expected value is under the placement's min_expected_value), capped (frequency caps), "
                            "contact_pressure (the contact-pressure limit), all_suppressed (purchased, in the "
                            "cart, shown without a click, dismissed), no_eligible_action (anything else: "
-                           "validity, audience, consent, contact hours, or a mix)"},
+                           "no candidate passed validity and audience, consent, contact hours, or a mix); "
+                           "candidates out by validity or audience do not decide the reason"},
                 "degraded": {"type": "boolean", "description": "true when profile data was unavailable "
                              "within the time budget, or the API shed the request under overload, and the "
                              "ranking is non-personalised"},
@@ -367,13 +368,11 @@ def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalise
             segments = [*segments, cluster]
     actions = eligible_actions(req, svc.config, now, frozenset(segments))
     # the contact policy (engine/contact_policy.py): suppression and caps before scoring, on the profile read
-    offered = len(req.candidates if req.candidates is not None else svc.placement_action_ids[req.placement])
     excluded: dict[str, contact_policy.Exclusion] = {}
     view = None
     if svc.config.contact_policy.enabled and personalised and profile is not None:
         view = policy_view(svc.config, req, profile, now)
         actions, excluded = contact_policy.eligible(view, actions, None if placement.channels else "web")
-    others = offered - len(actions) - len(excluded)  # left out before the policy: validity, audience
     collaborative = collaborative_scores(svc, profile, actions) if personalised and profile is not None else {}
     if nba.applies(placement):  # channels, send time, value arbitration
         built = svc.candidates
@@ -385,11 +384,13 @@ def rank(svc: Services, req: DecideRequest, profile: Profile | None, personalise
             svc.models.get(req.placement, policy_name).version)
         name = svc.scorer.name if policy_name == BASELINE_POLICY else policy_name
         reason = out.reason or (None if out.actions else contact_policy.nothing_now(
-            ["other"] * others + [c for c, _ in excluded.values()] + list(out.categories.values())))
+            [c for c, _ in excluded.values()] + list(out.categories.values())))
         return Ranking(out.actions, out.propensity, name, version, arm, top_features, segments, out.delivery,
                        out.details, {**{k: v for k, (_, v) in excluded.items()}, **out.excluded}, reason), context
     unreachable = {k: v for k, (_, v) in excluded.items()}
-    reason = None if actions else contact_policy.nothing_now(["other"] * others + [c for c, _ in excluded.values()])
+    # the reason is what left out the candidates this customer could have had: those out by validity or
+    # audience never were, so caps that took the rest are the reason (capped), not "no eligible action"
+    reason = None if actions else contact_policy.nothing_now([c for c, _ in excluded.values()])
     if policy_name == BASELINE_POLICY:
         affinities = profile.affinities if personalised and profile is not None else None
         ranked = svc.scorer.rank(actions, affinities, svc.popularity, collaborative)[: req.n]

@@ -139,7 +139,8 @@ def reachable(actions: Sequence[Action], placement: Placement, states: Mapping[s
             excluded[a.id] = "channel: " + ("; ".join(r for r in reasons if r) or "none of its channels is offered")
             if categories is not None:
                 # a channel the customer never allowed does not say why now: the ones they allow do
-                cats = {states[c].category for c in offered if c in states} - {"consent"} or {"other"}
+                # (an action none of whose channels the customer allows is theirs never, like an audience rule)
+                cats = {states[c].category for c in offered if c in states} - {"consent"} or {"consent"}
                 categories[a.id] = cats.pop() if len(cats) == 1 else (
                     "other" if "other" in cats else "contact_pressure")
             continue

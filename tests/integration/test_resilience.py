@@ -311,7 +311,8 @@ def test_make_demo_runs_end_to_end_and_shows_a_changed_decision() -> None:
     withdrawn = next(line for line in lines if "they withdraw" in line)
     assert withdrawn.split()[2] not in withdrawn.split(":", 1)[1], withdrawn  # the withdrawn channel is not used
     assert any("gone from decide" in line and "nba-cart-reminder" not in line for line in lines), out.stdout
-    assert any("nothing now (reason: capped): cap: " in line for line in lines), out.stdout  # caps count impressions
+    assert any("nothing now (reason: capped)" in line for line in lines), out.stdout  # caps count impressions
+    assert any(": cap: " in line and "reached" in line for line in lines), out.stdout
 
 
 def test_the_profile_script_is_loaded_again_after_redis_forgot_it(redis_server: local.RedisService) -> None:
