@@ -67,7 +67,9 @@ key                            type    content
 ``erased:{<subject>}``         string  erasure marker (epoch s): while it lives (``ERASURE_RETENTION_DAYS``)
                                        the worker writes nothing for this person (replays, events in flight)
 ``erasing:{<subject>}``        set     the ids of an erasure in progress (a retry finishes it)
-``pop:{global}``               hash    landmarks ``L:<feature>`` and applied offsets of the popularity owner
+``pop:{global}``               hash    landmarks ``L:<feature>`` and applied offsets of the popularity owner (on
+                                       a Redis Cluster ``HOT_KEY_SHARDS`` shards ``pop:{global#<s>}...``, by
+                                       partition, summed on read; so are ``stats:`` and ``arms:``, at random)
 ``pop:{global}:aff:<feature>`` zset    forward-decayed global popularity per affinity feature (top 2000)
 ``pop:{global}:contact``       zset    the population's decayed activity hours and channel rates (next-best action)
 ``model:{<placement>}``        hash    ``version``, ``blob`` (signed snapshot), ``state`` (the learner's own)
@@ -97,6 +99,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterable, Mapping
 
 from engine.config import EngineConfig
 from engine.decisions import decision_slot
@@ -137,8 +140,37 @@ CHANNEL_SHOWN_PREFIX, CHANNEL_ENGAGED_PREFIX = "I:", "E:"
 CONTACT_PRIOR_LANDMARK = "L:_contact"
 
 
-def contact_prior_key() -> str:
-    return f"pop:{GLOBAL_OWNER}:contact"
+#: A Redis Cluster spreads the hot single keys (the popularity owner, the worker counters, the experiment
+#: counters: written by every batch) over this many shards, each its own hash tag, so that no one master takes
+#: every write; readers sum the shards. Shard 0 is the key of a single Redis, which uses that one alone.
+HOT_KEY_SHARDS = 16
+
+
+def shard_tag(name: str, shard: int) -> str:
+    """The hash tag of shard ``shard`` of a hot key: shard 0 keeps the single-Redis name.
+
+    >>> shard_tag("global", 0), shard_tag("global", 10), arms_key("home", 3)
+    ('{global}', '{global#0a}', 'arms:{home#03}')
+    """
+    return f"{{{name}}}" if shard == 0 else f"{{{name}#{shard:02x}}}"
+
+
+def sum_counters(shards: Iterable[Mapping[str, str]]) -> dict[str, str]:
+    """Counter hashes summed field by field (a sum of integers stays an integer).
+
+    >>> sum_counters([{"a": "2", "s": "0.5"}, {"a": "3", "s": "1.25", "b": "1"}])
+    {'a': '5', 's': '1.75', 'b': '1'}
+    """
+    out: dict[str, int | float] = {}
+    for h in shards:
+        for field, value in h.items():
+            n = int(value) if value.lstrip("-").isdigit() else float(value)
+            out[field] = out.get(field, 0) + n
+    return {f: repr(v) if isinstance(v, float) else str(v) for f, v in out.items()}
+
+
+def contact_prior_key(shard: int = 0) -> str:
+    return f"{popularity_hash(shard)}:contact"
 
 
 #: The segments last published for a profile (``streams/segments.py``).
@@ -272,16 +304,16 @@ def legacy_keys(subject: str, config: EngineConfig) -> list[str]:
         f"{base}:aff:{f.name}" for f in config.affinities] + [f"{base}:recent:{r.name}" for r in config.recents]
 
 
-def popularity_hash() -> str:
-    return f"pop:{GLOBAL_OWNER}"
+def popularity_hash(shard: int = 0) -> str:
+    return f"pop:{shard_tag('global', shard)}"
 
 
 def model_key(placement: str) -> str:
     return f"model:{{{placement}}}"
 
 
-def worker_stats_key() -> str:
-    return "stats:{worker}"
+def worker_stats_key(shard: int = 0) -> str:
+    return f"stats:{shard_tag('worker', shard)}"
 
 
 def dedup_token(event_id: str) -> str:
@@ -409,7 +441,7 @@ class OwnerKeys:
             for f in config.affinities:
                 keys.append(f"{base}:aff:{f.name}")
                 self.aff[f.name] = len(keys)
-            keys.append(contact_prior_key())
+            keys.append(f"{base}:contact")  # contact_prior_key of the shard
             self.contact = len(keys)
         self.keys = keys
 
@@ -426,8 +458,9 @@ def customer_keys(customer_id: str, config: EngineConfig) -> OwnerKeys:
     return subject_keys(customer_subject(customer_id), config)
 
 
-def popularity_keys(config: EngineConfig) -> OwnerKeys:
-    return OwnerKeys(popularity_hash(), config, per_customer=False)
+def popularity_keys(config: EngineConfig, shard: int = 0) -> OwnerKeys:
+    """The keys of one popularity shard (a partition always writes to the same one: its offset guard is there)."""
+    return OwnerKeys(popularity_hash(shard), config, per_customer=False)
 
 
 # -- learning: the reward join, experiment counters, model snapshots ------------------------------------
@@ -463,9 +496,9 @@ def due_key(slot: int) -> str:
     return f"due:{{{slot:02x}}}"
 
 
-def arms_key(placement: str) -> str:
+def arms_key(placement: str, shard: int = 0) -> str:
     """The experiment counters of a placement: fields ``arm_field(arm, counter)``."""
-    return f"arms:{{{placement}}}"
+    return f"arms:{shard_tag(placement, shard)}"
 
 
 def arm_field(arm: str, counter: str) -> str:

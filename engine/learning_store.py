@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from engine.decisions import Reward, decision_slot
 from engine.faults import is_infrastructure
 from engine.layout import (
     DECISION_SLOTS,
+    HOT_KEY_SHARDS,
     MODEL_BLOB,
     MODEL_STATE,
     MODEL_VERSION,
@@ -37,7 +39,9 @@ from engine.layout import (
     due_key,
     erasure_marker_key,
     model_key,
+    sum_counters,
 )
+from engine.redis_connection import is_cluster
 
 log = logging.getLogger(__name__)
 REWARD_JOIN_LUA = resources.files("engine").joinpath("lua/reward_join.lua").read_text()
@@ -79,6 +83,8 @@ class LearningStore:
         self.redis = redis
         self.settle_lease = settle_lease
         self._sha: str | None = None
+        #: the experiment counters' shards (``engine.layout.HOT_KEY_SHARDS``): on a single Redis shard 0 alone
+        self.shards = HOT_KEY_SHARDS if is_cluster(redis) else 1
 
     # -- the join -----------------------------------------------------------------------------
     async def _eval_many(self, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
@@ -253,16 +259,23 @@ class LearningStore:
         """``(placement, arm, counter, n)`` increments, pipelined."""
         if not increments:
             return
+        shard = random.randrange(self.shards) if self.shards > 1 else 0  # a cluster: any shard, summed on read
         pipe = self.redis.pipeline(transaction=False)
         for placement, arm, counter, n in increments:
             if float(n).is_integer():
-                pipe.hincrby(arms_key(placement), arm_field(arm, counter), int(n))
+                pipe.hincrby(arms_key(placement, shard), arm_field(arm, counter), int(n))
             else:
-                pipe.hincrbyfloat(arms_key(placement), arm_field(arm, counter), n)
+                pipe.hincrbyfloat(arms_key(placement, shard), arm_field(arm, counter), n)
         await pipe.execute()
 
     async def arm_counters(self, placement: str) -> dict[str, dict[str, float]]:
-        raw = cast(dict[str, str], await self.redis.hgetall(arms_key(placement)))  # a decoding client
+        if self.shards == 1:
+            raw = cast(dict[str, str], await self.redis.hgetall(arms_key(placement)))  # a decoding client
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for shard in range(self.shards):
+                pipe.hgetall(arms_key(placement, shard))
+            raw = sum_counters(cast(list[dict[str, str]], await pipe.execute()))
         out: dict[str, dict[str, float]] = {}
         for field, value in raw.items():
             arm, _, counter = field.partition(":")

@@ -6,6 +6,7 @@ reading it is one ``HGETALL``.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -19,6 +20,7 @@ from engine.config import EngineConfig
 from engine.faults import is_infrastructure
 from engine.features import FeatureExtractor, RawProfile, merge_has_consent
 from engine.layout import (
+    HOT_KEY_SHARDS,
     MAX_ALIASES,
     PERSONALISATION_FIELD,
     OwnerKeys,
@@ -32,9 +34,10 @@ from engine.layout import (
     popularity_keys,
     subject_keys,
     subject_profile_key,
+    sum_counters,
     worker_stats_key,
 )
-from engine.redis_connection import execute_streamed
+from engine.redis_connection import execute_streamed, is_cluster
 
 APPLY_OPS_LUA = resources.files("engine").joinpath("lua/apply_ops.lua").read_text()
 
@@ -82,6 +85,8 @@ class ProfileStore:
         #: told the worker counters and seconds once written (the worker's own metrics, streams/metrics.py)
         self.on_counters: Callable[[dict[str, int]], None] | None = None
         self.on_seconds: Callable[[dict[str, float]], None] | None = None
+        #: hot keys' shards (``engine.layout.HOT_KEY_SHARDS``): on a single Redis shard 0 alone
+        self.shards = HOT_KEY_SHARDS if is_cluster(redis) else 1
 
     # -- writes -------------------------------------------------------------------------------
     async def _load_script(self) -> str:
@@ -150,7 +155,7 @@ class ProfileStore:
         return self.subject_batch(customer_subject(customer_id), topic, partition)
 
     def popularity_batch(self, topic: str, partition: int) -> OwnerBatch:
-        return OwnerBatch(popularity_keys(self.config), topic, partition, False, [])
+        return OwnerBatch(popularity_keys(self.config, partition % self.shards), topic, partition, False, [])
 
     # -- identity -----------------------------------------------------------------------------
     async def resolve(self, anonymous_ids: Iterable[str]) -> dict[str, str]:
@@ -217,11 +222,15 @@ class ProfileStore:
             return False
         return not erased
 
+    def _stats_key(self) -> str:
+        return worker_stats_key(random.randrange(self.shards)) if self.shards > 1 else worker_stats_key()
+
     async def incr_worker_counters(self, counters: dict[str, int]) -> None:
         pipe = self.redis.pipeline(transaction=False)
+        key = self._stats_key()
         for name, n in counters.items():
             if n:
-                pipe.hincrby(worker_stats_key(), name, n)
+                pipe.hincrby(key, name, n)
         await pipe.execute()
         if self.on_counters is not None:
             self.on_counters(counters)
@@ -229,15 +238,22 @@ class ProfileStore:
     async def add_worker_seconds(self, seconds: dict[str, float]) -> None:
         """Add to the workers' time counters (``<name>_seconds``, shown by /metrics like the counts)."""
         pipe = self.redis.pipeline(transaction=False)
+        key = self._stats_key()
         for name, s in seconds.items():
             if s > 0:
-                pipe.hincrbyfloat(worker_stats_key(), f"{name}_seconds", round(s, 6))
+                pipe.hincrbyfloat(key, f"{name}_seconds", round(s, 6))
         await pipe.execute()
         if self.on_seconds is not None:
             self.on_seconds(seconds)
 
     async def read_worker_counters(self) -> dict[str, str]:
-        return cast(dict[str, str], await self.redis.hgetall(worker_stats_key()))  # a decoding client
+        """The workers' counters, every shard summed (integers stay integers)."""
+        if self.shards == 1:
+            return cast(dict[str, str], await self.redis.hgetall(worker_stats_key()))  # a decoding client
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(self.shards):
+            pipe.hgetall(worker_stats_key(shard))
+        return sum_counters(cast(list[dict[str, str]], await pipe.execute()))
 
     # -- reads --------------------------------------------------------------------------------
     def queue_read(self, pipe: Any, customer_id: str) -> None:
@@ -262,15 +278,18 @@ class ProfileStore:
     async def read_subject(self, subject: str) -> RawProfile:
         return RawProfile(hash=cast(dict[str, str], await self.redis.hgetall(subject_profile_key(subject))))
 
-    async def read_popularity(self) -> tuple[dict[str, str], dict[str, list[tuple[str, float]]]]:
-        """The popularity owner's landmarks and top values per affinity feature."""
-        k = popularity_keys(self.config)
+    async def read_popularity(self) -> list[tuple[dict[str, str], dict[str, list[tuple[str, float]]]]]:
+        """Per popularity shard (one on a single Redis), its landmarks and top values per affinity feature."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(k.keys[0])
-        for f in self.config.affinities:
-            pipe.zrevrange(k.key(k.aff[f.name]), 0, 999, withscores=True)
+        for shard in range(self.shards):
+            k = popularity_keys(self.config, shard)
+            pipe.hgetall(k.keys[0])
+            for f in self.config.affinities:
+                pipe.zrevrange(k.key(k.aff[f.name]), 0, 999, withscores=True)
         res = await pipe.execute()
-        return res[0], {f.name: res[i + 1] for i, f in enumerate(self.config.affinities)}
+        width = 1 + len(self.config.affinities)
+        return [(res[i], {f.name: res[i + j + 1] for j, f in enumerate(self.config.affinities)})
+                for i in range(0, len(res), width)]
 
     async def personalisation_flags(self, visitors: Sequence[tuple[str | None, str | None]]) -> list[str | None]:
         """The stored personalisation consent (``'1'``, ``'0'`` or None: no choice) of each (customer id,

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, cast
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client.utils import floatToGoString
 
+from engine.redis_connection import is_cluster
 from serving import auth
 from serving.services import Services
 
@@ -58,7 +60,7 @@ async def metrics(request: Request) -> PlainTextResponse:
     except Exception:
         svc.metrics.errors.inc("metrics_arm_counters")
     try:  # alert on the ratio: at 1 (noeviction) Redis refuses writes and the worker's ingest pauses
-        text += render_redis_memory(await asyncio.wait_for(svc.redis.info("memory"), 0.5))
+        text += render_redis_memory(await asyncio.wait_for(_memory_info(svc), 0.5))
     except Exception:
         svc.metrics.errors.inc("metrics_redis_memory")
     for name, model in svc.models.models.items():
@@ -78,6 +80,20 @@ def render_arm_counters(placement: str, counters: dict[str, dict[str, float]]) -
             lines.append(f'pulse_experiment_{counter}_total{{placement="{placement}",arm="{arm}"}} '
                          f'{floatToGoString(v)}')
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+async def _memory_info(svc: Services) -> dict[str, object]:
+    """INFO memory; on a Redis Cluster the master nearest its limit's (the first to refuse writes)."""
+    if not is_cluster(svc.redis):
+        return cast(dict[str, object], await svc.redis.info("memory"))
+    from redis.asyncio.cluster import RedisCluster
+
+    per_node = await svc.redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+
+    def ratio(info: dict[str, Any]) -> float:
+        return int(info.get("used_memory", 0)) / (int(info.get("maxmemory", 0)) or 1 << 62)
+
+    return cast(dict[str, object], max(per_node.values(), key=ratio))
 
 
 def render_redis_memory(info: dict[str, object]) -> str:

@@ -56,11 +56,25 @@ class ContactPrior:
 
 
 async def refresh_contact_prior(svc: Services) -> None:
+    """The contact zset of every popularity shard (one on a single Redis), brought to the newest landmark."""
+    shards = svc.store.shards
     pipe = svc.redis.pipeline(transaction=False)
-    pipe.zrange(contact_prior_key(), 0, -1, withscores=True)
-    pipe.hget(popularity_hash(), CONTACT_PRIOR_LANDMARK)
-    pairs, _ = await pipe.execute()
-    svc.contact_prior = ContactPrior.from_scores({m: float(s) for m, s in pairs})
+    for shard in range(shards):
+        pipe.zrange(contact_prior_key(shard), 0, -1, withscores=True)
+        pipe.hget(popularity_hash(shard), CONTACT_PRIOR_LANDMARK)
+    replies = await pipe.execute()
+    if shards == 1:
+        svc.contact_prior = ContactPrior.from_scores({m: float(s) for m, s in replies[0]})
+        return
+    hl = svc.config.contact.activity_half_life_days * 86400.0
+    landmarks = [float(replies[i + 1]) if replies[i + 1] is not None else None for i in range(0, len(replies), 2)]
+    newest = max((x for x in landmarks if x is not None), default=0.0)
+    scores: dict[str, float] = {}
+    for i in range(shards):
+        factor = 2.0 ** (((landmarks[i] or newest) - newest) / hl)
+        for m, s in replies[2 * i]:
+            scores[m] = scores.get(m, 0.0) + float(s) * factor
+    svc.contact_prior = ContactPrior.from_scores(scores)
 
 
 def applies(placement: Placement) -> bool:

@@ -197,14 +197,17 @@ class Services:
         await self.redis.aclose()
 
     async def refresh_popularity(self) -> None:
-        landmarks, tops = await self.store.read_popularity()
+        shards = await self.store.read_popularity()
         now = time.time()
         scores: dict[str, dict[str, float]] = {}
         hl_s = self.config.scoring.popularity_half_life_hours * 3600.0
-        for name, pairs in tops.items():
-            landmark = float(landmarks.get(popularity_landmark_field(name), now))
-            factor = 2.0 ** ((landmark - now) / hl_s)
-            scores[name] = {m: s * factor for m, s in pairs}
+        for landmarks, tops in shards:  # a Redis Cluster's shards, each with its own landmarks: summed
+            for name, pairs in tops.items():
+                landmark = float(landmarks.get(popularity_landmark_field(name), now))
+                factor = 2.0 ** ((landmark - now) / hl_s)
+                into = scores.setdefault(name, {})
+                for m, s in pairs:
+                    into[m] = into.get(m, 0.0) + s * factor
         self.popularity = PopularitySnapshot(scores, now)
 
     async def refresh_contact_prior(self) -> None:

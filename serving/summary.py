@@ -32,7 +32,8 @@ from fastapi.responses import Response
 
 from engine.attribution import AttributionStore
 from engine.decisions import CONTROL_ARM, LEARNING_ARM
-from engine.layout import SEGMENTS_FIELD, worker_stats_key
+from engine.layout import SEGMENTS_FIELD
+from engine.redis_connection import is_cluster
 from engine.settings import Settings
 from engine.stats import lift_interval, wilson
 from serving import auth
@@ -109,11 +110,10 @@ def experiment(counters: dict[str, dict[str, float]], revenue: dict[str, float],
 async def _segment_sizes(svc: Services) -> dict[str, Any]:
     sizes = {s.id: 0 for s in svc.config.segments}
     scanned = profiles = 0
-    cursor: int | str = 0
-    while True:
-        cursor, keys = await svc.redis.scan(cursor=int(cursor), match="p:{*}", count=1000)
-        keys = [k for k in cast(list[str], keys) if k.endswith("}")]  # profiles, not their :aliases / :dec sets
-        scanned += 1000
+
+    async def count(keys: list[str]) -> None:
+        nonlocal profiles
+        keys = [k for k in keys if k.endswith("}")]  # profiles, not their :aliases / :dec sets
         if keys:
             pipe = svc.redis.pipeline(transaction=False)
             for k in keys:
@@ -123,6 +123,25 @@ async def _segment_sizes(svc: Services) -> dict[str, Any]:
                 for name in (value or "").split(","):
                     if name in sizes:
                         sizes[name] += 1
+
+    if is_cluster(svc.redis):  # every master's keys, SCAN by SCAN (redis-py's cluster scan_iter)
+        batch: list[str] = []
+        complete = True
+        async for key in svc.redis.scan_iter(match="p:{*}", count=1000):
+            batch.append(cast(str, key))
+            if len(batch) == 1000:
+                await count(batch)
+                scanned, batch = scanned + 1000, []
+                if scanned >= SEGMENT_SCAN_KEYS:
+                    complete = False
+                    break
+        await count(batch)
+        return {"sizes": sizes, "profiles_scanned": profiles, "complete": complete}
+    cursor: int | str = 0
+    while True:
+        cursor, keys = await svc.redis.scan(cursor=int(cursor), match="p:{*}", count=1000)
+        await count(cast(list[str], keys))
+        scanned += 1000
         if int(cursor) == 0 or scanned >= SEGMENT_SCAN_KEYS:
             break
     return {"sizes": sizes, "profiles_scanned": profiles, "complete": int(cursor) == 0}
@@ -171,7 +190,7 @@ async def summary(request: Request) -> Response:
     async with asyncio.timeout(REDIS_CALL_TIMEOUT_S * 4):
         arms = [await svc.learning.arm_counters(p) for p in placements]
         rows, totals = await AttributionStore(svc.redis, svc.config.attribution).counters()
-        worker = cast(dict[str, str], await svc.redis.hgetall(worker_stats_key()))
+        worker = await svc.store.read_worker_counters()
         segments = await _segment_sizes(svc)
     lag = await _lag(svc.settings)
     attribution = report(svc.config, rows, totals)

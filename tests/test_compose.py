@@ -168,7 +168,7 @@ def test_every_key_family_of_the_layout_belongs_to_an_acl_user() -> None:
     # a person's keys are named by subject, a customer's (c:...) or an anonymous id's (a:...): both kinds
     for subject in (layout.customer_subject("c-1"), layout.anonymous_subject("a-1")):
         samples = {"customer_id": "c-1", "anonymous_id": "a-1", "placement": "home_hero", "slot": 3,
-                   "decision_id": "d-1", "config": config, "subject": subject}
+                   "decision_id": "d-1", "config": config, "subject": subject, "shard": 5}
         for name, fn in inspect.getmembers(layout, inspect.isfunction):
             if fn.__module__ != layout.__name__ or not name.endswith(("_key", "_keys", "_hash", "_prefix")):
                 continue

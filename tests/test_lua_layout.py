@@ -148,3 +148,20 @@ def test_the_parsers_see_a_change_on_either_side() -> None:
     assert "count" in fields and "n" not in fields
     fields, _ = hash_fields("redis.call('HSET', key, 'expires_at', ARGV[4], 'agg', ARGV[6]) -- 'x'")
     assert fields == {"expires_at", "agg"}
+
+
+def test_hot_keys_keep_their_single_redis_names_as_shard_0_and_spread_over_slots() -> None:
+    from redis.crc import key_slot
+
+    from engine.config import load_config
+    from tests.support import CONFIG_PATH
+
+    assert layout.popularity_hash(0) == "pop:{global}" and layout.worker_stats_key(0) == "stats:{worker}"
+    assert layout.arms_key("home", 0) == "arms:{home}" and layout.contact_prior_key(0) == "pop:{global}:contact"
+    for key in (layout.popularity_hash, layout.worker_stats_key, lambda s: layout.arms_key("home", s)):
+        slots = {key_slot(key(s).encode()) for s in range(layout.HOT_KEY_SHARDS)}
+        assert len(slots) == layout.HOT_KEY_SHARDS
+    # a shard's keys share its tag (one script call writes them)
+    for s in range(layout.HOT_KEY_SHARDS):
+        keys = {key_slot(k.encode()) for k in layout.popularity_keys(load_config(CONFIG_PATH), s).keys}
+        assert len(keys) == 1

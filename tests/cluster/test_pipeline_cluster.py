@@ -60,6 +60,13 @@ def test_events_profile_decide_and_erasure_on_the_cluster(
     for v in others:
         assert profile_of(cstack.redis_url, v, customer=False).counts == {"page_view": 1}
 
+    # the hot single keys are sharded: every master takes some of the popularity and worker-counter writes
+    masters = [int(n["addr"].rsplit(":", 1)[1]) for n in redis_cluster.nodes()
+               if "master" in n["flags"] and "fail" not in n["flags"]]
+    for pattern in ("pop:{global*}", "stats:{worker*}"):
+        held = {port: keys for port, keys in node_keys(redis_cluster, pattern).items() if port in masters}
+        assert all(held.values()), (pattern, held)
+
     body = {"customer_id": customer, "placement": "home_hero", "n": 3}
     answer = wait_until(lambda: (lambda a: a if a["actions"][0]["action_id"] == "promo-sun-hats" else None)(
         httpx.post(f"{capi}/v1/decide", json=body, timeout=10).json()), timeout=30, what="a personalised decision")
