@@ -39,9 +39,14 @@ unit: install
 chaos: install deps
 	CI=true CHAOS_KAFKA_OUTAGE_S=60 $(VENV)/bin/pytest -q -s tests/integration/test_chaos.py tests/integration/test_faults.py
 
-# a Redis Cluster (3 masters, 3 replicas) and a 3-broker Kafka on loopback, with failures: docs/cluster.md
+# a Redis Cluster (3 masters, 3 replicas) and a 3-broker Kafka on loopback, with failures; then the part of
+# the integration suite that runs on a cluster (REDIS_CLUSTER=1: its Redis is a 3-master cluster): docs/cluster.md
+CLUSTER_SUITE := $(addprefix tests/integration/,test_pipeline.py test_identity.py test_reward_join.py \
+	test_attribution.py test_profile_hash.py test_apply_ops.py test_segments.py test_next_best_action.py \
+	test_explain.py test_isolation.py test_limits.py test_cli.py)
 test-cluster: install deps
 	CI=true $(VENV)/bin/pytest -q -m cluster tests/cluster
+	REDIS_CLUSTER=1 CI=true $(VENV)/bin/pytest -q $(CLUSTER_SUITE)
 
 demo: install deps
 	$(PY) -m infra.demo $(DEMO_ARGS)

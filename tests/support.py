@@ -117,19 +117,42 @@ def without_key(url: str) -> str:
     return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
+def cluster_mode() -> bool:
+    """``REDIS_CLUSTER`` set: the suite's Redis is a Redis Cluster (``tests/integration/conftest.py``)."""
+    import os
+
+    return os.environ.get("REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def redis_client(redis_url: str, **kwargs: Any) -> Any:
+    """A synchronous client of the suite's Redis: a ``redis.RedisCluster`` seeded by every node of ``redis_url``
+    when ``REDIS_CLUSTER`` is set, else ``redis.Redis.from_url``."""
+    import redis
+    from redis.cluster import ClusterNode
+
+    from engine.redis_connection import cluster_seeds
+
+    if not cluster_mode():
+        return redis.Redis.from_url(redis_url, **kwargs)
+    seeds, _ = cluster_seeds(redis_url)
+    return redis.RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in seeds], **kwargs)
+
+
+def aredis_client(redis_url: str, **kwargs: Any) -> Any:
+    """An asyncio client of the suite's Redis, as the processes make theirs (``engine.redis_connection``)."""
+    from engine.redis_connection import make_redis
+
+    return make_redis(redis_url, cluster=cluster_mode(), **kwargs)
+
+
 def with_store(redis_url: str, fn: Callable[[Any], Any]) -> Any:
     """Run ``await fn(store)`` against a fresh client (clients are bound to one event loop); a Redis Cluster's
     when ``REDIS_CLUSTER`` is set (``redis_url``: its seed nodes)."""
-    import os
-
     from engine.config import load_config
     from engine.profile_store import ProfileStore
-    from engine.redis_connection import make_redis
-
-    cluster = os.environ.get("REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes", "on")
 
     async def run() -> Any:
-        client = make_redis(redis_url, cluster=cluster, decode_responses=True)
+        client = aredis_client(redis_url, decode_responses=True)
         try:
             return await fn(ProfileStore(client, load_config(CONFIG_PATH)))
         finally:

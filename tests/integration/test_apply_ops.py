@@ -23,6 +23,7 @@ from engine.features import FeatureExtractor, RawProfile
 from engine.layout import OwnerKeys, dedup_token
 from engine.profile_store import OwnerBatch, ProfileStore
 from engine.settings import REPO_ROOT
+from tests.support import aredis_client
 
 CFG = load_config(REPO_ROOT / "config" / "engine.toml")
 FX = FeatureExtractor(CFG)
@@ -68,13 +69,12 @@ def _events(rng: random.Random, n: int, t0: float) -> list[tuple[str, float, dic
 
 
 def test_the_optimised_script_writes_what_the_reference_writes(redis_url: str) -> None:
-    import redis.asyncio as aioredis
 
     rng = random.Random(11)
     run = uuid.uuid4().hex[:6]
 
     async def go() -> None:
-        client = aioredis.from_url(redis_url, decode_responses=True)
+        client = aredis_client(redis_url, decode_responses=True)
         try:
             store = ProfileStore(client, CFG)
             ref_sha = await client.script_load(REFERENCE)

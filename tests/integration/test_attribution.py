@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from engine.decisions import CONTROL_ARM, LEARNING_ARM, holdout_arm
 from engine.layout import (
@@ -32,6 +31,7 @@ from tests.support import (
     free_port,
     keys_env,
     produce,
+    redis_client,
     wait_http_ready,
     wait_until,
     with_key,
@@ -125,7 +125,7 @@ def test_credit_per_model_matches_the_hand_computed_scenario(astack: Stack, awor
         # p1's purchase redelivered (same event id), then a last touch after it that says p1 is done
         dup, touch("impression", p1, B, "sms", now + 4000),
     ]
-    r = redis.Redis.from_url(astack.redis_url, decode_responses=True)
+    r = redis_client(astack.redis_url, decode_responses=True)
     # the counters are global: start from none (other modules' workers, with attribution on, are stopped)
     r.delete(*(attribution_counters_key(i) for i in range(ATTRIBUTION_SHARDS)))
     produce(astack.bootstrap, astack.events_topic, events)
@@ -217,7 +217,7 @@ def test_a_touch_takes_its_placement_and_arm_from_the_decision_record(astack: St
     assert answer.status_code == 200, answer.text
     decision = answer.json()
     did, action = decision["decision_id"], decision["actions"][0]["action_id"]
-    r = redis.Redis.from_url(astack.redis_url, decode_responses=True)
+    r = redis_client(astack.redis_url, decode_responses=True)
     wait_until(lambda: r.hexists(decision_key(did), "record"), timeout=60, what="the decision record")
     # no placement on the event: the record says product_recs, and which arm the visitor was on
     produce(astack.bootstrap, astack.events_topic, [
@@ -240,7 +240,7 @@ def test_touches_seen_before_a_login_credit_the_customers_purchase(astack: Stack
     tag = uuid.uuid4().hex[:6]
     anon, customer = f"anon-attr-login-{tag}", f"cust-attr-login-{tag}"
     now = int(time.time() * 1000)
-    r = redis.Redis.from_url(astack.redis_url, decode_responses=True)
+    r = redis_client(astack.redis_url, decode_responses=True)
 
     def push_row() -> dict[str, Any] | None:
         rows = httpx.get(f"{aapi}/v1/reports/attribution").json()["rows"]

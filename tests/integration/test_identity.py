@@ -21,7 +21,6 @@ from typing import Any, cast
 
 import httpx
 import pytest
-import redis
 from aiokafka import AIOKafkaConsumer
 
 from engine.erasure import ErasureStore
@@ -48,6 +47,7 @@ from tests.support import (
     keys_env,
     produce,
     profile_of,
+    redis_client,
     wait_http_ready,
     wait_until,
     with_key,
@@ -93,7 +93,7 @@ def identify(anon: str, customer: str, **props: Any) -> dict[str, Any]:
 
 def raw_hash(redis_url: str, key: str) -> dict[str, str]:
     """A profile hash without its segments field (the segment tracker writes it after the events)."""
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url, decode_responses=True)
     try:
         held = cast(dict[str, str], r.hgetall(key))  # a decoding client
         return {k: v for k, v in held.items() if k != SEGMENTS_FIELD}
@@ -102,7 +102,7 @@ def raw_hash(redis_url: str, key: str) -> dict[str, str]:
 
 
 def keys_matching(redis_url: str, *ids: str) -> list[str]:
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url, decode_responses=True)
     try:
         return sorted({k for i in ids for k in r.scan_iter(match=f"*{i}*", count=1000)})
     finally:
@@ -165,7 +165,7 @@ def test_a_verified_identify_merges_and_an_invalid_proof_does_not(stack: Stack, 
     counted(stack.redis_url, by_forgery, "identify", 1, customer=False)  # recorded on the anonymous id
     assert profile_of(stack.redis_url, by_forgery, customer=False).counts["page_view"] == 2
     assert not profile_of(stack.redis_url, customers[by_forgery], customer=True).exists
-    r = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    r = redis_client(stack.redis_url, decode_responses=True)
     try:
         assert r.get(identity_key(by_server)) == customers[by_server]
         assert r.get(identity_key(by_proof)) == customers[by_proof]

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from engine.recommend.signal import CollaborativeSignal
-from tests.support import Stack, event, produce, profile_of, read_topic, wait_until
+from tests.support import Stack, event, produce, profile_of, read_topic, redis_client, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,6 @@ def test_invalid_events_reach_the_dead_letter_topic_and_the_worker_carries_on(
 def test_invalid_decision_records_are_dead_lettered_and_valid_ones_still_open_windows(
     stack: Stack, worker: object
 ) -> None:
-    import redis
 
     from engine.decisions import new_decision_id
     from engine.layout import DECISION_RECORD, decision_key
@@ -88,7 +87,7 @@ def test_invalid_decision_records_are_dead_lettered_and_valid_ones_still_open_wi
     good = dict(record, decision_id=new_decision_id(), timestamp=int(time.time() * 1000))
     bad = [b"{not json", orjson.dumps({**record, "decision_id": new_decision_id(), "propensity": "high"})]
     produce(stack.bootstrap, stack.decisions_topic, [*bad, orjson.dumps(good)])
-    r = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    r = redis_client(stack.redis_url, decode_responses=True)
     try:
         wait_until(lambda: r.hexists(decision_key(good["decision_id"]), DECISION_RECORD), timeout=60,
                    what="the valid decision record to open its reward window")
@@ -177,14 +176,12 @@ def _learner_histories(redis_url: str, visitors: list[str]) -> dict[str, list[An
     this stack's learner did not sign)."""
     import base64
 
-    import redis
-
     from engine.layout import model_key
     from engine.recommend.signal import COVISIT_MODEL, COVISIT_STATE
     from engine.settings import load_settings
     from engine.snapshots import SnapshotError, load_model
 
-    r = redis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     try:
         blob = r.hget(model_key(COVISIT_MODEL), "state")
     finally:

@@ -24,6 +24,7 @@ from engine.layout import (
     profile_key,
 )
 from engine.settings import REPO_ROOT
+from tests.support import aredis_client
 
 CFG = load_config(REPO_ROOT / "config" / "engine.toml")
 FX = FeatureExtractor(CFG)
@@ -31,12 +32,11 @@ FL = profile_fields(CFG)
 
 
 def _run(redis_url: str, fn: Any) -> Any:
-    import redis.asyncio as aioredis
 
     from engine.profile_store import ProfileStore
 
     async def go() -> Any:
-        client = aioredis.from_url(redis_url, decode_responses=True)
+        client = aredis_client(redis_url, decode_responses=True)
         try:
             return await fn(ProfileStore(client, CFG), client)
         finally:

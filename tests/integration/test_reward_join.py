@@ -8,12 +8,12 @@ import uuid
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from engine.config import RewardSettings
 from engine.decisions import Reward
 from engine.learning_store import LearningStore
 from infra import local
+from tests.support import aredis_client
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def record(placement: str = "p", ts: float | None = None) -> dict[str, Any]:
 
 def run(redis_url: str, fn: Any) -> Any:
     async def go() -> Any:
-        client = aioredis.from_url(redis_url, decode_responses=True)
+        client = aredis_client(redis_url, decode_responses=True)
         try:
             return await fn(LearningStore(client))
         finally:
