@@ -120,7 +120,9 @@ def test_slot_is_filled_and_changes_after_clicks_on_one_category(shop: str, brow
     first_category = page.get_attribute(HERO, "data-pulse-category")
     assert first and page.get_attribute("#hero", "data-pulse-decision")
     first_why = page.evaluate("window.__firstWhy")
-    assert first_why and "not personalised" in first_why, first_why
+    # a new visitor: their own page view may already be applied (personalised), but nothing they chose yet
+    # scores an action (no affinity term)
+    assert first_why and " affinity " not in first_why, first_why
     page.click("#consent-accept")  # opt_out: OK
     page.wait_for_selector("#consent", state="hidden")
 

@@ -30,8 +30,9 @@ def test_an_audience_admits_members_only_and_membership_follows_events(
     shopper, browser = f"anon-seg-{uuid.uuid4().hex[:6]}", f"anon-seg-{uuid.uuid4().hex[:6]}"
     produce(stack.bootstrap, stack.events_topic, [event("page_view", browser, category="books")])
     produce(stack.bootstrap, stack.events_topic,
-            [event("page_view", shopper, category="shoes", item_id="sku-shoe-1"),
-             event("add_to_cart", shopper, category="shoes", item_id="sku-shoe-1", quantity=1)])
+            # an item no action offers: the contact policy would leave an action of the cart's item out
+            [event("page_view", shopper, category="shoes", item_id="sku-sock-9"),
+             event("add_to_cart", shopper, category="shoes", item_id="sku-sock-9", quantity=1)])
     member = wait_until(lambda: (lambda a: a if "has_cart" in a["segments"] else None)(decide(api, shopper)),
                         timeout=60, what="the shopper to enter has_cart")
     assert GATED in shown(member) and member["personalised"] is True
@@ -44,7 +45,7 @@ def test_an_audience_admits_members_only_and_membership_follows_events(
     # a purchase empties the cart: the shopper leaves the segment and the action goes with it
     produce(stack.bootstrap, stack.events_topic,
             [event("purchase", shopper, order_id="ord-1", value=80.0,
-                   items=[{"item_id": "sku-shoe-1", "quantity": 1, "price": 80.0}])])
+                   items=[{"item_id": "sku-sock-9", "quantity": 1, "price": 80.0}])])
     left = wait_until(lambda: (lambda a: a if "has_cart" not in a["segments"] else None)(decide(api, shopper)),
                       timeout=60, what="the shopper to leave has_cart")
     assert GATED not in shown(left)
