@@ -469,9 +469,10 @@ DECISION_SLOTS = 256
 #: Fields of a decision's hash ``dec:{<slot>}:<id>`` (written by ``engine/lua/reward_join.lua`` only):
 #: the record JSON, the end of its reward window, the aggregation, the aggregated reward, the rewards
 #: counted, the click and conversion flags, ``1`` once its reward is fixed, ``1`` once Kafka acknowledged its
-#: learning example; and ``e:<event_id>`` per reward counted.
+#: learning example, ``1`` once an impression showed it; and ``e:<event_id>`` per reward counted.
 DECISION_RECORD = "record"
-DECISION_FIELDS = (DECISION_RECORD, "expires_at", "agg", "reward", "n", "clicked", "converted", "final", "settled")
+DECISION_FIELDS = (DECISION_RECORD, "expires_at", "agg", "reward", "n", "clicked", "converted", "final", "settled",
+                   "shown")
 REWARD_EVENT_PREFIX = "e:"
 #: Fields of a model hash ``model:{<name>}``: what serving loads, and the learner's own state if it differs.
 MODEL_VERSION, MODEL_BLOB, MODEL_STATE = "version", "blob", "state"

@@ -206,6 +206,17 @@ class LearningStore:
         replies = await self._eval_many([self._reward_call(*item, lease_until) for item in items])
         return [self._reward_outcome(reply) for reply in replies]
 
+    async def first_impressions(self, items: Sequence[tuple[str, RewardSettings]]) -> list[bool]:
+        """For each ``(decision_id, settings)`` of an impression: True if it is the decision's first (the CTR's
+        denominator counts decisions shown, once each, whatever the snippet or a redelivery repeats)."""
+        calls = [([decision_key(did), due_key(decision_slot(did))],
+                  ["shown", did, int(settings.window_seconds + LATE_GRACE_S)]) for did, settings in items]
+        replies = await self._eval_many(calls)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [reply == 1 for reply in replies]
+
     async def expire_due(self, now: float, default_reward: dict[str, float], limit: int = 500) -> list[Finalised]:
         """Fix the reward of every decision whose window ended (its aggregated reward, or the placement's
         default), and of every final one whose lease ran out before it was settled: learn them, then

@@ -207,16 +207,18 @@ class RewardJoiner:
         sources: list[Record] = []
         placements = self.config.placements
         shown: list[tuple[str, str, str, float]] = []
+        impressions: list[tuple[str, RewardSettings]] = []
         for rec, ev in events:
             props = ev.properties
             if "decision_id" not in props:  # most events carry no reward: skip them cheaply
                 continue
             if ev.type == "impression":  # a decision actually shown: the CTR's denominator (serving/experiments)
-                pid = props.get("placement")
+                pid, did = props.get("placement"), props.get("decision_id")
                 place = placements.get(pid) if isinstance(pid, str) else None
-                if place is not None and ev.visitor_id:
+                if place is not None and ev.visitor_id and isinstance(did, str) and 0 < len(did) <= 256:
                     shown.append((place.id, holdout_arm(ev.visitor_id, place.id, place.learning.holdout_share),
                                   "shown", 1))
+                    impressions.append((did, place.learning.reward))
                 continue
             try:
                 reward = reward_of(ev.type, props)
@@ -236,8 +238,9 @@ class RewardJoiner:
                 continue
             rewards.append((reward, ev.event_id, value, settings))
             sources.append(rec)
-        if shown:
-            await self.store.count(shown)
+        if shown:  # once per decision: the first impression of each
+            first = await self.store.first_impressions(impressions)
+            await self.store.count([inc for inc, new in zip(shown, first, strict=True) if new])
         if not rewards:
             return
         settled, increments = [], []

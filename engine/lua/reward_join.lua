@@ -23,6 +23,8 @@
 --               Returns a flat list {id, record, reward_or_"", clicked, converted, ...} of decisions to learn
 --               (again, for a final one whose lease ran out unsettled)
 --   "settled":  ARGV[2] decision id. Returns 1 if it was settled now, 0 if before (or gone).
+--   "shown":    ARGV[2] decision id, ARGV[3] ttl. An impression: field "shown" set once per decision (a
+--               repeated impression or a redelivered event counts once). Returns 1 the first time, else 0.
 -- status: "final" (learn now), "pending", "late" (already learned), "duplicate".
 local mode = ARGV[1]
 local EARLY_TTL = 300 -- engine/learning_store.py EARLY_REWARD_TTL_S
@@ -69,6 +71,16 @@ if mode == 'settled' then
   redis.call('ZREM', due, ARGV[2])
   if redis.call('EXISTS', key) == 1 and redis.call('HSETNX', key, 'settled', '1') == 1 then return 1 end
   return 0
+end
+if mode == 'shown' then
+  if redis.call('HSETNX', key, 'shown', '1') == 0 then return 0 end
+  -- before its record: kept as long as an early reward (EARLY_TTL); the record's arrival sets the window's TTL
+  if redis.call('TTL', key) < 0 then
+    local ttl = tonumber(ARGV[3])
+    if redis.call('HEXISTS', key, 'record') == 0 then ttl = math.min(EARLY_TTL, ttl) end
+    redis.call('EXPIRE', key, ttl)
+  end
+  return 1
 end
 local final = redis.call('HGET', key, 'final') == '1'
 

@@ -164,10 +164,22 @@ def test_shown_decisions_are_the_ctr_denominator(stack: Stack, worker: object, a
 
     before = sum(a.get("shown", 0.0) for a in arms().values())
     answer = decide(api, customer, candidates=HOME)
-    produce(stack.bootstrap, stack.events_topic, [event(
-        "impression", customer, customer=True, action_id=answer["actions"][0]["action_id"], placement="home_hero",
-        decision_id=answer["decision_id"])])
-    wait_until(lambda: sum(a.get("shown", 0.0) for a in arms().values()) == before + 1, timeout=60,
+    impression = event("impression", customer, customer=True, action_id=answer["actions"][0]["action_id"],
+                       placement="home_hero", decision_id=answer["decision_id"])
+    # the same decision shown again (a re-render) and the same event sent twice: one decision shown
+    again = event("impression", customer, customer=True, action_id=answer["actions"][0]["action_id"],
+                  placement="home_hero", decision_id=answer["decision_id"])
+    produce(stack.bootstrap, stack.events_topic, [impression, impression, again])
+    wait_until(lambda: sum(a.get("shown", 0.0) for a in arms().values()) >= before + 1, timeout=60,
                what="the impression counted as shown")
+    # a marker decision's impression after them, on the same partition (the customer's key): once it is
+    # counted, the three before it have been applied
+    marker = decide(api, customer, candidates=HOME)
+    produce(stack.bootstrap, stack.events_topic, [event(
+        "impression", customer, customer=True, action_id=marker["actions"][0]["action_id"], placement="home_hero",
+        decision_id=marker["decision_id"])])
+    wait_until(lambda: sum(a.get("shown", 0.0) for a in arms().values()) >= before + 2, timeout=60,
+               what="the marker impression counted")
+    assert sum(a.get("shown", 0.0) for a in arms().values()) == before + 2
     arm = next(a for a in arms().values() if a.get("shown"))
     assert arm["ctr_denominator"] == "shown" and arm["ctr"] == arm["clicks"] / arm["shown"]
