@@ -36,7 +36,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -468,7 +468,8 @@ def run(infra: Infra) -> dict[str, Any]:
                     log(f"latency: {name:4} @ {rate:>5}/s -> achieved {r['achieved_rate']:>7}/s  p50 {lat.get('p50')} "
                         f"p99 {lat.get('p99')} p99.9 {lat.get('p99_9')} ms  errors {r['errors']} timeouts "
                         f"{r['timeouts']} degraded {r['degraded']}")
-            results["keys"] = keys_on_vs_off(api_url, api_keyed_url, bodies, browser, duration, warmup, grace)
+            results["keys"] = keys_on_vs_off(api_url, api_keyed_url, bodies, browser, duration, warmup, grace,
+                                             pids={"off": api.proc.pid, "on": api_keyed.proc.pid})
             for name, url, proc in (("bare", bare_url, bare), ("bare_route", bare_route_url, bare_route),
                                     ("ours", api_full_url, api_full)):
                 before = decision_counters(url) if name == "ours" else {}
@@ -566,14 +567,18 @@ def run(infra: Infra) -> dict[str, Any]:
 
 def keys_on_vs_off(off_url: str, on_url: str, bodies: Sequence[bytes], browser: dict[str, str],
                    duration: float, warmup: float, grace: float, rounds_n: int = KEY_ROUNDS,
-                   control_url: str | None = None, on_control_url: str | None = None) -> dict[str, Any]:
+                   control_url: str | None = None, on_control_url: str | None = None,
+                   pids: Mapping[str, int | None] | None = None) -> dict[str, Any]:
     """Decide at TARGET_RATE without keys and with them (Bearer public key + allowed Origin), alternated
     ``rounds_n`` times; the medians of the rounds' p99s side by side.
 
     With ``control_url`` (a second API process without keys, sent the same browser headers) a third arm says
     how far two identically configured processes differ in the same run: a keys-on gap inside that spread is
     the process, not the keys. ``on_control_url``, a second keys-on process (``on2``), says the same of the keys'
-    side: a gap both keys-on processes show is the keys'."""
+    side: a gap both keys-on processes show is the keys'.
+
+    ``pids`` (arm -> server pid) adds each arm's server CPU per request: what the keys cost, without the
+    scheduling noise a shared machine puts in a p99."""
     arms: dict[str, tuple[str, dict[str, str] | None]] = {"off": (off_url, None), "on": (on_url, browser)}
     if control_url is not None:
         arms["off2"] = (control_url, browser)
@@ -588,7 +593,12 @@ def keys_on_vs_off(off_url: str, on_url: str, bodies: Sequence[bytes], browser: 
         # rotate the order, so no arm always runs first or after the same one
         for which in names[i % len(names):] + names[:i % len(names)]:
             url, headers = arms[which]
+            cpu = CpuMeter({"server": (pids or {}).get(which)}).start()
             r = run_open_loop(url, bodies, TARGET_RATE, duration, warmup, grace=grace, headers=headers)
+            r["cpu"] = cpu.stop()
+            if "server_cpu_s" in r["cpu"]:
+                r["server_cpu_us_per_request"] = round(1e6 * r["cpu"]["server_cpu_s"]
+                                                       / max(1, r["answered_incl_warmup"]), 1)
             rounds[which].append(r)
             lat = r["latency_ms"]
             log(f"latency: keys {which:4} @ {TARGET_RATE}/s -> achieved {r['achieved_rate']}/s p50 {lat.get('p50')} "
@@ -597,7 +607,9 @@ def keys_on_vs_off(off_url: str, on_url: str, bodies: Sequence[bytes], browser: 
     def side(runs: list[dict[str, Any]]) -> dict[str, Any]:
         p99s = sorted(r["latency_ms"].get("p99", float("nan")) for r in runs)
         p50s = sorted(r["latency_ms"].get("p50", float("nan")) for r in runs)
+        cpus = sorted(r["server_cpu_us_per_request"] for r in runs if "server_cpu_us_per_request" in r)
         return {"p99_ms_median": p99s[len(p99s) // 2], "p50_ms_median": p50s[len(p50s) // 2], "p99_ms": p99s,
+                "server_cpu_us_per_request_median": cpus[len(cpus) // 2] if cpus else None,
                 "errors": sum(r["errors"] + r["timeouts"] for r in runs),
                 "degraded": sum(r["degraded"] for r in runs), "ok": sum(r["ok"] for r in runs),
                 "requests": sum(r["requests"] for r in runs)}
@@ -610,6 +622,11 @@ def keys_on_vs_off(off_url: str, on_url: str, bodies: Sequence[bytes], browser: 
     for other in ("off2", "on2"):
         if other in sides:
             out[f"p99_ratio_{other}_vs_off"] = round(sides[other]["p99_ms_median"] / base, 3) if base else None
+    cpu_off = sides["off"]["server_cpu_us_per_request_median"]
+    for other in ("on", "off2", "on2"):
+        per_request = sides.get(other, {}).get("server_cpu_us_per_request_median")
+        if per_request is not None and cpu_off:
+            out[f"cpu_ratio_{other}_vs_off"] = round(per_request / cpu_off, 3)
     return out
 
 
@@ -638,7 +655,9 @@ def run_keys_only(infra: Infra, seconds: float, rounds_n: int) -> dict[str, Any]
         API_KEYS=f"public:{keys[PUBLIC]}:{KEY_ORIGIN},server:{keys[SERVER]},admin:{keys[ADMIN]}")
     try:
         return {"keys": keys_on_vs_off(api_url, api_keyed_url, bodies, browser, seconds, 1.0, 3.0, rounds_n,
-                                       control_url=control_url, on_control_url=keyed_control_url)}
+                                       control_url=control_url, on_control_url=keyed_control_url,
+                                       pids={"off": api.proc.pid, "on": api_keyed.proc.pid,
+                                             "off2": control.proc.pid, "on2": keyed_control.proc.pid})}
     finally:
         for proc in (api, api_keyed, control, keyed_control):
             proc.stop()
