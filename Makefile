@@ -43,7 +43,8 @@ chaos: install deps
 # the integration suite that runs on a cluster (REDIS_CLUSTER=1: its Redis is a 3-master cluster): docs/cluster.md
 CLUSTER_SUITE := $(addprefix tests/integration/,test_pipeline.py test_identity.py test_reward_join.py \
 	test_attribution.py test_profile_hash.py test_apply_ops.py test_segments.py test_next_best_action.py \
-	test_explain.py test_isolation.py test_limits.py test_cli.py)
+	test_explain.py test_isolation.py test_limits.py test_cli.py test_learning_loop.py test_consent.py \
+	test_learner_snapshots.py test_contact_policy.py test_segment_api.py test_auth.py)
 test-cluster: install deps
 	CI=true $(VENV)/bin/pytest -q -m cluster tests/cluster
 	REDIS_CLUSTER=1 CI=true $(VENV)/bin/pytest -q $(CLUSTER_SUITE)

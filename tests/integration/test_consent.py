@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import redis
 from aiokafka import AIOKafkaConsumer
 
 from engine.kafka_client import kafka_client_kwargs
@@ -37,6 +36,7 @@ from tests.support import (
     produce,
     produce_async,
     profile_of,
+    redis_client,
     wait_http_ready,
     wait_until,
     with_key,
@@ -72,7 +72,7 @@ def oapi(stack: Stack, log_dir: Path, opt_in_config: str) -> Iterator[str]:
 
 
 def keys_of(redis_url: str, visitor: str) -> list[str]:
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = redis_client(redis_url, decode_responses=True)
     try:
         return sorted(r.scan_iter(match=f"*{visitor}*", count=1000))
     finally:
@@ -171,7 +171,7 @@ def test_a_customers_consent_needs_a_trusted_source_and_the_newer_consent_wins_o
     merged = profile_of(stack.redis_url, customer, customer=True)
     assert merged.counts == {} and merged.affinities["category"] == {}  # wiped, the withdrawal kept
     assert decide(oapi, customer_id=customer)["personalised"] is False
-    r2 = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    r2 = redis_client(stack.redis_url, decode_responses=True)
     try:
         assert not r2.exists(anonymous_profile_key(anon)) and r2.hget(profile_key(customer), "kp") == "0"
     finally:

@@ -17,7 +17,7 @@ from engine.recommend.signal import COVISIT_MODEL, COVISIT_STATE
 from engine.snapshots import load_model
 from infra import local
 from streams.learner import PlacementLearner
-from tests.support import CONFIG_PATH
+from tests.support import CONFIG_PATH, aredis_client
 
 pytestmark = pytest.mark.integration
 KEY = b"s" * 32
@@ -25,7 +25,7 @@ KEY = b"s" * 32
 
 def run(redis_url: str, fn: Any) -> Any:
     async def go() -> Any:
-        client = aioredis.from_url(redis_url, decode_responses=True)
+        client = aredis_client(redis_url, decode_responses=True)
         try:
             await client.delete(model_key(COVISIT_MODEL))
             return await fn(LearningStore(client), client)

@@ -13,7 +13,7 @@ import pytest
 
 from infra import local
 from infra.processes import Stack, api_process, free_port, wait_http_ready, wait_until, worker_process
-from tests.support import read_topic
+from tests.support import cluster_mode, read_topic, with_store
 
 pytestmark = pytest.mark.integration
 CONFIG = str(Path(__file__).parent / "config" / "learning.toml")
@@ -24,9 +24,15 @@ def loop_stack(request: pytest.FixtureRequest, kafka: local.KafkaService, redis_
                log_dir: Path) -> Iterator[tuple]:
     """The whole loop with one worker process running every role, then with the roles split into an
     ``ingest`` process and a ``learner`` process (how it runs under load)."""
-    # a Redis database per variant: the second must not start from the first one's models
-    db = 0 if request.param == "one process" else 11
-    stack = Stack(kafka.bootstrap, f"{redis_server.url.rsplit('/', 1)[0]}/{db}")
+    # a Redis database per variant: the second must not start from the first one's models. A cluster has
+    # database 0 alone: there the second variant starts from emptied masters instead
+    if cluster_mode():
+        url = redis_server.url
+        if request.param != "one process":
+            with_store(url, lambda store: store.redis.flushall())
+    else:
+        url = f"{redis_server.url.rsplit('/', 1)[0]}/{0 if request.param == 'one process' else 11}"
+    stack = Stack(kafka.bootstrap, url)
     stack.create_topics()
     env = {"ENGINE_CONFIG": CONFIG}
     if request.param == "one process":
