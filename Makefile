@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install deps test unit sdk-test fuzz chaos test-cluster demo bench bench-quality lint compose-config clean
+.PHONY: install deps test unit sdk-test fuzz chaos test-cluster demo bench bench-cluster bench-quality lint compose-config clean
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,9 @@ bench: install deps
 # offline quality (OBD replay, MovieLens prequential), then the simulator driving the whole system
 # (with off-policy estimates from its own decision logs), value arbitration against click-only ranking, what
 # caps and "nothing now" cost in clicks and save in contacts, and the learner's speed
+bench-cluster: install deps
+	$(PY) -m bench.cluster_scaling $(BENCH_ARGS)
+
 bench-quality: install deps
 	$(PY) -m bench.quality $(BENCH_ARGS)
 	$(PY) -m bench.simulator $(BENCH_ARGS)

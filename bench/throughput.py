@@ -31,7 +31,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
@@ -236,37 +237,55 @@ def run_bare(stack: Any, n: int, timeout: float, pipeline_redis: str | None = No
 # workers
 
 
-async def _counters(redis_url: str) -> dict[str, Any]:
-    import redis.asyncio as aioredis
+@dataclass
+class RedisTarget:
+    """The Redis the workers write to: one server's database, or a Redis Cluster (``url`` its seed nodes,
+    ``nodes`` each master's own URL, for command statistics); ``pids`` name the server processes for CPU."""
 
-    from engine.layout import worker_stats_key
+    url: str
+    pids: dict[str, int | None]
+    cluster: bool = False
+    nodes: list[str] = field(default_factory=list)
 
-    c = aioredis.from_url(redis_url, decode_responses=True)
-    try:
-        return {k: float(v) if k.endswith("_seconds") else int(float(v))
-                for k, v in cast(dict[str, str], await c.hgetall(worker_stats_key())).items()}
+
+async def _counters(redis_url: str, cluster: bool = False) -> dict[str, Any]:
+    from engine.layout import HOT_KEY_SHARDS, worker_stats_key
+    from engine.redis_connection import make_redis
+
+    c = make_redis(redis_url, cluster=cluster, decode_responses=True)
+    try:  # on a cluster the workers' counters are sharded over HOT_KEY_SHARDS hashes: summed here
+        out: dict[str, Any] = {}
+        for shard in range(HOT_KEY_SHARDS if cluster else 1):
+            for k, v in cast(dict[str, str], await c.hgetall(worker_stats_key(shard))).items():
+                out[k] = out.get(k, 0) + (float(v) if k.endswith("_seconds") else int(float(v)))
+        return out
     finally:
         await c.aclose()
 
 
-def _redis_cmdstats(url: str, reset: bool = False) -> dict[str, dict[str, float]]:
+def _redis_cmdstats(url: str, reset: bool = False, nodes: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+    """Command statistics of a server, or summed over a cluster's ``nodes``."""
     import redis as sync_redis
 
-    c = sync_redis.Redis.from_url(url)
-    try:
-        if reset:
-            c.config_resetstat()
-            return {}
-        stats = c.info("commandstats")
-        return {k.removeprefix("cmdstat_"): {"calls": v["calls"], "usec": v["usec"],
-                                             "usec_per_call": v["usec_per_call"]}
-                for k, v in stats.items() if v["calls"] >= 50}
-    finally:
-        c.close()
+    total: dict[str, dict[str, float]] = {}
+    for node in nodes or [url]:
+        c = sync_redis.Redis.from_url(node)
+        try:
+            if reset:
+                c.config_resetstat()
+                continue
+            for k, v in c.info("commandstats").items():
+                t = total.setdefault(k.removeprefix("cmdstat_"), {"calls": 0, "usec": 0})
+                t["calls"] += v["calls"]
+                t["usec"] += v["usec"]
+        finally:
+            c.close()
+    return {k: {**v, "usec_per_call": round(v["usec"] / v["calls"], 2)} for k, v in total.items() if v["calls"] >= 50}
 
 
 def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, profile: bool = False,
-                env: dict[str, str] | None = None, split: bool = True) -> dict[str, Any]:
+                env: dict[str, str] | None = None, split: bool = True, redis: RedisTarget | None = None
+                ) -> dict[str, Any]:
     """Start ``count`` workers on a fresh group and Redis database; time them until all ``n`` events are
     received or ``limit`` seconds after the first one (then the rate is over what was done by then).
 
@@ -274,15 +293,17 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
     deployment under load; the learner's CPU is reported apart); otherwise each worker runs every role."""
     from infra.topics import ensure_topics
 
-    redis_url = infra.redis_url()
+    redis = redis or RedisTarget(infra.redis_url(), {"redis": infra.redis_pid()})
+    redis_url, nodes = redis.url, redis.nodes
     tag = uuid.uuid4().hex[:6]
     # fresh side topics too: a new group would otherwise learn every earlier run's co-visitation messages
     side = {"LEARNING_TOPIC": f"learning-{tag}", "DLQ_TOPIC": f"events.dlq-{tag}",
             "DECISIONS_TOPIC": f"decisions-{tag}", "SEGMENTS_TOPIC": f"segments-{tag}"}
     asyncio.run(ensure_topics(stack.bootstrap, 8, list(side.values())))
     extra = {"REDIS_URL": redis_url, "WORKER_APP_ID": f"pulse-bench-{tag}",
-             "WORKER_DATA_DIR": f"/tmp/pulse-faust-bench-{tag}", **side, **(env or {})}
-    _redis_cmdstats(redis_url, reset=True)
+             "WORKER_DATA_DIR": f"/tmp/pulse-faust-bench-{tag}", **side, **(env or {}),
+             **({"REDIS_CLUSTER": "1"} if redis.cluster else {})}
+    _redis_cmdstats(redis_url, reset=True, nodes=nodes)
     command = "ingest" if split else "worker"
     workers = [start_worker(infra, stack, name=f"{command}-{tag}-{i}", command=command, **extra)
                for i in range(count)]
@@ -293,7 +314,7 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
     # CPU is counted from the first event on: start-up (imports, group join) is reported apart
     pids = {**{f"worker{i}": w.proc.pid for i, w in enumerate(workers)},
             **({"learner": learners[0].proc.pid} if learners else {})}
-    cpu = CpuMeter({**pids, "redis": infra.redis_pid(), "kafka": infra.kafka_pid()})
+    cpu = CpuMeter({**pids, **redis.pids, "kafka": infra.kafka_pid()})
     got0 = 0
     prof_out = infra.results_file("profile-worker", "txt")
     prof_ctx: Any = None
@@ -303,7 +324,7 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
     try:
         with RssSampler(pids) as rss:
             while time.monotonic() - (first or t_start) < limit:
-                c = asyncio.run(_counters(redis_url))
+                c = asyncio.run(_counters(redis_url, redis.cluster))
                 now = time.monotonic()
                 got = c.get("events_received", 0)
                 series.append((now, got))
@@ -336,7 +357,7 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
         "rate": round(steady_rate(series, n if got >= n else got), 1),
         "rate_first_to_last": round(got / (end - first), 1) if first and end > first else 0.0,
         "startup_s": round((first or end) - t_start, 2), "cpu": usage, "rss": rss.summary(),
-        "redis_commandstats": _redis_cmdstats(redis_url),
+        "redis_commandstats": _redis_cmdstats(redis_url, nodes=nodes),
     }
     loop = {k[len("loop_"):-len("_seconds")]: v for k, v in c.items() if k.startswith("loop_")}
     if loop and sum(loop.values()) > 0:  # where the ingest loops' wall time went (published every second)
@@ -351,7 +372,8 @@ def run_workers(infra: Infra, stack: Any, count: int, n: int, limit: float, prof
     done = got - got0
     if done > 0:
         res["worker_cpu_us_per_event"] = round(1e6 * wcpu / done, 1)
-        res["redis_cpu_us_per_event"] = round(1e6 * usage.get("redis_cpu_s", 0.0) / done, 1)
+        redis_cpu = sum(v for k, v in usage.items() if k.startswith("redis") and k.endswith("_cpu_s"))
+        res["redis_cpu_us_per_event"] = round(1e6 * redis_cpu / done, 1)
         res["kafka_cpu_us_per_event"] = round(1e6 * usage.get("kafka_cpu_s", 0.0) / done, 1)
         if split:
             res["learner_cpu_us_per_event"] = round(1e6 * usage.get("learner_cpu_s", 0.0) / done, 1)
