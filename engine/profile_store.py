@@ -38,6 +38,7 @@ from engine.layout import (
     worker_stats_key,
 )
 from engine.redis_connection import execute_streamed, is_cluster
+from engine.segment_view import view_fields
 
 APPLY_OPS_LUA = resources.files("engine").joinpath("lua/apply_ops.lua").read_text()
 
@@ -57,6 +58,18 @@ def encode_events(events: Sequence[list[Any]]) -> bytes:
 
 #: What the applier returns for an owner whose erasure marker is set (``lua/apply_ops.lua``).
 ERASED = -1
+
+
+#: Joins the field names of the applier's view arguments (no field name holds it: ``engine.layout``)
+VIEW_SEP = "\x1f"
+
+
+def _with_view(i: int, reply: Any, views: dict[int, dict[str, str] | None]) -> Any:
+    """The applied count of a reply that carries its hash's view (``apply_ops.lua``), the view put in ``views``."""
+    if not isinstance(reply, list):
+        return reply  # an error, or a batch that asked for no view (popularity)
+    views[i] = dict(zip(reply[2::2], reply[3::2], strict=True)) if reply[1] else None
+    return reply[0]
 
 
 @dataclass(slots=True)
@@ -82,6 +95,9 @@ class ProfileStore:
         self._ttl = int(config.profile.ttl_days * 86400)
         #: the applier's flags for a person's hash: its erasure marker, and the consent mode
         self._person_flags = "eo" if config.privacy.consent_mode == "opt_in" else "e"
+        fields, prefixes = view_fields(config)
+        #: the applier's view arguments (apply_ops.lua ARGV[6], ARGV[7])
+        self._view_args = (VIEW_SEP.join(fields), VIEW_SEP.join(prefixes))
         #: told the worker counters and seconds once written (the worker's own metrics, streams/metrics.py)
         self.on_counters: Callable[[dict[str, int]], None] | None = None
         self.on_seconds: Callable[[dict[str, float]], None] | None = None
@@ -94,7 +110,7 @@ class ProfileStore:
         return self._sha
 
     async def apply(self, batches: Sequence[OwnerBatch], on_sent: Callable[[], None] | None = None, *,
-                    raise_on_error: bool = True) -> list[Any]:
+                    raise_on_error: bool = True, views: dict[int, dict[str, str] | None] | None = None) -> list[Any]:
         """Apply owner batches in one pipelined round trip; returns events applied per batch
         (fewer than sent when some were replays or duplicates).
 
@@ -102,16 +118,22 @@ class ProfileStore:
         rest are encoded. Every call is idempotent, so after an error the whole list may be sent again.
         ``raise_on_error=False``: a batch whose script failed, or that could not be encoded, has its error in
         its place (a failed script wrote nothing: its writes come last, and the first write of a script is
-        where Redis refuses for memory); infrastructure errors (``engine.faults``) are raised either way."""
+        where Redis refuses for memory); infrastructure errors (``engine.faults``) are raised either way.
+
+        ``views``: filled with each person batch's hash as written, narrowed to what the segments read
+        (``engine.segment_view.view_fields``; None: no hash left), by batch index; for the segment tracker."""
         if not batches:
             return []
         sha = self._sha or await self._load_script()
+        want = self._view_args if views is not None else None
         for attempt in (0, 1):
             unsent: dict[int, Exception] = {}
-            replies = await execute_streamed(self.redis, self._evalsha_chunks(sha, batches, unsent), on_sent)
+            replies = await execute_streamed(self.redis, self._evalsha_chunks(sha, batches, unsent, want), on_sent)
             if unsent:  # put the batches that could not be encoded back in their places
                 it = iter(replies)
                 replies = [unsent[i] if i in unsent else next(it) for i in range(len(batches))]
+            if views is not None:
+                replies = [_with_view(i, r, views) for i, r in enumerate(replies)]
             errors = [r for r in replies if isinstance(r, Exception)]
             if not errors:
                 return [max(int(r), 0) for r in replies]
@@ -125,7 +147,8 @@ class ProfileStore:
         raise AssertionError("unreachable")
 
     def _evalsha_chunks(self, sha: str, batches: Sequence[OwnerBatch], unsent: dict[int, Exception],
-                        first: int = 32, size: int = 256) -> Iterator[list[tuple[Any, ...]]]:
+                        want: tuple[str, str] | None = None, first: int = 32,
+                        size: int = 256) -> Iterator[list[tuple[Any, ...]]]:
         """EVALSHA commands in chunks: a small first one, so that Redis starts early, then bigger ones. A batch
         that cannot be encoded (a number JSON cannot carry) is left out, its error put in ``unsent``."""
         ttl, dedup_window = self._ttl, self.config.profile.dedup_window
@@ -141,9 +164,10 @@ class ProfileStore:
                 except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
                     unsent[i] = exc
                     continue
+                person = b.owner_keys.marker
                 chunk.append(("EVALSHA", sha, len(keys), *keys, offset_field(b.topic, b.partition),
                               ttl if per_customer else 0, dedup_window if per_customer else 0, encoded,
-                              self._person_flags if b.owner_keys.marker else ""))
+                              self._person_flags if person else "", *(want if want and person else ())))
             yield chunk
             start, n = start + n, size
 
@@ -293,11 +317,13 @@ class ProfileStore:
 
     async def personalisation_flags(self, visitors: Sequence[tuple[str | None, str | None]]) -> list[str | None]:
         """The stored personalisation consent (``'1'``, ``'0'`` or None: no choice) of each (customer id,
-        anonymous id), an anonymous id read through the identity map: two round trips."""
+        anonymous id), an anonymous id read through the identity map: two round trips, one read per person."""
         identity = await self.resolve(a for c, a in visitors if c is None and a)
         owners = [customer_subject(c) if c else customer_subject(identity[a]) if a in identity
                   else anonymous_subject(a or "") for c, a in visitors]
+        distinct = list(dict.fromkeys(owners))
         pipe = self.redis.pipeline(transaction=False)
-        for s in owners:
+        for s in distinct:
             pipe.hget(subject_profile_key(s), PERSONALISATION_FIELD)
-        return cast(list[str | None], await pipe.execute())
+        flags = dict(zip(distinct, cast(list[str | None], await pipe.execute()), strict=True))
+        return [flags[s] for s in owners]

@@ -16,22 +16,67 @@ feature decays by the same factor, so the stored scores give the share without d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from engine.config import EngineConfig
-from engine.config.model import WINDOWS
+from engine.config.model import WINDOWS, SegmentCondition
 from engine.features import Profile, window_total
 from engine.layout import (
     CART_PREFIX,
     FIRST_SEEN,
     LAST_SEEN,
     MONETARY,
+    SEGMENTS_FIELD,
     SESSION_LAST,
     SESSION_PAGES,
     consent_field,
     count_field,
     profile_fields,
 )
+
+
+def _named(c: SegmentCondition, config: EngineConfig) -> Iterator[tuple[str, bool]]:
+    """The hash fields (field, False) and field prefixes (prefix, True) a condition reads through RawView."""
+    fields = profile_fields(config)
+    if c.count is not None:
+        yield count_field(c.count), False
+    elif c.window is not None:
+        if (c.window, c.span or "") in fields.window:
+            yield fields.window[(c.window, c.span or "")], False
+    elif c.affinity is not None:
+        if c.affinity in fields.affinity:
+            yield fields.affinity[c.affinity], True
+    elif c.consent is not None:
+        yield consent_field(c.consent), False
+    elif c.metric == "monetary":
+        yield MONETARY, False
+    elif c.metric in ("cart_items", "cart_quantity"):
+        yield CART_PREFIX, True
+    elif c.metric == "session_pages":
+        yield SESSION_LAST, False
+        yield SESSION_PAGES, False
+    elif c.metric in ("minutes_since_last_seen", "days_since_last_seen"):
+        yield LAST_SEEN, False
+    elif c.metric == "days_since_first_seen":
+        yield FIRST_SEEN, False
+
+
+def view_fields(config: EngineConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(fields, field prefixes) of a profile hash that the configured segments read through :class:`RawView`,
+    with what the segment tracker records (``S``) and stamps its messages with (last seen): a hash narrowed
+    to these answers every condition as the whole hash does.
+
+    >>> from engine.config import parse_config
+    >>> config = parse_config({"segment": [{"id": "big", "all": [{"metric": "monetary", "min": 9}]},
+    ...                                    {"id": "cart", "all": [{"metric": "cart_items", "min": 1}]}]})
+    >>> view_fields(config)
+    (('S', 'ls', 'm'), ('C:',))
+    """
+    named = {SEGMENTS_FIELD: False, LAST_SEEN: False}
+    for s in config.segments:
+        for c in (*s.all, *s.any, *s.none):
+            named.update(_named(c, config))
+    return tuple(f for f, p in named.items() if not p), tuple(f for f, p in named.items() if p)
 
 
 class DecodedView:

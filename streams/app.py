@@ -117,7 +117,8 @@ class Components:
         if self.attribution is not None:
             hooks.append(self.attribution.on_events)
         self.processor = BatchProcessor(store, self.send_dead_letter, hooks=hooks,
-                                        limits=settings.event_limits, identity=IdentityPolicy.from_settings(settings))
+                                        limits=settings.event_limits, identity=IdentityPolicy.from_settings(settings),
+                                        views=bool(config.segments))
         self.segments = SegmentTracker(self.redis, config, self.send_segment_change)
         self.clusters = ClusterFeed(self.redis, config, self.send_learning_example)
         self.learner = PlacementLearner(config)
@@ -153,7 +154,7 @@ class Components:
         if self.clusters:  # profile vectors for the behavioural clusters' learner (streams/clusters.py)
             await self.clusters.on_owners(stats.owners, time.time())
         if self.segments:
-            published = await self.segments.update(stats.owners, time.time())
+            published = await self.segments.update(stats.owners, time.time(), views=stats.views)
             if published:
                 await self.processor.store.incr_worker_counters({"segment_changes": published})
 

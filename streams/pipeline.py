@@ -57,6 +57,9 @@ class BatchStats:
     by_type: dict[str, int] = field(default_factory=dict)
     #: the profiles the batch wrote to (for what follows the writes: segments)
     owners: set[str] = field(default_factory=set)
+    #: of those, the ones whose hash as last written the applier returned, narrowed to what the segments read
+    #: (``ProfileStore.apply``'s views; None: no hash left); the others must be read
+    views: dict[str, dict[str, str] | None] = field(default_factory=dict)
 
 
 #: Sends a dead letter: (key, original bytes, headers).
@@ -88,7 +91,8 @@ class BatchProcessor:
     (Redis: identity, the Lua applier, hooks, counters). Only ``apply`` is retried when Redis is down."""
 
     def __init__(self, store: ProfileStore, dead_letters: DeadLetterSink, hooks: Sequence[EventHook] = (),
-                 limits: EventLimits = DEFAULT_LIMITS, identity: IdentityPolicy | None = None) -> None:
+                 limits: EventLimits = DEFAULT_LIMITS, identity: IdentityPolicy | None = None,
+                 views: bool = False) -> None:
         self.store = store
         self.limits = limits
         self.dead_letters = dead_letters
@@ -96,6 +100,8 @@ class BatchProcessor:
         self.extractor = store.extractor
         #: who may link ids and set a customer's consent (default: the site only, no browser proofs)
         self.identity = identity or IdentityPolicy(None)
+        #: have the applier return what the segments read of each profile written (``BatchStats.views``)
+        self.views = views
 
     async def process(self, records: Sequence[Record]) -> BatchStats:
         return await self.apply(await self.prepare(records))
@@ -158,6 +164,7 @@ class BatchProcessor:
         the caller retries the whole batch (every write is idempotent)."""
         stats, items = prepared.stats, prepared.items
         stats.applied = stats.isolated = 0  # apply may be retried (Redis outage): count once
+        stats.views.clear()
         # Resolve anonymous ids once per batch (one round trip); identify events update the map.
         anon = [ev.anonymous_id for _, ev, _, _ in items if ev.customer_id is None and ev.anonymous_id]
         identity = await self.store.resolve(anon)
@@ -167,7 +174,7 @@ class BatchProcessor:
         # order-free sums) goes with the bulk, for every event.
         # The hooks (reward join, co-visitation feed) run meanwhile: Redis runs their few commands between the
         # bulk's, and their CPU no longer waits for the bulk's replies.
-        results = await asyncio.gather(self._apply(bulk, identity, items, stats, on_sent),
+        results = await asyncio.gather(self._apply(bulk, identity, items, stats, on_sent, bulk=True),
                                        self._apply_linked(linked, identity, stats), self._run_hooks(prepared),
                                        return_exceptions=True)
         for r in results:  # every part ran to its end: a retry never overlaps a write still running
@@ -232,6 +239,7 @@ class BatchProcessor:
                     continue
                 if merged:  # else one side is erased: nothing was linked
                     identity[ev.anonymous_id] = ev.customer_id  # type: ignore[index,assignment]
+                    stats.owners.add(customer_subject(ev.customer_id))  # type: ignore[arg-type]  # its segments
                     applied += 1
             else:
                 segment.append(item)
@@ -239,7 +247,7 @@ class BatchProcessor:
 
     async def _apply(self, items: Sequence[PreparedItem], identity: dict[str, str],
                      popularity_items: Sequence[PreparedItem], stats: BatchStats,
-                     on_sent: Callable[[], None] | None = None) -> int:
+                     on_sent: Callable[[], None] | None = None, bulk: bool = False) -> int:
         """One pipeline: the owners' events of ``items`` and the popularity operations of ``popularity_items``."""
         owners: dict[tuple[str, int], OwnerBatch] = {}
         sources: dict[tuple[str, int], list[Record]] = {}  # the records of each owner batch, for dead letters
@@ -268,8 +276,16 @@ class BatchProcessor:
                 on_sent()
             return 0
         batches = [*owners.values(), *popularity.values()]
-        results = await self.store.apply(batches, on_sent, raise_on_error=False)
+        # views only for the bulk: a linked owner's profile changes again when it is merged
+        views: dict[int, dict[str, str] | None] | None = {} if self.views and bulk else None
+        results = await self.store.apply(batches, on_sent, raise_on_error=False, views=views)
         stats.owners.update(owner for owner, _ in owners)
+        if views is not None:
+            for i, (owner, _) in enumerate(owners):  # in pipeline order: an owner's last batch is its hash now
+                if i in views:
+                    stats.views[owner] = views[i]
+                else:
+                    stats.views.pop(owner, None)  # its script failed: read it after the batch
         applied = 0
         srcs = [*sources.values(), *pop_sources.values()]
         for i, (batch, r) in enumerate(zip(batches, results, strict=True)):

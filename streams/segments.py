@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, cast
 
 import orjson
@@ -90,23 +90,29 @@ class SegmentTracker:
     def __bool__(self) -> bool:
         return bool(self.segments)
 
-    async def update(self, owners: Collection[str], now: float, cause: str = "event") -> int:
+    async def update(self, owners: Collection[str], now: float, cause: str = "event",
+                     views: Mapping[str, dict[str, str] | None] | None = None) -> int:
         """Evaluate these profiles as of ``now`` and publish what changed; returns the messages sent.
+        ``views``: what the applier returned of some of them (``BatchStats.views``: the fields the segments
+        read, None for a profile gone); the others are read here.
         Idempotent: run again after a fault, it publishes only what is not recorded yet."""
         if not self.segments or not owners:
             return 0
         owners = list(dict.fromkeys(owners))
+        views = views or {}
+        unread = [o for o in owners if o not in views]
         pipe = self.redis.pipeline(transaction=False)
-        for o in owners:
+        for o in unread:
             pipe.hgetall(subject_profile_key(o))
-        hashes = cast(list[dict[str, str]], await pipe.execute())
+        read = dict(zip(unread, cast(list[dict[str, str]], await pipe.execute()) if unread else [], strict=True))
+        hashes = [views[o] if o in views else read[o] or None for o in owners]
         deliveries: list[asyncio.Future[None]] = []
         records: list[tuple[str, str]] = []
         due: dict[int, dict[str, float]] = {}
         done: dict[int, list[str]] = {}
         for owner, h in zip(owners, hashes, strict=True):
             slot = segment_due_slot(owner)
-            if not h:  # erased or expired: nothing to publish, nothing to look at again
+            if h is None:  # erased or expired: nothing to publish, nothing to look at again
                 done.setdefault(slot, []).append(owner)
                 continue
             view = RawView(h, self.config)  # only the fields the conditions name are read

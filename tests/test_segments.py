@@ -179,7 +179,7 @@ def test_the_stored_hash_and_the_decoded_profile_give_the_same_answers() -> None
         count_field,
         profile_fields,
     )
-    from engine.segment_view import RawView
+    from engine.segment_view import RawView, view_fields
 
     rng = random.Random(7)
     segs = [
@@ -196,6 +196,7 @@ def test_the_stored_hash_and_the_decoded_profile_give_the_same_answers() -> None
     cfg = config(segs)
     segments = Segments(cfg.segments)
     fields = profile_fields(cfg)
+    named, prefixes = view_fields(cfg)
     seen: set[tuple[str, ...]] = set()
     for _ in range(400):
         now = NOW + rng.uniform(0, 7200)
@@ -226,6 +227,11 @@ def test_the_stored_hash_and_the_decoded_profile_give_the_same_answers() -> None
         raw, ref = segments.members_of(RawView(h, cfg), now), segments.members(decoded, now)
         assert raw == ref, (h, now)
         assert segments.next_change(RawView(h, cfg), now) == segments.next_change(decoded, now)
+        # what the applier returns to the stream (apply_ops.lua: the named fields, the prefixes' fields)
+        narrow = {f: v for f, v in h.items() if f in named or f.startswith(prefixes)}
+        assert len(narrow) < len(h)
+        assert segments.members_of(RawView(narrow, cfg), now) == ref
+        assert segments.next_change(RawView(narrow, cfg), now) == segments.next_change(decoded, now)
         seen.add(tuple(ref))
     assert len(seen) > 20  # the profiles were varied enough to exercise every segment
     assert {s for m in seen for s in m} == {s["id"] for s in segs}

@@ -27,9 +27,12 @@
 -- ARGV[5]  flags (optional): 'e' = KEYS[2] is the owner's erasure marker (a time, epoch ms): events up to
 --          that time are not applied (events in flight or replayed after an erasure); 'o' = consent mode opt_in: only consent
 --          events are applied until the owner's personalisation consent is '1'.
+-- ARGV[6]  fields to return (optional, SEP-joined), ARGV[7] prefixes of fields to return (SEP-joined): what
+--          the segment tracker reads (engine/segment_view.py view_fields), so it reads no hash after the batch.
 -- A hash that did not exist is created only by an applied event (opt_in: only once some consent is
 -- granted): skipped events alone leave no key behind.
--- Returns the number of events applied (-1: none, and some were refused by the erasure marker).
+-- Returns the number of events applied (-1: none, and some were refused by the erasure marker); with ARGV[6],
+-- {that number, 1 if the hash exists after the writes else 0, field, value, ...} of the hash as written.
 local h = KEYS[1]
 local off_field = ARGV[1]
 local ttl = ARGV[2] -- passed on to EXPIRE as it came (a number would be formatted again)
@@ -715,6 +718,42 @@ while p <= nA do
   if off > max_off then max_off = off end
 end
 
+local want = ARGV[6]
+local function reply(n, exists)
+  if want == nil then return n end
+  local out, k = {n, exists and 1 or 0}, 2
+  if not exists then return out end
+  local function put(f, v)
+    if type(v) == 'number' then v = fmt('%.17g', v) end -- as HSET wrote it
+    out[k + 1] = f
+    out[k + 2] = v
+    k = k + 2
+  end
+  for f in string.gmatch(want, '[^\31]+') do
+    if H[f] ~= nil then put(f, H[f]) end
+  end
+  local pre = ARGV[7] or ''
+  if pre ~= '' then
+    local ps, first = {}, {} -- a field's first byte rules out most prefixes before any sub()
+    for q in string.gmatch(pre, '[^\31]+') do
+      ps[#ps + 1] = q
+      first[byte(q, 1)] = true
+    end
+    for f, v in pairs(H) do
+      if first[byte(f, 1)] then
+        for i = 1, #ps do
+          local q = ps[i]
+          if sub(f, 1, #q) == q then
+            put(f, v)
+            break
+          end
+        end
+      end
+    end
+  end
+  return out
+end
+
 if not existed then
   -- a new hash: only what was applied creates it; opt_in: only a consent granted
   local granted = applied > 0
@@ -724,7 +763,7 @@ if not existed then
       if sub(f, 1, 1) == 'k' and v == '1' then granted = true end
     end
   end
-  if not granted then return (blocked and applied == 0) and -1 or 0 end
+  if not granted then return reply((blocked and applied == 0) and -1 or 0, false) end
 end
 for ki, _ in pairs(zpending) do zflush(ki) end
 for prefix, r in pairs(recents) do write_recent(prefix, r) end
@@ -745,5 +784,4 @@ end
 if nd > 0 then redis.call('HDEL', h, unpack(hdel, 1, nd)) end
 if ns > 0 then redis.call('HSET', h, unpack(hset, 1, ns)) end
 if tonumber(ttl) > 0 then redis.call('EXPIRE', h, ttl) end
-if blocked and applied == 0 then return -1 end
-return applied
+return reply((blocked and applied == 0) and -1 or applied, next(H) ~= nil)
